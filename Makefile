@@ -1,0 +1,38 @@
+# Two commands matter: `make run` (set up + quick-start benchmark) and `make test` (set up + tests).
+PYTHON ?= python3.11
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+TORCH  ?= torch==2.13.0
+# GPU users: make setup TORCH_INDEX=https://download.pytorch.org/whl/cu128
+TORCH_INDEX ?=
+RESULTS ?= results
+
+.PHONY: setup run test lint perf report mlflow-ui mlflow-server clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q $(TORCH) $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev]'
+	@touch $@
+
+run: setup
+	$(BIN)/harness run benchmarks/quickstart.yaml --results $(RESULTS)
+
+test: setup
+	$(BIN)/ruff check harness tests benchmarks
+	$(BIN)/python -m pytest -q
+
+perf: setup
+	$(BIN)/python benchmarks/perf.py
+
+report: setup
+	$(BIN)/harness report --results $(RESULTS)
+
+mlflow-ui: setup
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(RESULTS)/mlflow.db --host 127.0.0.1 --port 5000
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,285 @@
+"""The unit of work. ``pretrain`` makes the shared dense model; ``run_cell`` does one cell.
+
+Both are pure functions of their inputs: they return data (checkpoint bytes, result rows) and
+write nothing to the results folder, so a scheduler can run them anywhere. ``run_cell`` is the one
+place that orders pretrained → prune → fine-tune → evaluate; the method decides how many
+prune / fine-tune levels it passes through, and every level becomes a row.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import traceback
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from torch import nn
+
+import harness
+from harness.data import DataSplits, load_splits
+from harness.masks import Masks, apply_masks, prunable_weights
+from harness.methods import create_method, load_plugins
+from harness.methods.base import PruningContext
+from harness.metrics import model_metrics
+from harness.models import create_model
+from harness.spec import CellSpec, Recipe
+from harness.tracking import CellRun, MatrixRun
+from harness.training import Stopwatch, device_for_cell, evaluate, train
+
+
+@dataclass
+class DenseCheckpoint:
+    """The shared dense model of one (model, dataset, seed, pretrain recipe): θ0, θ_trained, accuracy."""
+
+    pretrain_key: str
+    init_state: dict[str, torch.Tensor]
+    trained_state: dict[str, torch.Tensor]
+    metrics: dict[str, float]  # dense_top1, dense_top5, dense_loss, pretrain_seconds
+    epochs: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_bytes(self) -> bytes:
+        buffer = io.BytesIO()
+        torch.save(self.__dict__, buffer)
+        return buffer.getvalue()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> DenseCheckpoint:
+        return cls(**torch.load(io.BytesIO(data), weights_only=True, map_location="cpu"))
+
+
+@dataclass
+class CellResult:
+    """What a cell hands back: one row per level, its epoch curves and its per-layer table."""
+
+    cell_id: str
+    rows: list[dict[str, Any]]
+    epochs: list[dict[str, Any]] = field(default_factory=list)
+    layers: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return all(row["status"] == "ok" for row in self.rows)
+
+
+def seed_everything(seed: int) -> None:
+    L.seed_everything(seed, workers=True, verbose=False)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def _state(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+
+
+def pretrain(cell: CellSpec, matrix: MatrixRun | None = None) -> DenseCheckpoint:
+    """Train the dense model once; every cell with the same ``pretrain_key`` reuses it."""
+    seed_everything(cell.seed)
+    data = load_splits(cell.dataset, cell.data_root, cell.seed)
+    model = create_model(cell.model, data.input_shape, data.num_classes).to(device_for_cell())
+    init_state = _state(model)
+    with Stopwatch() as clock:
+        epochs = train(model, data.train, data.val, cell.pretrain, seed=cell.seed, phase="pretrain")
+    dense = evaluate(model, data.test)
+    metrics = {f"dense_{k}": v for k, v in dense.items()} | {"pretrain_seconds": clock.seconds}
+    return DenseCheckpoint(cell.pretrain_key, init_state, _state(model), metrics, epochs)
+
+
+class CellJob:
+    """The verbs a method uses on a cell: ``context``, ``prune``, ``finetune``, ``finish_level``."""
+
+    def __init__(self, cell: CellSpec, data: DataSplits, dense: DenseCheckpoint, run: CellRun | None) -> None:
+        self.cell = cell
+        self.data = data
+        self.dense = dense
+        self.run = run
+        self.model = create_model(cell.model, data.input_shape, data.num_classes)
+        self.model.load_state_dict(dense.trained_state)
+        self.model.to(device_for_cell())
+        self.masks: Masks = {}
+        self.rows: list[dict[str, Any]] = []
+        self.epochs: list[dict[str, Any]] = []
+        self.layers: list[dict[str, Any]] = []
+        self._level: dict[str, Any] = {}
+        self._example = data.test[0][0].unsqueeze(0)
+
+    def context(self, include_classifier: bool = False) -> PruningContext:
+        """What a score may look at, for the model as it is now."""
+        return PruningContext(
+            model=self.model,
+            weights=prunable_weights(self.model, include_classifier),
+            masks=self.masks,
+            calibration_batch=self.calibration_batch,
+            initial_state=lambda: self.dense.init_state,
+            seed=self.cell.seed,
+        )
+
+    def calibration_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        generator = torch.Generator().manual_seed(self.cell.seed)
+        size = min(self.cell.finetune.batch_size, len(self.data.train))
+        index = torch.randperm(len(self.data.train), generator=generator)[:size]
+        x, y = zip(*(self.data.train[int(i)] for i in index), strict=True)
+        device = device_for_cell()
+        return torch.stack(x).to(device), torch.stack(y).to(device)
+
+    def prune(self, masks: Masks) -> None:
+        """Apply ``masks`` (they replace the current ones) and record the accuracy before fine-tuning."""
+        with Stopwatch() as clock:
+            self.masks = {name: mask.detach().bool() for name, mask in masks.items()}
+            apply_masks(self.model, self.masks)
+        pruned = evaluate(self.model, self.data.test)
+        self._level["prune_seconds"] = self._level.get("prune_seconds", 0.0) + clock.seconds
+        self._level.update(top1_pruned=pruned["top1"], top5_pruned=pruned["top5"])
+
+    def finetune(self, recipe: Recipe | None = None, callbacks: list | tuple = (), finish: bool = True) -> None:
+        """Train with the masks fixed (callbacks may change them); by default this ends a level."""
+        level = len(self.rows)
+        with Stopwatch() as clock:
+            self.epochs += train(
+                self.model,
+                self.data.train,
+                self.data.val,
+                recipe or self.cell.finetune,
+                seed=self.cell.seed + 1000 * level,
+                phase=f"finetune-{level}",
+                masks=self.masks,
+                callbacks=callbacks,
+                logger=self.run.lightning_logger(prefix=f"level{level}") if self.run else None,
+            )
+        self._level["finetune_seconds"] = self._level.get("finetune_seconds", 0.0) + clock.seconds
+        if finish:
+            self.finish_level()
+
+    def finish_level(self, sparsity: float | None = None, **extra: Any) -> None:
+        """Evaluate the model as it is now and record it as one row (``extra`` adds columns)."""
+        level = len(self.rows)
+        with Stopwatch() as clock:
+            final = evaluate(self.model, self.data.test)
+            prunable = prunable_weights(self.model)
+            sizes, layers = model_metrics(self.model, prunable, self._example.to(device_for_cell()))
+        self.rows.append(
+            {
+                "level": level,
+                "sparsity": self.cell.sparsity if sparsity is None else sparsity,
+                **final,
+                **sizes,
+                **self._level,
+                "eval_seconds": clock.seconds,
+                **extra,
+            }
+        )
+        self.layers += [{"level": level, **layer.__dict__} for layer in layers]
+        self._level = {}
+
+
+def run_cell(cell: CellSpec, dense: DenseCheckpoint, run: CellRun | None = None) -> CellResult:
+    """Prune the dense model with the cell's method, fine-tune, evaluate: one row per level."""
+    load_plugins(cell.plugins)
+    seed_everything(cell.seed)
+    data = load_splits(cell.dataset, cell.data_root, cell.seed)
+    method = create_method(cell.method, cell.method_params)
+    job = CellJob(cell, data, dense, run)
+    method.apply(job)
+    if not job.rows:
+        raise RuntimeError(f"method {cell.method!r} finished without recording a level (call job.finetune())")
+    return CellResult(cell.cell_id, job.rows, job.epochs, job.layers)
+
+
+def execute_cell(cell: CellSpec, dense: bytes | DenseCheckpoint, matrix: MatrixRun | None = None) -> CellResult:
+    """``run_cell`` plus identity columns, provenance and tracking. Never raises: a failure is a row."""
+    started = _now()
+    run = matrix.start_cell(cell) if matrix else None
+    dense_metrics: dict[str, float] = {}
+    try:
+        checkpoint = dense if isinstance(dense, DenseCheckpoint) else DenseCheckpoint.from_bytes(dense)
+        dense_metrics = checkpoint.metrics
+        result, error = run_cell(cell, checkpoint, run), None
+    except Exception as exc:  # a failing cell must never take the matrix down
+        result, error = _empty_result(cell), describe_error(exc)
+    result = _complete(cell, result, started, error, dense_metrics, run)
+    if run:
+        run.finish(result.rows[-1], failed=error is not None, error=error)
+    return result
+
+
+def failed_result(cell: CellSpec, exc: BaseException, phase: str) -> CellResult:
+    """The row of a cell that could not start (e.g. its dense pretraining failed)."""
+    return _complete(cell, _empty_result(cell), _now(), f"{phase} failed: {describe_error(exc)}", {}, None)
+
+
+def describe_error(exc: BaseException, frames: int = 6) -> str:
+    """The error and the last frames of its traceback: enough to see where a cell broke."""
+    summary = "".join(traceback.format_tb(exc.__traceback__)[-frames:])
+    return f"{type(exc).__name__}: {exc}\n{summary}"
+
+
+def _empty_result(cell: CellSpec) -> CellResult:
+    return CellResult(cell.cell_id, [{"level": 0, "sparsity": cell.sparsity}])
+
+
+def _complete(
+    cell: CellSpec,
+    result: CellResult,
+    started: datetime,
+    error: str | None,
+    dense_metrics: dict[str, float],
+    run: CellRun | None,
+) -> CellResult:
+    common = {
+        **identity_columns(cell),
+        "status": "ok" if error is None else "failed",
+        "error": error,
+        "started_at": started,
+        "finished_at": _now(),
+        **dense_metrics,
+        **provenance(),
+        "mlflow_run_id": run.run_id if run else None,
+    }
+    result.rows = [{**common, **row} for row in result.rows]
+    for extra in (result.epochs, result.layers):
+        for row in extra:
+            row.update(cell_id=cell.cell_id, benchmark=cell.benchmark)
+    return result
+
+
+def identity_columns(cell: CellSpec) -> dict[str, Any]:
+    return {
+        "benchmark": cell.benchmark,
+        "cell_id": cell.cell_id,
+        "pretrain_key": cell.pretrain_key,
+        "model": cell.model,
+        "dataset": cell.dataset,
+        "method": cell.method,
+        "method_params": json.dumps(cell.method_params, sort_keys=True),
+        "sparsity": cell.sparsity,
+        "compression": cell.compression,
+        "seed": cell.seed,
+    }
+
+
+@cache
+def provenance() -> dict[str, str | None]:
+    """Versions and the git commit of the harness that produced a row."""
+    try:
+        commit = (
+            subprocess.run(
+                ["git", "rev-parse", "HEAD"],
+                cwd=Path(harness.__file__).parent,
+                capture_output=True,
+                text=True,
+                timeout=5,
+            ).stdout.strip()
+            or None
+        )
+    except (OSError, subprocess.SubprocessError):
+        commit = None
+    return {"harness_version": harness.__version__, "torch_version": torch.__version__, "git_commit": commit}
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)

@@ -1,0 +1,119 @@
+"""Data zoo: every data set is a registered :class:`Dataset` that reads local files only.
+
+``get_dataset(name)`` returns the class; ``load_splits(name, root, seed)`` gives deterministic
+train / validation / test splits. Nothing here downloads: a missing file is reported with the
+exact paths expected.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset as TorchDataset
+from torch.utils.data import TensorDataset
+
+from harness.registry import Registry
+
+
+class DatasetNotFound(FileNotFoundError):
+    """Local files for a data set are missing; the message lists what is expected where."""
+
+
+def not_found(name: str, missing: Iterable[Path | str], root: Path, fix: str) -> DatasetNotFound:
+    """One message shape for every data set: what is missing, which root was searched, what to do."""
+    return DatasetNotFound(
+        f"{name}: missing {', '.join(str(m) for m in missing)} (data root searched: {root.absolute()}; "
+        f"it comes from the spec's data_root, else $HARNESS_DATA, else ./data); {fix}. "
+        "Nothing is downloaded."
+    )
+
+
+@dataclass
+class DataSplits:
+    """Train / validation / test splits of one data set; validation is held out from train."""
+
+    train: TorchDataset
+    val: TorchDataset
+    test: TorchDataset
+    input_shape: tuple[int, ...]
+    num_classes: int
+
+
+class Dataset:
+    """Base of every data set: its shape is known without reading any file."""
+
+    input_shape: ClassVar[tuple[int, ...]]  # one example, without the batch dimension: (C, H, W) or (C, L)
+    num_classes: ClassVar[int]
+    val_fraction: ClassVar[float] = 0.1
+
+    @classmethod
+    def load(cls, root: Path, seed: int) -> DataSplits:
+        raise NotImplementedError
+
+
+DATASETS: Registry[type[Dataset]] = Registry("dataset")
+register_dataset = DATASETS.register
+
+for _name, _target in {
+    "digits": "harness.data.digits:Digits",
+    "mnist1d": "harness.data.mnist1d:MNIST1D",
+    "mnist": "harness.data.mnist:MNIST",
+    "cifar10": "harness.data.cifar:CIFAR10",
+    "cifar100": "harness.data.cifar:CIFAR100",
+    "imagenet": "harness.data.imagenet:ImageNet",
+}.items():
+    DATASETS.add_lazy(_name, _target)
+
+
+def data_root(configured: str | os.PathLike | None = None) -> Path:
+    """The spec's data root, else ``$HARNESS_DATA``, else ``./data``."""
+    return Path(configured or os.environ.get("HARNESS_DATA") or "data").expanduser()
+
+
+def load_splits(name: str, root: str | os.PathLike | None, seed: int) -> DataSplits:
+    return DATASETS.get(name).load(data_root(root), seed)
+
+
+def split_train_val(n: int, val_fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Deterministic permutation of ``range(n)`` into (train indices, validation indices)."""
+    generator = torch.Generator().manual_seed(seed)
+    order = torch.randperm(n, generator=generator)
+    n_val = max(1, round(n * val_fraction))
+    return order[n_val:], order[:n_val]
+
+
+def tensor_splits(
+    cls: type[Dataset],
+    train: tuple[np.ndarray, np.ndarray],
+    test: tuple[np.ndarray, np.ndarray],
+    seed: int,
+) -> DataSplits:
+    """In-memory splits: validation held out from ``train``, inputs standardised per channel.
+
+    The statistics come from the whole official train split, so an example's inputs are the same
+    for every seed (the held-out validation part adds nothing beyond two numbers per channel). The
+    given arrays (often cached) are copied, never modified.
+    """
+    (x, y), (x_test, y_test) = train, test
+    for split, inputs in (("train", x), ("test", x_test)):
+        if inputs.shape[1:] != cls.input_shape:
+            raise ValueError(f"{cls.__name__} {split} inputs have shape {inputs.shape[1:]}, expected {cls.input_shape}")
+    inputs, test_inputs = (torch.tensor(a, dtype=torch.float32) for a in (x, x_test))
+    std, mean = torch.std_mean(inputs, dim=[0, *range(2, inputs.ndim)], keepdim=True)  # all but channels
+    for tensor in (inputs, test_inputs):
+        tensor.sub_(mean).div_(std.clamp_min(1e-8))
+    labels = torch.tensor(y, dtype=torch.int64)
+    train_idx, val_idx = split_train_val(len(x), cls.val_fraction, seed)
+    return DataSplits(
+        train=TensorDataset(inputs[train_idx], labels[train_idx]),
+        val=TensorDataset(inputs[val_idx], labels[val_idx]),
+        test=TensorDataset(test_inputs, torch.tensor(y_test, dtype=torch.int64)),
+        input_shape=cls.input_shape,
+        num_classes=cls.num_classes,
+    )

@@ -1,0 +1,81 @@
+"""Methods: every pruning, training-time, quantisation and encoding method is a plugin class.
+
+Built-ins are registered exactly as a user registers a plugin::
+
+    from harness.methods import PruningMethod, register_method
+
+    @register_method("smallest_weights_per_layer")
+    class SmallestWeightsPerLayer(PruningMethod):
+        scope = "layer"
+
+        def score(self, ctx):
+            return {name: w.abs() for name, w in ctx.weights.items()}
+
+Plugins come from ``--plugin MODULE_OR_PATH`` (or a spec's ``plugins:``) or from the
+entry-point group ``harness.methods``. A method never touches the scheduler, store or MLflow.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+
+from harness.methods.base import Method, PruningContext, PruningMethod
+from harness.registry import Registry
+
+METHODS: Registry[type[Method]] = Registry("method", entry_point_group="harness.methods")
+register_method = METHODS.register
+
+# Each built-in module registers its methods with @register_method, exactly as a plugin does;
+# they are imported on the first lookup so that importing harness.methods stays cheap.
+BUILTIN_MODULES = ("harness.methods.score",)
+for _module in BUILTIN_MODULES:
+    METHODS.add_lazy_module(_module)
+
+
+def create_method(name: str, params: dict | None = None) -> Method:
+    return METHODS.get(name)(params)
+
+
+def load_plugins(plugins: Iterable[str]) -> None:
+    """Import plugin modules (dotted names or ``.py`` paths) so their registrations run.
+
+    Safe to call again with the same plugins (in the driver and in every worker process).
+    """
+    for plugin in plugins:
+        if plugin.endswith(".py"):
+            path = Path(plugin).resolve()
+            module_name = f"harness_plugin_{path.stem}"
+            if module_name in sys.modules:
+                continue
+            if not path.exists():
+                raise ImportError(f"plugin file {plugin} does not exist")
+            spec = importlib.util.spec_from_file_location(module_name, path)
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[module_name] = module
+            with METHODS.loading_from(f"plugin {plugin}"):
+                try:
+                    spec.loader.exec_module(module)
+                except BaseException:
+                    del sys.modules[module_name]
+                    raise
+        elif plugin not in sys.modules:
+            with METHODS.loading_from(f"plugin {plugin}"):
+                try:
+                    importlib.import_module(plugin)
+                except ModuleNotFoundError as exc:
+                    raise ImportError(f"plugin module {plugin!r} cannot be imported: {exc}") from None
+
+
+__all__ = [
+    "METHODS",
+    "Method",
+    "PruningContext",
+    "PruningMethod",
+    "create_method",
+    "load_plugins",
+    "register_method",
+]

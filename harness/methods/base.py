@@ -1,0 +1,147 @@
+"""Plugin base classes. A method's parameters are a pydantic model, validated with the spec."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import cached_property
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict
+from torch import nn
+
+from harness.masks import Masks, masks_from_scores
+
+if TYPE_CHECKING:
+    from harness.cell import CellJob
+
+
+class Method:
+    """Base of every method: typed parameters, a family and a reference for listings.
+
+    ``apply(job)`` does the method's work on a cell through the job's verbs (prune, fine-tune,
+    record a level); it never sees the scheduler, the results store or MLflow.
+    """
+
+    family: ClassVar[str] = "other"
+    reference: ClassVar[str] = ""
+
+    class Params(BaseModel):
+        model_config = ConfigDict(extra="forbid", frozen=True)
+
+    def __init__(self, params: dict[str, Any] | BaseModel | None = None) -> None:
+        if isinstance(params, BaseModel):
+            params = params.model_dump()
+        self.params = self.Params.model_validate(params or {})
+
+    def apply(self, job: CellJob) -> None:
+        raise NotImplementedError
+
+    @classmethod
+    def summary(cls) -> str:
+        return (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
+
+
+class PruningMethod(Method):
+    """Score-based pruning: subclasses define ``score``; the lowest scores are removed.
+
+    ``scope = "global"`` uses one threshold across all prunable weights, ``"layer"`` removes the
+    same fraction from every layer. The default ``apply`` is ShrinkBench's protocol: prune the
+    pretrained model once to the cell's sparsity, then fine-tune with the mask fixed.
+    """
+
+    family: ClassVar[str] = "score"
+    scope: ClassVar[Literal["global", "layer"]] = "global"
+
+    class Params(Method.Params):
+        prune_classifier: bool = False
+
+    def score(self, ctx: PruningContext) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def masks(self, ctx: PruningContext, sparsity: float) -> Masks:
+        return masks_from_scores(self.score(ctx), sparsity, self.scope, existing=ctx.masks)
+
+    def apply(self, job: CellJob) -> None:
+        ctx = job.context(include_classifier=self.params.prune_classifier)
+        job.prune(self.masks(ctx, job.cell.sparsity))
+        job.finetune()
+
+
+class PruningContext:
+    """What a score may look at. Costly items are computed only when a score asks for them."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        weights: dict[str, nn.Parameter],
+        masks: Masks,
+        calibration_batch: Callable[[], tuple[torch.Tensor, torch.Tensor]],
+        initial_state: Callable[[], dict[str, torch.Tensor]],
+        seed: int,
+    ) -> None:
+        self.model = model
+        self.masks = masks
+        self.seed = seed
+        self._weights = weights
+        self._calibration_batch = calibration_batch
+        self._initial_state = initial_state
+
+    @property
+    def weights(self) -> dict[str, torch.Tensor]:
+        """``{parameter name: prunable weight}``, detached: a score must not modify them."""
+        return {name: w.detach() for name, w in self._weights.items()}
+
+    @cached_property
+    def batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """One batch of training examples (inputs, targets), fixed by the cell's seed."""
+        return self._calibration_batch()
+
+    @cached_property
+    def gradients(self) -> dict[str, torch.Tensor]:
+        """Gradient of the cross-entropy loss on :attr:`batch` for each prunable weight."""
+        inputs, targets = self.batch
+        self.model.zero_grad()
+        loss = nn.functional.cross_entropy(self.model(inputs), targets)
+        grads = torch.autograd.grad(loss, list(self._weights.values()))
+        return dict(zip(self._weights, (g.detach() for g in grads), strict=True))
+
+    @cached_property
+    def initial_weights(self) -> dict[str, torch.Tensor]:
+        """The prunable weights at initialisation (before dense pretraining)."""
+        state = self._initial_state()
+        return {name: state[name].to(w.device) for name, w in self._weights.items()}
+
+    @cached_property
+    def activations(self) -> dict[str, torch.Tensor]:
+        """L2 norm of each layer's input over :attr:`batch`, per input feature (Linear) or channel (Conv).
+
+        Shaped to broadcast against the weight: ``[1, in]`` for Linear, ``[1, in, 1, ...]`` for Conv.
+        """
+        modules = dict(self.model.named_modules())
+        norms: dict[str, torch.Tensor] = {}
+        handles = []
+        for name, weight in self._weights.items():
+            module = modules[name.removesuffix(".weight")]
+
+            def record(mod: nn.Module, inputs: tuple[torch.Tensor, ...], _: Any, name: str = name, w=weight) -> None:
+                x = inputs[0].detach()
+                if isinstance(mod, nn.Linear):
+                    norm = x.reshape(-1, x.shape[-1]).norm(dim=0).view(1, -1)
+                else:
+                    per_channel = x.transpose(0, 1).reshape(x.shape[1], -1).norm(dim=1)
+                    norm = per_channel.view(1, -1, *([1] * (w.dim() - 2)))
+                    if mod.groups > 1:  # weight has Cin/groups input channels: take each group's own
+                        norm = norm.view(mod.groups, -1, *norm.shape[2:]).repeat_interleave(
+                            mod.out_channels // mod.groups, dim=0
+                        )
+                norms[name] = norm
+
+            handles.append(module.register_forward_hook(record))
+        try:
+            with torch.no_grad():
+                self.model(self.batch[0])
+        finally:
+            for handle in handles:
+                handle.remove()
+        return norms

@@ -1,0 +1,179 @@
+"""Training and evaluation: one LightningModule for every classifier, masks enforced throughout.
+
+Training-time methods (gradual pruning, RigL, QAT, ...) are Lightning callbacks handed to
+:func:`train`; they may replace ``module.masks`` while training.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import warnings
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from harness.masks import Masks, apply_masks, mask_gradients
+from harness.metrics import topk_correct
+from harness.spec import Recipe
+
+for _logger in ("lightning.pytorch", "lightning.fabric", "lightning"):
+    logging.getLogger(_logger).setLevel(logging.WARNING)
+warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
+warnings.filterwarnings("ignore", message=r".*number of training batches.*is smaller than the logging interval.*")
+warnings.filterwarnings("ignore", message=r".*LeafSpec.*is deprecated.*")
+
+
+def device_for_cell() -> torch.device:
+    """The GPU Ray (or the user) made visible, else the CPU."""
+    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+
+class ClassifierModule(L.LightningModule):
+    """Cross-entropy training of ``model`` with ``recipe``; pruned weights stay exactly zero."""
+
+    def __init__(self, model: nn.Module, recipe: Recipe, masks: Masks | None = None) -> None:
+        super().__init__()
+        self.model = model
+        self.recipe = recipe
+        self.masks: Masks = dict(masks or {})
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], _: int) -> torch.Tensor:
+        x, y = batch
+        logits = self(x)
+        loss = nn.functional.cross_entropy(logits, y)
+        self.log("train_loss", loss, on_step=False, on_epoch=True, batch_size=len(y))
+        self.log("train_top1", (logits.argmax(1) == y).float().mean(), on_step=False, on_epoch=True, batch_size=len(y))
+        return loss
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], _: int) -> None:
+        x, y = batch
+        logits = self(x)
+        self.log("val_loss", nn.functional.cross_entropy(logits, y), batch_size=len(y))
+        self.log("val_top1", (logits.argmax(1) == y).float().mean(), batch_size=len(y))
+
+    def on_after_backward(self) -> None:
+        mask_gradients(self.model, self.masks)
+
+    def on_train_batch_end(self, *args: Any) -> None:
+        apply_masks(self.model, self.masks)
+
+    def configure_optimizers(self) -> Any:
+        r = self.recipe
+        params = self.model.parameters()
+        if r.optimizer == "sgd":
+            optimizer = torch.optim.SGD(
+                params,
+                lr=r.lr,
+                momentum=r.momentum,
+                nesterov=r.nesterov and r.momentum > 0,
+                weight_decay=r.weight_decay,
+            )
+        elif r.optimizer == "adam":
+            optimizer = torch.optim.Adam(params, lr=r.lr, weight_decay=r.weight_decay)
+        else:
+            optimizer = torch.optim.AdamW(params, lr=r.lr, weight_decay=r.weight_decay)
+        if r.schedule == "cosine":
+            scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(r.epochs, 1))
+        elif r.schedule == "step":
+            scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(r.milestones), gamma=r.gamma)
+        else:
+            return optimizer
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+
+
+class EpochHistory(Callback):
+    """Keeps each epoch's logged metrics (the ``epochs`` results view)."""
+
+    def __init__(self, phase: str) -> None:
+        self.phase = phase
+        self.rows: list[dict[str, Any]] = []
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+        lr = trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else None
+        self.rows.append({"phase": self.phase, "epoch": trainer.current_epoch, "lr": lr, **metrics})
+
+
+def loader(dataset: Dataset, batch_size: int, shuffle: bool, seed: int = 0) -> DataLoader:
+    generator = torch.Generator().manual_seed(seed) if shuffle else None
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator)
+
+
+def train(
+    model: nn.Module,
+    train_set: Dataset,
+    val_set: Dataset,
+    recipe: Recipe,
+    *,
+    seed: int,
+    phase: str,
+    masks: Masks | None = None,
+    callbacks: list[Callback] | tuple[Callback, ...] = (),
+    logger: Any = None,
+) -> list[dict[str, Any]]:
+    """Train in place for ``recipe.epochs``; returns one row per epoch (train and validation)."""
+    history = EpochHistory(phase)
+    if recipe.epochs == 0:
+        return history.rows
+    device = device_for_cell()
+    trainer = L.Trainer(
+        max_epochs=recipe.epochs,
+        accelerator="gpu" if device.type == "cuda" else "cpu",
+        devices=1,
+        logger=logger if logger is not None else False,
+        callbacks=[history, *callbacks],
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        deterministic=True,
+        log_every_n_steps=1,
+    )
+    module = ClassifierModule(model, recipe, masks)
+    apply_masks(model, module.masks)
+    trainer.fit(
+        module,
+        loader(train_set, recipe.batch_size, shuffle=True, seed=seed),
+        loader(val_set, max(recipe.batch_size, 256), shuffle=False),
+    )
+    model.to(device)
+    return history.rows
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, dataset: Dataset, batch_size: int = 512) -> dict[str, float]:
+    """Top-1, top-5 and mean loss over the whole split, weighted by example (not by batch)."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    n = top1 = top5 = 0
+    loss_sum = 0.0
+    for x, y in loader(dataset, batch_size, shuffle=False):
+        x, y = x.to(device), y.to(device)
+        logits = model(x)
+        loss_sum += float(nn.functional.cross_entropy(logits, y, reduction="sum"))
+        c1, c5 = topk_correct(logits, y)
+        top1, top5, n = top1 + c1, top5 + c5, n + len(y)
+    model.train(was_training)
+    return {"top1": top1 / n, "top5": top5 / n, "loss": loss_sum / n}
+
+
+class Stopwatch:
+    """Wall seconds of a phase: ``with Stopwatch() as t: ...; t.seconds``."""
+
+    def __enter__(self) -> Stopwatch:
+        self.start = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.seconds = time.perf_counter() - self.start
