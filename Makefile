@@ -26,7 +26,7 @@ test: setup
 	$(BIN)/python -m pytest -q
 
 perf: setup
-	$(BIN)/python benchmarks/perf.py
+	@for script in benchmarks/perf_*.py; do echo "== $$script"; $(BIN)/python $$script || exit 1; done
 
 report: setup
 	$(BIN)/harness report --results $(RESULTS)

@@ -31,7 +31,17 @@ register_method = METHODS.register
 
 # Each built-in module registers its methods with @register_method, exactly as a plugin does;
 # they are imported on the first lookup so that importing harness.methods stays cheap.
-BUILTIN_MODULES = ("harness.methods.score",)
+BUILTIN_MODULES = (
+    "harness.methods.score",
+    "harness.methods.pruning_at_init",
+    "harness.methods.structured",
+    "harness.methods.schedules",
+    "harness.methods.lottery",
+    "harness.methods.dynamic",
+    "harness.methods.quantization",
+    "harness.methods.encoding",
+    "harness.methods.pipeline",
+)
 for _module in BUILTIN_MODULES:
     METHODS.add_lazy_module(_module)
 
