@@ -89,19 +89,105 @@ class ClassifierModule(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
 
 
+class MaskingCallback(Callback):
+    """Base of the callbacks that change the masks while training (gradual pruning, SET, RigL, ...).
+
+    :meth:`set_masks` is the one way to change them: it updates ``module.masks`` (which the module
+    enforces after every step), zeroes the newly pruned weights and keeps ``self.masks``, which the
+    cell adopts when training ends.
+    """
+
+    def __init__(self) -> None:
+        self.masks: Masks = {}
+
+    def on_fit_start(self, trainer: L.Trainer, module: ClassifierModule) -> None:
+        params = dict(module.model.named_parameters())  # masks beside their weights, where updates compare them
+        module.masks = {name: mask.to(params[name].device) for name, mask in module.masks.items()}
+        self.masks = dict(module.masks)
+
+    def set_masks(self, module: ClassifierModule, masks: Masks) -> None:
+        """Replace the masks of the named weights (others keep theirs) and zero what they prune."""
+        module.masks = {**module.masks, **{name: mask.detach().bool() for name, mask in masks.items()}}
+        self.masks = dict(module.masks)
+        apply_masks(module.model, module.masks)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"masks": self.masks}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.masks = dict(state["masks"])
+
+
+class FreezeWeights(Callback):
+    """Holds chosen entries of weights at given values while training; the rest trains normally.
+
+    ``frozen`` maps a parameter name (as in ``model.named_parameters()``) to ``(where, values)``:
+    entries where ``where`` is True stay at ``values``. Their gradients are zeroed after backward and
+    their values written back after every step, so neither momentum nor weight decay moves them.
+    A mask still wins: an entry both frozen and pruned is zero.
+    """
+
+    def __init__(self, frozen: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> None:
+        for name, (where, values) in frozen.items():
+            if where.dtype != torch.bool or where.shape != values.shape:
+                raise ValueError(
+                    f"FreezeWeights[{name!r}]: give (where, values) with a bool 'where' of the values' shape; "
+                    f"got {where.dtype} {tuple(where.shape)} and {tuple(values.shape)}"
+                )
+        self.frozen = {name: (where.detach(), values.detach()) for name, (where, values) in frozen.items()}
+
+    def on_fit_start(self, trainer: L.Trainer, module: ClassifierModule) -> None:
+        params = dict(module.model.named_parameters())
+        unknown = sorted(set(self.frozen) - set(params))
+        if unknown:
+            raise KeyError(f"FreezeWeights: the model has no parameters {unknown}; its parameters are {list(params)}")
+        self.frozen = {
+            name: (where.to(params[name].device), values.to(params[name].device, params[name].dtype))
+            for name, (where, values) in self.frozen.items()
+        }
+        self._restore(module)
+
+    def on_after_backward(self, trainer: L.Trainer, module: ClassifierModule) -> None:
+        params = dict(module.model.named_parameters())
+        for name, (where, _) in self.frozen.items():
+            if params[name].grad is not None:
+                params[name].grad.masked_fill_(where, 0.0)
+
+    def on_train_batch_end(self, trainer: L.Trainer, module: ClassifierModule, *args: Any) -> None:
+        self._restore(module)
+
+    @torch.no_grad()
+    def _restore(self, module: ClassifierModule) -> None:
+        params = dict(module.model.named_parameters())
+        for name, (where, values) in self.frozen.items():
+            params[name].copy_(torch.where(where, values, params[name]))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"frozen": self.frozen}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.frozen = dict(state["frozen"])
+
+
 class EpochHistory(Callback):
-    """Keeps each epoch's logged metrics (the ``epochs`` results view)."""
+    """Keeps each epoch's logged metrics (the ``epochs`` results view).
+
+    The row is written at the end of the training epoch, the first moment both this epoch's
+    validation and its aggregated training metrics are known; the lr is read at the epoch's start,
+    since an epoch-interval scheduler has already stepped by its end.
+    """
 
     def __init__(self, phase: str) -> None:
         self.phase = phase
         self.rows: list[dict[str, Any]] = []
+        self._lr: float | None = None
 
-    def on_validation_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
-        if trainer.sanity_checking:
-            return
+    def on_train_epoch_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        self._lr = trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else None
+
+    def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
-        lr = trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else None
-        self.rows.append({"phase": self.phase, "epoch": trainer.current_epoch, "lr": lr, **metrics})
+        self.rows.append({"phase": self.phase, "epoch": trainer.current_epoch, "lr": self._lr, **metrics})
 
 
 def loader(dataset: Dataset, batch_size: int, shuffle: bool, seed: int = 0) -> DataLoader:
