@@ -8,6 +8,9 @@
   Linear ``in · out · (positions it is applied at)``. Bias, BatchNorm, pooling and activations are
   ignored. ``flops_nonzero`` scales each layer by its weight density;
   ``theoretical_speedup = flops_dense / flops_nonzero``.
+- Structured savings: a weight that reads an input channel (Conv) or feature (Linear) that is zero
+  for every input — its producing channel was removed, bias included — is dropped with that
+  channel, so it counts as removed in ``flops_nonzero`` and ``params_nonzero`` (see :func:`live_inputs`).
 - ``top1``/``top5`` are example-weighted over the whole split (never averaged over batches).
 """
 
@@ -29,9 +32,11 @@ class LayerStats:
     layer: str
     kind: str
     params: int
-    nonzero: int
+    nonzero: int  # parameters still needed: nonzero, and not reading a dead input
     flops_dense: int
     flops_nonzero: float
+    dead_inputs: int  # input channels (Conv) or features (Linear) that are zero for every input
+    dead_weights: int  # nonzero weights that read a dead input: removed with it
 
 
 def parameter_counts(model: nn.Module) -> tuple[int, int]:
@@ -52,34 +57,84 @@ def sparsity_of(weights: dict[str, torch.Tensor]) -> float:
     return zeros / total if total else 0.0
 
 
-def layer_stats(model: nn.Module, example_input: torch.Tensor) -> list[LayerStats]:
-    """Per-layer parameters and multiply-adds for ONE example, measured with forward hooks."""
-    output_positions: dict[str, int] = {}
+def live_inputs(model: nn.Module, example_input: torch.Tensor) -> tuple[dict[str, torch.Tensor], dict[str, int]]:
+    """Which inputs of each Conv/Linear layer can ever be nonzero, and at how many positions it is applied.
 
-    def hook(name: str):
-        def record(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
-            if isinstance(module, nn.Linear):  # applied at every position but the feature dim
-                output_positions[name] = math.prod(output.shape[1:-1])
-            else:  # conv: every output spatial position
-                output_positions[name] = math.prod(output.shape[2:])
+    A forward pass on the zero pattern, independent of data: every parameter is replaced by 1 where
+    it is nonzero and 0 where it is zero, the input is all ones, and each Conv/Linear output is
+    reduced to the same 0/1 pattern. Every activation is then >= 0 and a sum of nonnegative terms,
+    so it is 0 exactly when it is 0 for every input. BatchNorm (eval mode: an affine map per
+    channel) becomes x·[scale ≠ 0] + [shift ≠ 0]. Assumes activations send positives to positives
+    (ReLU, GELU, tanh, sigmoid, pooling); where they do not, inputs are reported live, never dead.
+    Returns ``{layer: bool per input channel or feature}`` and ``{layer: output positions}``
+    (spatial positions for Conv, positions besides the feature dimension for Linear).
+    """
+    live: dict[str, torch.Tensor] = {}
+    positions: dict[str, int] = {}
 
-        return record
+    def on_layer(name: str):
+        def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> torch.Tensor:
+            nonzero = inputs[0] != 0
+            if isinstance(module, nn.Linear):
+                live[name] = nonzero.reshape(-1, nonzero.shape[-1]).any(dim=0)
+                positions[name] = math.prod(output.shape[1:-1])
+            else:
+                live[name] = nonzero.transpose(0, 1).reshape(nonzero.shape[1], -1).any(dim=1)
+                positions[name] = math.prod(output.shape[2:])
+            return (output != 0).to(output.dtype)
 
-    layers = {name: m for name, m in model.named_modules() if isinstance(m, PRUNABLE_LAYERS)}
-    handles = [m.register_forward_hook(hook(name)) for name, m in layers.items()]
+        return hook
+
+    handles = []
+    for name, module in model.named_modules():
+        if isinstance(module, PRUNABLE_LAYERS):
+            handles.append(module.register_forward_hook(on_layer(name)))
+        elif isinstance(module, nn.modules.batchnorm._BatchNorm):
+            handles.append(module.register_forward_hook(_affine_pattern(module)))
+    pattern = {name: (p != 0).to(p.dtype) for name, p in model.named_parameters()}
     was_training = model.training
     try:
         model.eval()
         with torch.no_grad():
-            model(example_input[:1])
+            torch.func.functional_call(model, pattern, (torch.ones_like(example_input[:1]),))
     finally:
         model.train(was_training)
         for handle in handles:
             handle.remove()
+    return live, positions
 
+
+def _affine_pattern(bn: nn.modules.batchnorm._BatchNorm):
+    """A forward hook replacing ``bn``'s output by x·[scale ≠ 0] + [shift ≠ 0], its eval-mode map's pattern."""
+    with torch.no_grad():
+        var = bn.running_var if bn.running_var is not None else torch.ones(bn.num_features)
+        mean = bn.running_mean if bn.running_mean is not None else torch.zeros(bn.num_features)
+        scale = (bn.weight if bn.affine else 1.0) / torch.sqrt(var + bn.eps)
+        shift = (bn.bias if bn.affine else 0.0) - mean * scale
+        scale, shift = (scale != 0).float(), (shift != 0).float()
+
+    def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> torch.Tensor:
+        shape = (1, -1, *([1] * (inputs[0].dim() - 2)))
+        return inputs[0] * scale.to(inputs[0]).view(shape) + shift.to(inputs[0]).view(shape)
+
+    return hook
+
+
+def _reads_live_input(module: nn.Module, live: torch.Tensor) -> torch.Tensor:
+    """Bool, shaped like ``module.weight``: does each weight read an input that can be nonzero?"""
+    weight = module.weight
+    if isinstance(module, nn.Linear):
+        return live.view(1, -1).expand_as(weight)
+    per_output = live.view(module.groups, -1).repeat_interleave(module.out_channels // module.groups, dim=0)
+    return per_output.view(*per_output.shape, *([1] * (weight.dim() - 2))).expand_as(weight)
+
+
+def layer_stats(model: nn.Module, example_input: torch.Tensor) -> list[LayerStats]:
+    """Per-layer parameters and multiply-adds for ONE example, from the probe's real output shapes."""
+    live, positions = live_inputs(model, example_input)
     stats = []
-    for name, module in layers.items():
-        if name not in output_positions:  # layer not used in the forward pass
+    for name, module in model.named_modules():
+        if not isinstance(module, PRUNABLE_LAYERS) or name not in positions:  # unused in the forward pass
             continue
         weight = module.weight.detach()
         if isinstance(module, nn.Linear):
@@ -87,16 +142,20 @@ def layer_stats(model: nn.Module, example_input: torch.Tensor) -> list[LayerStat
         else:
             per_position = (module.in_channels // module.groups) * module.out_channels
             per_position *= math.prod(module.kernel_size)
-        dense = per_position * output_positions[name]
-        nonzero = int(torch.count_nonzero(weight))
+        dense = per_position * positions[name]
+        nonzero_weights = weight != 0
+        needed = int((nonzero_weights & _reads_live_input(module, live[name].to(weight.device))).sum())
+        nonzero = sum(int(torch.count_nonzero(p.detach())) for p in module.parameters(recurse=False))
         stats.append(
             LayerStats(
                 layer=name,
                 kind=type(module).__name__,
                 params=sum(p.numel() for p in module.parameters(recurse=False)),
-                nonzero=sum(int(torch.count_nonzero(p.detach())) for p in module.parameters(recurse=False)),
+                nonzero=nonzero - int(nonzero_weights.sum()) + needed,
                 flops_dense=dense,
-                flops_nonzero=dense * nonzero / weight.numel(),
+                flops_nonzero=dense * needed / weight.numel(),
+                dead_inputs=int((~live[name]).sum()),
+                dead_weights=int(nonzero_weights.sum()) - needed,
             )
         )
     return stats
@@ -108,6 +167,7 @@ def model_metrics(
     """The size and speed columns of a result row, and the per-layer table behind them."""
     total, nonzero = parameter_counts(model)
     layers = layer_stats(model, example_input)
+    nonzero -= sum(s.dead_weights for s in layers)
     flops_dense = sum(s.flops_dense for s in layers)
     flops_nonzero = sum(s.flops_nonzero for s in layers)
     row = {

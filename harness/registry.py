@@ -69,7 +69,10 @@ class Registry(Generic[T]):
     def add_lazy(self, name: str, target: str, source: str | None = None) -> None:
         """Register ``"package.module:attr"`` without importing it yet."""
         if name in self._entries:
-            raise RegistryError(f"{self.kind} {name!r} is registered twice")
+            raise RegistryError(
+                f"{self.kind} {name!r} is registered twice: by {self._entries[name].source} and by "
+                f"{source or self._source}; rename one of them"
+            )
         self._entries[name] = _Entry(name, source or self._source, lazy=target)
 
     def add_lazy_module(self, module: str) -> None:
@@ -119,8 +122,7 @@ class Registry(Generic[T]):
             return
         self._entry_points_loaded = True
         for ep in importlib.metadata.entry_points(group=self.entry_point_group):
-            if ep.name not in self._entries:
-                self.add_lazy(ep.name, ep.value, source=f"entry point {ep.value}")
+            self.add_lazy(ep.name, ep.value, source=f"entry point {ep.value}")
 
 
 def _qualified(obj: object) -> str:

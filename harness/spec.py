@@ -47,6 +47,18 @@ class Recipe(_Frozen):
     schedule: Literal["constant", "cosine", "step"] = "constant"
     milestones: tuple[int, ...] = ()  # epochs at which "step" multiplies the lr by gamma
     gamma: float = Field(0.1, gt=0)
+    # pretrain only: keep the weights after these epochs in the dense checkpoint (weight rewinding)
+    save_epochs: tuple[int, ...] = ()
+
+    @model_validator(mode="after")
+    def _save_epochs_in_range(self) -> Recipe:
+        outside = [k for k in self.save_epochs if not 1 <= k <= self.epochs]
+        if outside:
+            raise ValueError(
+                f"save_epochs {outside} outside 1..epochs ({self.epochs}): epoch k keeps the weights after k "
+                "epochs of pretraining (θ0 is always kept)"
+            )
+        return self
 
 
 class MethodSpec(_Frozen):
@@ -71,8 +83,9 @@ class Resources(_Frozen):
     """What one cell asks the scheduler for."""
 
     cpus: float = Field(1.0, gt=0)
-    gpus: float = Field(0.0, ge=0)
-    custom: dict[str, float] = {}
+    gpus: float = Field(0.0, ge=0)  # fractions pack cells onto one GPU: 0.25 runs four at once
+    custom: dict[str, float] = {}  # custom Ray resources a node declares, e.g. {bigmem: 1}
+    labels: dict[str, str] = {}  # node labels a cell requires (Ray's label_selector), e.g. {gpu-type: a100}
 
 
 class BenchmarkSpec(_Frozen):
@@ -116,7 +129,7 @@ class BenchmarkSpec(_Frozen):
 
     @property
     def finetune_recipe(self) -> Recipe:
-        return Recipe(**{**self.pretrain.model_dump(), **self.finetune})
+        return Recipe(**{**self.pretrain.model_dump(exclude={"save_epochs"}), **self.finetune})
 
 
 class CellSpec(_Frozen):
@@ -257,12 +270,13 @@ def _check_registries(path: Path, spec: BenchmarkSpec) -> None:
                 _check_compatible(model, dataset)
             except IncompatibleInput as exc:
                 raise fail("models", f"{model!r} cannot take dataset {dataset!r}: {exc}") from None
-    if spec.compressions:
-        for model in spec.models:
-            for dataset in spec.datasets:
-                for c in spec.compressions:
+    if spec.compressions:  # reachable or not depends on whether the method may prune the classifier
+        for method in spec.methods:
+            params = METHODS.get(method.name).Params.model_validate(method.params)
+            for model in spec.models:
+                for dataset in spec.datasets:
                     try:
-                        compression_to_sparsity(model, dataset, c)
+                        _targets(spec, model, dataset, params)
                     except ValueError as exc:
                         raise fail("compressions", str(exc)) from None
 

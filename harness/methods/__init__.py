@@ -53,8 +53,12 @@ def create_method(name: str, params: dict | None = None) -> Method:
 def load_plugins(plugins: Iterable[str]) -> None:
     """Import plugin modules (dotted names or ``.py`` paths) so their registrations run.
 
-    Safe to call again with the same plugins (in the driver and in every worker process).
+    Safe to call again with the same plugins (in the driver and in every worker process). The
+    built-ins are registered first, so a plugin that takes a built-in's name is the one refused.
     """
+    plugins = list(plugins)
+    if plugins:
+        METHODS.names()
     for plugin in plugins:
         if plugin.endswith(".py"):
             path = Path(plugin).resolve()
