@@ -8,10 +8,13 @@ prune / fine-tune levels it passes through, and every level becomes a row.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
+import logging
 import subprocess
 import traceback
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import cache
@@ -20,18 +23,20 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import Callback
 from torch import nn
 
 import harness
 from harness.data import DataSplits, load_splits
+from harness.encoding import Storage, size_columns
+from harness.latency import LatencyMeter, latency_batch
 from harness.masks import Masks, apply_masks, prunable_weights
 from harness.methods import create_method, load_plugins
 from harness.methods.base import PruningContext
 from harness.metrics import model_metrics
 from harness.models import create_model
 from harness.spec import CellSpec, Recipe
-from harness.tracking import CellRun, MatrixRun
-from harness.training import Stopwatch, device_for_cell, evaluate, train
+from harness.training import MaskingCallback, Stopwatch, device_for_cell, evaluate, train
 
 
 @dataclass
@@ -43,6 +48,18 @@ class DenseCheckpoint:
     trained_state: dict[str, torch.Tensor]
     metrics: dict[str, float]  # dense_top1, dense_top5, dense_loss, pretrain_seconds
     epochs: list[dict[str, Any]] = field(default_factory=list)
+    snapshots: dict[int, dict[str, torch.Tensor]] = field(default_factory=dict)  # pretrain recipe's save_epochs
+
+    def weights_at(self, epoch: int) -> dict[str, torch.Tensor]:
+        """The dense model's state after ``epoch`` epochs of pretraining (0: θ0), for weight rewinding."""
+        if epoch == 0:
+            return self.init_state
+        if epoch not in self.snapshots:
+            raise KeyError(
+                f"the dense checkpoint {self.pretrain_key} kept no weights at epoch {epoch} (kept: "
+                f"{sorted(self.snapshots) or 'none'}); add it to the spec's pretrain recipe: save_epochs: [{epoch}]"
+            )
+        return self.snapshots[epoch]
 
     def to_bytes(self) -> bytes:
         buffer = io.BytesIO()
@@ -56,12 +73,13 @@ class DenseCheckpoint:
 
 @dataclass
 class CellResult:
-    """What a cell hands back: one row per level, its epoch curves and its per-layer table."""
+    """What a cell hands back: one row per level, its epoch curves, its per-layer table and its log."""
 
     cell_id: str
     rows: list[dict[str, Any]]
     epochs: list[dict[str, Any]] = field(default_factory=list)
     layers: list[dict[str, Any]] = field(default_factory=list)
+    log: str = ""
 
     @property
     def ok(self) -> bool:
@@ -77,27 +95,42 @@ def _state(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
 
 
-def pretrain(cell: CellSpec, matrix: MatrixRun | None = None) -> DenseCheckpoint:
+class WeightSnapshots(Callback):
+    """Keeps the model's state after each of the given epochs (``{epoch: state}``, epochs from 1)."""
+
+    def __init__(self, epochs: tuple[int, ...]) -> None:
+        self.epochs = set(epochs)
+        self.states: dict[int, dict[str, torch.Tensor]] = {}
+
+    def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        if trainer.current_epoch + 1 in self.epochs:
+            self.states[trainer.current_epoch + 1] = _state(module.model)
+
+
+def pretrain(cell: CellSpec) -> DenseCheckpoint:
     """Train the dense model once; every cell with the same ``pretrain_key`` reuses it."""
+    load_plugins(cell.plugins)  # a plugin may register the model or data set
     seed_everything(cell.seed)
     data = load_splits(cell.dataset, cell.data_root, cell.seed)
     model = create_model(cell.model, data.input_shape, data.num_classes).to(device_for_cell())
     init_state = _state(model)
+    snapshots = WeightSnapshots(cell.pretrain.save_epochs)
     with Stopwatch() as clock:
-        epochs = train(model, data.train, data.val, cell.pretrain, seed=cell.seed, phase="pretrain")
+        epochs = train(
+            model, data.train, data.val, cell.pretrain, seed=cell.seed, phase="pretrain", callbacks=[snapshots]
+        )
     dense = evaluate(model, data.test)
     metrics = {f"dense_{k}": v for k, v in dense.items()} | {"pretrain_seconds": clock.seconds}
-    return DenseCheckpoint(cell.pretrain_key, init_state, _state(model), metrics, epochs)
+    return DenseCheckpoint(cell.pretrain_key, init_state, _state(model), metrics, epochs, snapshots.states)
 
 
 class CellJob:
     """The verbs a method uses on a cell: ``context``, ``prune``, ``finetune``, ``finish_level``."""
 
-    def __init__(self, cell: CellSpec, data: DataSplits, dense: DenseCheckpoint, run: CellRun | None) -> None:
+    def __init__(self, cell: CellSpec, data: DataSplits, dense: DenseCheckpoint) -> None:
         self.cell = cell
         self.data = data
         self.dense = dense
-        self.run = run
         self.model = create_model(cell.model, data.input_shape, data.num_classes)
         self.model.load_state_dict(dense.trained_state)
         self.model.to(device_for_cell())
@@ -107,6 +140,14 @@ class CellJob:
         self.layers: list[dict[str, Any]] = []
         self._level: dict[str, Any] = {}
         self._example = data.test[0][0].unsqueeze(0)
+        self.storage = Storage()  # how the model is stored (quantised codes, encoding): sets size_bytes
+        self.stage = cell.method  # a pipeline names the stage that records each level
+        self._latency = LatencyMeter(self._dense_model, latency_batch(data.test, device_for_cell()))
+
+    def _dense_model(self) -> nn.Module:
+        model = create_model(self.cell.model, self.data.input_shape, self.data.num_classes)
+        model.load_state_dict(self.dense.trained_state)
+        return model.to(device_for_cell())
 
     def context(self, include_classifier: bool = False) -> PruningContext:
         """What a score may look at, for the model as it is now."""
@@ -117,6 +158,7 @@ class CellJob:
             calibration_batch=self.calibration_batch,
             initial_state=lambda: self.dense.init_state,
             seed=self.cell.seed,
+            input_shape=self.data.input_shape,
         )
 
     def calibration_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -127,11 +169,19 @@ class CellJob:
         device = device_for_cell()
         return torch.stack(x).to(device), torch.stack(y).to(device)
 
+    def fresh_init(self) -> dict[str, torch.Tensor]:
+        """The model's state drawn again from its initialiser with a seed θ0 did not use (re-init controls)."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.cell.seed + 1)
+            model = create_model(self.cell.model, self.data.input_shape, self.data.num_classes)
+        return model.state_dict()
+
     def prune(self, masks: Masks) -> None:
         """Apply ``masks`` (they replace the current ones) and record the accuracy before fine-tuning."""
         with Stopwatch() as clock:
             self.masks = {name: mask.detach().bool() for name, mask in masks.items()}
             apply_masks(self.model, self.masks)
+            self.storage = Storage()  # the weights changed: earlier codes and encodings no longer hold
         pruned = evaluate(self.model, self.data.test)
         self._level["prune_seconds"] = self._level.get("prune_seconds", 0.0) + clock.seconds
         self._level.update(top1_pruned=pruned["top1"], top5_pruned=pruned["top5"])
@@ -139,6 +189,7 @@ class CellJob:
     def finetune(self, recipe: Recipe | None = None, callbacks: list | tuple = (), finish: bool = True) -> None:
         """Train with the masks fixed (callbacks may change them); by default this ends a level."""
         level = len(self.rows)
+        self.storage = Storage()  # training changes the weights; a quantiser that trains sets its codes again
         with Stopwatch() as clock:
             self.epochs += train(
                 self.model,
@@ -149,8 +200,10 @@ class CellJob:
                 phase=f"finetune-{level}",
                 masks=self.masks,
                 callbacks=callbacks,
-                logger=self.run.lightning_logger(prefix=f"level{level}") if self.run else None,
             )
+        for callback in callbacks:  # a callback that changed the masks while training hands them back
+            if isinstance(callback, MaskingCallback):
+                self.masks = callback.masks
         self._level["finetune_seconds"] = self._level.get("finetune_seconds", 0.0) + clock.seconds
         if finish:
             self.finish_level()
@@ -160,56 +213,81 @@ class CellJob:
         level = len(self.rows)
         with Stopwatch() as clock:
             final = evaluate(self.model, self.data.test)
-            prunable = prunable_weights(self.model)
+            # the classifier counts toward sparsity_achieved when the method may prune it, as in the spec's targets
+            prunable = prunable_weights(self.model, bool(self.cell.method_params.get("prune_classifier")))
             sizes, layers = model_metrics(self.model, prunable, self._example.to(device_for_cell()))
+        encoded = self.storage.encode(self.model)
         self.rows.append(
             {
                 "level": level,
+                "stage": self.stage,
                 "sparsity": self.cell.sparsity if sparsity is None else sparsity,
                 **final,
                 **sizes,
+                **size_columns(encoded, sizes["params_total"]),
+                **self._latency.columns(self.model),
                 **self._level,
                 "eval_seconds": clock.seconds,
                 **extra,
             }
         )
-        self.layers += [{"level": level, **layer.__dict__} for layer in layers]
+        self.layers += [
+            {"level": level, **layer.__dict__, "size_bytes": encoded.module_bytes(layer.layer)} for layer in layers
+        ]
         self._level = {}
 
 
-def run_cell(cell: CellSpec, dense: DenseCheckpoint, run: CellRun | None = None) -> CellResult:
+def run_cell(cell: CellSpec, dense: DenseCheckpoint) -> CellResult:
     """Prune the dense model with the cell's method, fine-tune, evaluate: one row per level."""
     load_plugins(cell.plugins)
     seed_everything(cell.seed)
     data = load_splits(cell.dataset, cell.data_root, cell.seed)
     method = create_method(cell.method, cell.method_params)
-    job = CellJob(cell, data, dense, run)
+    job = CellJob(cell, data, dense)
     method.apply(job)
     if not job.rows:
         raise RuntimeError(f"method {cell.method!r} finished without recording a level (call job.finetune())")
     return CellResult(cell.cell_id, job.rows, job.epochs, job.layers)
 
 
-def execute_cell(cell: CellSpec, dense: bytes | DenseCheckpoint, matrix: MatrixRun | None = None) -> CellResult:
-    """``run_cell`` plus identity columns, provenance and tracking. Never raises: a failure is a row."""
+def execute_cell(cell: CellSpec, dense: bytes | DenseCheckpoint) -> CellResult:
+    """``run_cell`` plus identity columns, provenance and the cell's log. Never raises: a failure is a row."""
     started = _now()
-    run = matrix.start_cell(cell) if matrix else None
     dense_metrics: dict[str, float] = {}
+    with captured_log() as log:
+        try:
+            checkpoint = dense if isinstance(dense, DenseCheckpoint) else DenseCheckpoint.from_bytes(dense)
+            dense_metrics = checkpoint.metrics
+            result, error = run_cell(cell, checkpoint), None
+        except Exception as exc:  # a failing cell must never take the matrix down
+            result, error = _empty_result(cell), describe_error(exc)
+            print(error, file=log)
+    result.log = log.getvalue()[-LOG_LIMIT:]
+    return _complete(cell, result, started, error, dense_metrics)
+
+
+def failed_result(cell: CellSpec, error: BaseException | str, phase: str) -> CellResult:
+    """The row of a cell that could not run (its pretraining failed, its worker died, ...)."""
+    text = error if isinstance(error, str) else describe_error(error)
+    return _complete(cell, _empty_result(cell), _now(), f"{phase} failed: {text}", {})
+
+
+LOG_LIMIT = 200_000  # characters of a cell's log that are kept: the end, where an error shows
+
+
+@contextlib.contextmanager
+def captured_log() -> Iterator[io.StringIO]:
+    """What the cell prints, warns or logs, kept with its result: a worker's console is seen by no one."""
+    buffer = io.StringIO()
+    handler = logging.StreamHandler(buffer)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.addHandler(handler)
     try:
-        checkpoint = dense if isinstance(dense, DenseCheckpoint) else DenseCheckpoint.from_bytes(dense)
-        dense_metrics = checkpoint.metrics
-        result, error = run_cell(cell, checkpoint, run), None
-    except Exception as exc:  # a failing cell must never take the matrix down
-        result, error = _empty_result(cell), describe_error(exc)
-    result = _complete(cell, result, started, error, dense_metrics, run)
-    if run:
-        run.finish(result.rows[-1], failed=error is not None, error=error)
-    return result
-
-
-def failed_result(cell: CellSpec, exc: BaseException, phase: str) -> CellResult:
-    """The row of a cell that could not start (e.g. its dense pretraining failed)."""
-    return _complete(cell, _empty_result(cell), _now(), f"{phase} failed: {describe_error(exc)}", {}, None)
+        with contextlib.redirect_stdout(buffer), contextlib.redirect_stderr(buffer):
+            yield buffer
+    finally:
+        root.removeHandler(handler)
 
 
 def describe_error(exc: BaseException, frames: int = 6) -> str:
@@ -228,7 +306,6 @@ def _complete(
     started: datetime,
     error: str | None,
     dense_metrics: dict[str, float],
-    run: CellRun | None,
 ) -> CellResult:
     common = {
         **identity_columns(cell),
@@ -238,7 +315,6 @@ def _complete(
         "finished_at": _now(),
         **dense_metrics,
         **provenance(),
-        "mlflow_run_id": run.run_id if run else None,
     }
     result.rows = [{**common, **row} for row in result.rows]
     for extra in (result.epochs, result.layers):

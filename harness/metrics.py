@@ -12,6 +12,9 @@
   for every input — its producing channel was removed, bias included — is dropped with that
   channel, so it counts as removed in ``flops_nonzero`` and ``params_nonzero`` (see :func:`live_inputs`).
 - ``top1``/``top5`` are example-weighted over the whole split (never averaged over batches).
+- ``size_bytes`` / ``size_bytes_dense`` / ``bits_per_weight``: the model as really encoded, against
+  4 bytes per parameter; formulas per storage format in :mod:`harness.encoding`.
+- ``latency_ms`` / ``latency_dense_ms``: measured batch inference time, protocol in :mod:`harness.latency`.
 """
 
 from __future__ import annotations
@@ -107,10 +110,10 @@ def live_inputs(model: nn.Module, example_input: torch.Tensor) -> tuple[dict[str
 def _affine_pattern(bn: nn.modules.batchnorm._BatchNorm):
     """A forward hook replacing ``bn``'s output by x·[scale ≠ 0] + [shift ≠ 0], its eval-mode map's pattern."""
     with torch.no_grad():
-        var = bn.running_var if bn.running_var is not None else torch.ones(bn.num_features)
-        mean = bn.running_mean if bn.running_mean is not None else torch.zeros(bn.num_features)
-        scale = (bn.weight if bn.affine else 1.0) / torch.sqrt(var + bn.eps)
-        shift = (bn.bias if bn.affine else 0.0) - mean * scale
+        var = bn.running_var.cpu() if bn.running_var is not None else torch.ones(bn.num_features)
+        mean = bn.running_mean.cpu() if bn.running_mean is not None else torch.zeros(bn.num_features)
+        scale = (bn.weight.cpu() if bn.affine else 1.0) / torch.sqrt(var + bn.eps)
+        shift = (bn.bias.cpu() if bn.affine else 0.0) - mean * scale
         scale, shift = (scale != 0).float(), (shift != 0).float()
 
     def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> torch.Tensor:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
@@ -68,6 +69,37 @@ class PruningMethod(Method):
         job.finetune()
 
 
+class CompressionMethod(Method):
+    """Base of quantisers and encoders: they change how the kept weights are represented and stored.
+
+    ``compress(job)`` does the work on the model as it is and records its level. Run on its own in a
+    cell that asks for a sparsity above 0 while nothing is pruned yet, the method first prunes with
+    :attr:`prune_first` (one-shot, fine-tuned, its own level): exactly the pipeline
+    ``[global_magnitude, <this method>]``.
+    """
+
+    prune_first: ClassVar[str] = "global_magnitude"
+
+    def apply(self, job: CellJob) -> None:
+        if job.cell.sparsity > 0 and not job.masks:
+            from harness.methods import create_method
+
+            run_stage(job, create_method(self.prune_first), self.prune_first)
+        self.compress(job)
+
+    def compress(self, job: CellJob) -> None:
+        raise NotImplementedError
+
+
+def run_stage(job: CellJob, method: Method, stage: str) -> None:
+    """Apply ``method`` to ``job`` with the levels it records labelled ``stage`` (the ``stage`` column)."""
+    previous, job.stage = job.stage, stage
+    try:
+        method.apply(job)
+    finally:
+        job.stage = previous
+
+
 class PruningContext:
     """What a score may look at. Costly items are computed only when a score asks for them."""
 
@@ -79,13 +111,27 @@ class PruningContext:
         calibration_batch: Callable[[], tuple[torch.Tensor, torch.Tensor]],
         initial_state: Callable[[], dict[str, torch.Tensor]],
         seed: int,
+        input_shape: tuple[int, ...] | None = None,
     ) -> None:
         self.model = model
         self.masks = masks
         self.seed = seed
+        self.input_shape = input_shape  # of one example, without the batch dimension (data-free scores)
         self._weights = weights
         self._calibration_batch = calibration_batch
         self._initial_state = initial_state
+
+    def subset(self, names: Iterable[str]) -> PruningContext:
+        """The same context over only the weights ``names`` (e.g. to prune the classifier at its own rate)."""
+        return PruningContext(
+            self.model,
+            {name: self._weights[name] for name in names},
+            self.masks,
+            self._calibration_batch,
+            self._initial_state,
+            self.seed,
+            self.input_shape,
+        )
 
     @property
     def weights(self) -> dict[str, torch.Tensor]:
@@ -102,8 +148,9 @@ class PruningContext:
         """Gradient of the cross-entropy loss on :attr:`batch` for each prunable weight."""
         inputs, targets = self.batch
         self.model.zero_grad()
-        loss = nn.functional.cross_entropy(self.model(inputs), targets)
-        grads = torch.autograd.grad(loss, list(self._weights.values()))
+        with buffers_kept(self.model):
+            loss = nn.functional.cross_entropy(self.model(inputs), targets)
+            grads = torch.autograd.grad(loss, list(self._weights.values()))
         return dict(zip(self._weights, (g.detach() for g in grads), strict=True))
 
     @cached_property
@@ -139,9 +186,22 @@ class PruningContext:
 
             handles.append(module.register_forward_hook(record))
         try:
-            with torch.no_grad():
+            with torch.no_grad(), buffers_kept(self.model):
                 self.model(self.batch[0])
         finally:
             for handle in handles:
                 handle.remove()
         return norms
+
+
+@contextmanager
+def buffers_kept(model: nn.Module) -> Iterator[None]:
+    """Restore the model's buffers afterwards: a training-mode forward pass updates BatchNorm's running
+    statistics, and looking at the model to score it must not change the model being pruned."""
+    saved = [buffer.detach().clone() for buffer in model.buffers()]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for buffer, value in zip(model.buffers(), saved, strict=True):
+                buffer.copy_(value)

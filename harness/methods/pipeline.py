@@ -1,1 +1,94 @@
-"""(being written)"""
+"""Pipelines: several methods applied in order to one cell's model, e.g. prune → quantise → encode.
+
+Stages share the job, so each builds on the last: a pruning stage sets the masks and fine-tunes, a
+quantiser changes the weights and sets their codes, an encoder sets how the model is stored. Every
+stage records its own level(s), labelled in the ``stage`` column, so one cell's rows show what each
+stage did to accuracy, ``size_bytes`` and latency; the last row (highest ``level``) is the whole
+pipeline, which is what the leaderboard shows.
+
+In a spec::
+
+    methods:
+      - {name: pipeline, stages: [global_magnitude, {name: kmeans, bits: 5}, huffman]}
+      - deep_compression
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import pydantic
+from pydantic import Field, field_validator
+
+from harness.methods import METHODS, create_method, register_method
+from harness.methods.base import Method, run_stage
+from harness.methods.quantization import DEEP_COMPRESSION
+from harness.spec import MethodSpec
+
+if TYPE_CHECKING:
+    from harness.cell import CellJob
+
+
+@register_method("pipeline")
+class Pipeline(Method):
+    """Apply methods in order to one model (prune → quantise → encode); each stage records its level."""
+
+    family = "pipeline"
+    reference = DEEP_COMPRESSION
+
+    class Params(Method.Params):
+        stages: tuple[MethodSpec, ...] = Field(min_length=1)
+
+        @field_validator("stages")
+        @classmethod
+        def _known_stages(cls, stages: tuple[MethodSpec, ...]) -> tuple[MethodSpec, ...]:
+            for i, stage in enumerate(stages):
+                if stage.name not in METHODS:
+                    raise ValueError(f"stages[{i}]: {METHODS.unknown_message(stage.name)}")
+                try:
+                    METHODS.get(stage.name).Params.model_validate(stage.params)
+                except pydantic.ValidationError as exc:
+                    problems = "; ".join(
+                        f"{'.'.join(map(str, e['loc'])) or 'params'}: {e['msg']}" for e in exc.errors()
+                    )
+                    raise ValueError(f"stages[{i}] ({stage.name}): {problems}") from None
+            return stages
+
+    def stage_specs(self) -> list[tuple[str, dict[str, Any]]]:
+        """(method name, parameters) of each stage, in order."""
+        return [(stage.name, stage.params) for stage in self.params.stages]
+
+    def apply(self, job: CellJob) -> None:
+        for name, params in self.stage_specs():
+            run_stage(job, create_method(name, params), name)
+
+
+@register_method("deep_compression")
+class DeepCompression(Pipeline):
+    """Deep Compression: iterative magnitude pruning, k-means weight sharing, Huffman coding."""
+
+    class Params(Method.Params):
+        rate: float = Field(0.2, gt=0, lt=1)  # fraction of the remaining weights pruned per round
+        bits: int = Field(5, ge=1, le=8)  # 2^bits shared values per layer
+        index_bits: int = Field(5, ge=1, le=16)  # relative-index gap code width
+
+    def stage_specs(self) -> list[tuple[str, dict[str, Any]]]:
+        p = self.params
+        return [
+            ("iterative", {"rate": p.rate}),
+            ("kmeans", {"bits": p.bits}),
+            ("huffman", {"index_bits": p.index_bits}),
+        ]
+
+
+@register_method("prune_int8_bitmask")
+class PruneInt8Bitmask(Pipeline):
+    """Global magnitude pruning, 8-bit per-channel PTQ, stored as bitmask + int8 codes."""
+
+    reference = "Blalock et al. 2020 (global magnitude); Nagel et al. 2021 (PTQ)"
+
+    class Params(Method.Params):
+        pass
+
+    def stage_specs(self) -> list[tuple[str, dict[str, Any]]]:
+        return [("global_magnitude", {}), ("ptq", {"bits": 8}), ("bitmask", {})]

@@ -1,0 +1,91 @@
+"""The stored form of a model: real byte strings per parameter tensor, and the size columns of a row."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from harness.encoding.codes import QuantizedWeight
+from harness.encoding.formats import auto, float32_bytes
+from harness.masks import prunable_weights
+
+# A weight format turns one Conv/Linear weight (and its codes, if quantised) into named byte strings.
+WeightFormat = Callable[[torch.Tensor, QuantizedWeight | None], dict[str, bytes]]
+
+FLOAT32_BYTES = 4
+
+
+@dataclass
+class Encoded:
+    """A model as stored: ``{parameter name: {part: bytes}}``, and what the encoder measured on the way."""
+
+    format: str
+    payloads: dict[str, dict[str, bytes]]
+    columns: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def size_bytes(self) -> int:
+        return sum(len(part) for parts in self.payloads.values() for part in parts.values())
+
+    def module_bytes(self, module: str) -> int:
+        """Bytes of the parameters that belong directly to ``module`` (e.g. its weight and bias)."""
+        return sum(
+            len(part)
+            for name, parts in self.payloads.items()
+            if name.rpartition(".")[0] == module
+            for part in parts.values()
+        )
+
+
+@dataclass
+class Storage:
+    """How a job's model is stored now: codes set by a quantiser, a payload pinned by an encoder.
+
+    Without an encoder the model is stored in the default format (``auto``). Pruning or training
+    changes the weights, so the job resets its storage then; a quantiser that trains sets its codes
+    again afterwards.
+    """
+
+    quantized: dict[str, QuantizedWeight] = field(default_factory=dict)
+    encoded: Encoded | None = None
+
+    def encode(self, model: nn.Module) -> Encoded:
+        return self.encoded or encode_model(model, self.quantized, auto, "auto")
+
+
+def encode_model(
+    model: nn.Module,
+    quantized: dict[str, QuantizedWeight],
+    weight_format: WeightFormat,
+    name: str,
+    encoded: dict[str, dict[str, bytes]] | None = None,
+) -> Encoded:
+    """Every Conv/Linear weight (classifier included) in ``weight_format``, every other parameter as
+    float32, except the parameters an encoder has already ``encoded`` itself."""
+    weights = prunable_weights(model, include_classifier=True)
+    payloads = {}
+    for param_name, param in model.named_parameters():
+        tensor = param.detach().cpu()
+        if encoded and param_name in encoded:
+            payloads[param_name] = encoded[param_name]
+        elif param_name in weights:
+            payloads[param_name] = weight_format(tensor, quantized.get(param_name))
+        else:
+            payloads[param_name] = {"values": float32_bytes(tensor)}
+    return Encoded(name, payloads)
+
+
+def size_columns(encoded: Encoded, params_total: int) -> dict[str, Any]:
+    """``size_bytes`` as stored, ``size_bytes_dense`` as float32, and bits per parameter."""
+    return {
+        "storage_format": encoded.format,
+        "size_bytes": encoded.size_bytes,
+        "size_bytes_dense": FLOAT32_BYTES * params_total,
+        "bits_per_weight": 8 * encoded.size_bytes / params_total if params_total else np.nan,
+        **encoded.columns,
+    }
