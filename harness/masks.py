@@ -2,6 +2,7 @@
 
 A mask set is ``{parameter name: bool tensor}`` over the *prunable* weights: the weights of
 Conv and Linear layers, the classifier (the model's last ``nn.Linear``) excluded unless asked.
+Structured methods also mask the bias of a channel they remove, so the channel's output is zero.
 Masks are enforced by zeroing the weights, zeroing their gradients (so momentum and weight decay
 never move a pruned weight) and zeroing them again after each optimiser step.
 """

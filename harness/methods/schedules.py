@@ -1,1 +1,256 @@
-"""(being written)"""
+"""Prune → retrain, repeated: any registered pruning method under any retraining schedule.
+
+``iterative`` removes ``rate`` of the remaining weights per round with the pruning method named
+by ``score`` until the cell's sparsity is reached, and after every round restarts training from
+its ``rewind`` point:
+
+- ``none``: keep the trained weights, fine-tune with the FINETUNE recipe (Han et al. 2015);
+- ``init``: survivors back to θ0, then the whole PRETRAIN recipe (lottery ticket, Frankle & Carbin);
+- ``epoch:k``: survivors back to the weights after k epochs of pretraining, then the PRETRAIN
+  schedule from epoch k on (weight rewinding); the spec's pretrain recipe must keep them:
+  ``save_epochs: [k]``;
+- ``lr`` or ``lr:k``: keep the trained weights, replay the PRETRAIN learning-rate schedule from
+  epoch k on (default 0: all of it) — learning-rate rewinding (Renda et al. 2020).
+
+Every round is one row whose ``sparsity`` is that round's target, so one run yields the whole
+sparsity curve. Controls (Frankle & Carbin): ``reinit`` trains each round's ticket mask from a
+fresh random initialisation, ``random_mask`` trains a random mask with the ticket's per-layer
+sparsity from the ticket's starting point. The ticket itself must still be trained to find the
+next mask, so a control costs twice the training; the ticket's epochs have phase ``ticket-<level>``.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import TYPE_CHECKING, Annotated, Any, Literal
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback
+from pydantic import Field, ValidationError, model_validator
+from torch import nn
+
+from harness.masks import Masks, classifier_name
+from harness.methods import METHODS, Method, PruningMethod, create_method, register_method
+from harness.methods.dynamic import random_masks
+from harness.spec import Recipe
+from harness.training import ClassifierModule, train
+
+if TYPE_CHECKING:
+    from harness.cell import CellJob
+
+HAN = "Han et al. 2015, Learning both Weights and Connections for Efficient Neural Networks"
+FRANKLE_CARBIN = "Frankle & Carbin 2019, The Lottery Ticket Hypothesis"
+RENDA = "Renda et al. 2020, Comparing Rewinding and Fine-tuning in Neural Network Pruning"
+
+RewindPoint = Annotated[str, Field(pattern=r"^(none|init|lr|lr:\d+|epoch:\d+)$")]
+
+
+def level_targets(sparsity: float, rate: float, rounds: int | None = None) -> list[float]:
+    """Sparsity after each round, 1 − (1 − rate)^k, the last round clipped to exactly ``sparsity``.
+
+    By default as many rounds as it takes: ceil(log(1 − s) / log(1 − rate)), at least one.
+    """
+    needed = math.ceil(math.log(1 - sparsity) / math.log(1 - rate) - 1e-9)
+    rounds = rounds or max(needed, 1)
+    return [min(1 - (1 - rate) ** k, sparsity) for k in range(1, rounds)] + [sparsity]
+
+
+def schedule_lrs(recipe: Recipe) -> list[float]:
+    """The learning rate of every epoch of ``recipe``, from the optimiser and scheduler training builds."""
+    config = ClassifierModule(nn.Linear(1, 1), recipe).configure_optimizers()
+    if not isinstance(config, dict):  # no scheduler: constant
+        return [recipe.lr] * recipe.epochs
+    optimizer, scheduler = config["optimizer"], config["lr_scheduler"]["scheduler"]
+    lrs = []
+    for _ in range(recipe.epochs):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()  # no gradients: moves nothing, keeps the scheduler's step order valid
+        scheduler.step()
+    return lrs
+
+
+class ReplaySchedule(Callback):
+    """Gives epoch e of training the learning rate ``lrs[e]``, set before the epoch starts."""
+
+    def __init__(self, lrs: list[float]) -> None:
+        self.lrs = lrs
+
+    def on_train_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        self._set(trainer, 0)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        self._set(trainer, trainer.current_epoch + 1)
+
+    def _set(self, trainer: L.Trainer, epoch: int) -> None:
+        if epoch < len(self.lrs):
+            for group in trainer.optimizers[0].param_groups:
+                group["lr"] = self.lrs[epoch]
+
+
+def replay_from(recipe: Recipe, epoch: int) -> tuple[Recipe, list[Callback]]:
+    """``recipe`` from ``epoch`` on: its remaining epochs, each with the learning rate it had there."""
+    if epoch == 0:
+        return recipe, []
+    if epoch > recipe.epochs:
+        raise ValueError(f"cannot rewind to epoch {epoch}: the pretrain recipe has {recipe.epochs} epochs")
+    remaining = recipe.model_copy(update={"epochs": recipe.epochs - epoch, "schedule": "constant"})
+    return remaining, [ReplaySchedule(schedule_lrs(recipe)[epoch:])]
+
+
+@register_method("iterative")
+class Iterative(Method):
+    """Prune ``rate`` of the remaining weights per round with any pruning method, retraining after each.
+
+    ``score`` names any registered pruning method (its scope comes with it: global_magnitude or
+    layer_magnitude), with ``score_params``. ``rounds`` defaults to enough to reach the cell's
+    sparsity, the last round clipped to it; given explicitly, the rounds follow the same targets
+    and the last one jumps to the cell's sparsity. With ``prune_classifier`` the classifier is
+    pruned on its own, at ``classifier_rate`` per round (default: half of ``rate``, as Frankle &
+    Carbin), reported as the ``classifier_sparsity`` column; ``sparsity`` then counts the other layers.
+    """
+
+    family = "schedule"
+    reference = f"{HAN}; {FRANKLE_CARBIN}; {RENDA}"
+
+    class Params(Method.Params):
+        score: str = "global_magnitude"  # any registered pruning method
+        score_params: dict[str, Any] = {}  # its parameters
+        rate: float = Field(0.2, gt=0, lt=1)  # fraction of the remaining weights pruned per round
+        rounds: int | None = Field(None, ge=1)  # default: enough to reach the cell's sparsity
+        rewind: RewindPoint = "none"  # none | init | epoch:k | lr | lr:k
+        control: Literal["none", "reinit", "random_mask"] = "none"
+        prune_classifier: bool = False
+        classifier_rate: float | None = Field(None, gt=0, lt=1)  # default: rate / 2
+
+        @model_validator(mode="after")
+        def _consistent(self) -> Iterative.Params:
+            if self.score not in METHODS:
+                raise ValueError(f"score: {METHODS.unknown_message(self.score)}")
+            method = METHODS.get(self.score)
+            if not issubclass(method, PruningMethod):
+                raise ValueError(
+                    f"score {self.score!r} is a {method.family} method, not a pruning method with masks(); "
+                    "name one such as global_magnitude, snip or filter_l1"
+                )
+            try:
+                method.Params.model_validate(self.score_params)
+            except ValidationError as exc:
+                raise ValueError(f"score_params for {self.score!r}: {exc}") from None
+            if self.control == "reinit" and self.rewind.partition(":")[0] in ("none", "lr"):
+                raise ValueError(
+                    f"control 'reinit' trains from a fresh initialisation, so it needs a rewind point to replace "
+                    f"(rewind: init or epoch:k), not rewind {self.rewind!r}"
+                )
+            return self
+
+    def apply(self, job: CellJob) -> None:
+        p = self.params
+        score: PruningMethod = create_method(p.score, p.score_params)
+        kind, _, epoch = p.rewind.partition(":")
+        rewind_epoch = int(epoch or 0)
+        if kind == "none":
+            recipe, callbacks = job.cell.finetune, []
+        else:
+            recipe, callbacks = replay_from(job.cell.pretrain, rewind_epoch)
+        rewind_state = job.dense.weights_at(rewind_epoch) if kind in ("init", "epoch") else None
+        fresh_state = job.fresh_init() if p.control == "reinit" else None
+        classifier_rate = p.classifier_rate or p.rate / 2
+
+        ticket: Masks = {}
+        for index, sparsity in enumerate(level_targets(job.cell.sparsity, p.rate, p.rounds)):
+            classifier_sparsity = 1 - (1 - classifier_rate) ** (index + 1) if p.prune_classifier else None
+            ticket = self.next_masks(job, score, ticket, sparsity, classifier_sparsity)
+            start = rewind_state if rewind_state is not None else copy.deepcopy(job.model.state_dict())
+            masks = ticket
+            if p.control != "none":
+                trained_ticket = self.train_ticket(job, start, ticket, recipe, callbacks, index)
+                if p.control == "reinit":
+                    start = fresh_state
+                else:
+                    generator = torch.Generator().manual_seed(job.cell.seed)  # same draw every round: nested masks
+                    density = {name: int(mask.sum()) / mask.numel() for name, mask in ticket.items()}
+                    masks = random_masks(ticket, density, generator)
+            job.model.load_state_dict(start)
+            job.prune(masks)
+            job.finetune(recipe, callbacks, finish=False)
+            extra = {} if classifier_sparsity is None else {"classifier_sparsity": classifier_sparsity}
+            job.finish_level(sparsity=sparsity, **extra)
+            if p.control != "none":
+                job.model.load_state_dict(trained_ticket)  # the next mask is scored on the ticket
+
+    def next_masks(
+        self,
+        job: CellJob,
+        score: PruningMethod,
+        previous: Masks,
+        sparsity: float,
+        classifier_sparsity: float | None,
+    ) -> Masks:
+        """The ticket one round on: ``score`` on the model as it is now, shrinking ``previous``."""
+        ctx = job.context(include_classifier=self.params.prune_classifier)
+        ctx.masks = previous
+        if classifier_sparsity is None:
+            return score.masks(ctx, sparsity)
+        classifier = classifier_name(job.model) + ".weight"
+        body = [name for name in ctx.weights if name != classifier]
+        return {**score.masks(ctx.subset(body), sparsity), **score.masks(ctx.subset([classifier]), classifier_sparsity)}
+
+    @staticmethod
+    def train_ticket(
+        job: CellJob, start: dict[str, torch.Tensor], masks: Masks, recipe: Recipe, callbacks: list, index: int
+    ) -> dict[str, torch.Tensor]:
+        """Train the ticket off the record (its epochs only), as the plain method would; returns its weights."""
+        job.model.load_state_dict(start)
+        job.epochs += train(
+            job.model,
+            job.data.train,
+            job.data.val,
+            recipe,
+            seed=job.cell.seed + 1000 * index,  # the seed CellJob.finetune gives this level
+            phase=f"ticket-{index}",
+            masks=masks,
+            callbacks=callbacks,
+        )
+        return copy.deepcopy(job.model.state_dict())
+
+
+@register_method("imp")
+class IterativeMagnitudePruning(Iterative):
+    """Lottery-ticket IMP: 20% of the remaining weights by global |w| per round, survivors rewound to θ0."""
+
+    reference = FRANKLE_CARBIN
+
+    class Params(Iterative.Params):
+        rewind: RewindPoint = "init"
+
+
+@register_method("weight_rewinding")
+class WeightRewinding(Iterative):
+    """IMP rewinding survivors to their weights after epoch 1 of pretraining (needs pretrain save_epochs: [1])."""
+
+    reference = f"{RENDA}; Frankle et al. 2020, Linear Mode Connectivity and the Lottery Ticket Hypothesis"
+
+    class Params(Iterative.Params):
+        rewind: RewindPoint = "epoch:1"
+
+
+@register_method("lr_rewinding")
+class LearningRateRewinding(Iterative):
+    """Iterative global |w| pruning that keeps the trained weights and replays the whole pretrain lr schedule."""
+
+    reference = RENDA
+
+    class Params(Iterative.Params):
+        rewind: RewindPoint = "lr"
+
+
+@register_method("han_iterative")
+class HanIterative(Iterative):
+    """Iterative per-layer |w| pruning, fine-tuning the trained survivors after each round (Han et al.)."""
+
+    reference = HAN
+
+    class Params(Iterative.Params):
+        score: str = "layer_magnitude"

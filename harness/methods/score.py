@@ -1,4 +1,4 @@
-"""ShrinkBench's baseline scores (Blalock et al. 2020): random, |w| and |w·g|, global or per layer."""
+"""ShrinkBench's baseline scores (Blalock et al. 2020): random, |w|, |w·g| and |w|·‖activation‖, global or per layer."""
 
 from __future__ import annotations
 
@@ -52,5 +52,23 @@ class GlobalGradient(PruningMethod):
 @register_method("layer_gradient")
 class LayerGradient(GlobalGradient):
     """Remove the same fraction of smallest-|w·g| weights from every prunable layer."""
+
+    scope = "layer"
+
+
+@register_method("global_activation")
+class GlobalActivation(PruningMethod):
+    """Remove the weights of smallest |w|·‖input activation‖ (over one training batch), one threshold."""
+
+    reference = SHRINKBENCH + " (MagAct)"
+
+    def score(self, ctx: PruningContext) -> dict[str, torch.Tensor]:
+        activations = ctx.activations
+        return {name: w.abs() * activations[name] for name, w in ctx.weights.items()}
+
+
+@register_method("layer_activation")
+class LayerActivation(GlobalActivation):
+    """Remove the same fraction of smallest-|w|·‖input activation‖ weights from every prunable layer."""
 
     scope = "layer"

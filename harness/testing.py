@@ -1,0 +1,205 @@
+"""Checks any pruning-method author can run in a test: the promises every method makes to the harness.
+
+    from harness.testing import check_pruning_method
+
+    def test_my_method():
+        check_pruning_method("my_method", {"some_param": 3})
+
+:func:`check_pruning_method` runs the method on a tiny real cell (a LeNet on scikit-learn's digits,
+one epoch of pretraining and fine-tuning) exactly as the harness does, and asserts for every level
+it records: the achieved sparsity is the level's target (within one weight, or one channel, per
+layer); masks only shrink from level to level; pruned weights are still zero after training; the
+classifier stays dense unless ``prune_classifier``. It returns the recorded levels so a test can
+assert the method's own defining property on them. :func:`run_method` is the same run without the
+assertions.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from functools import cache
+from typing import Any, Literal
+
+import torch
+
+from harness.cell import CellJob, DenseCheckpoint, pretrain, seed_everything
+from harness.data import load_splits
+from harness.masks import Masks, classifier_name, prunable_weights
+from harness.methods import METHODS, Method
+from harness.spec import CellSpec, Recipe
+
+TINY_PRETRAIN = Recipe(epochs=1, lr=0.05, batch_size=256)
+TINY_FINETUNE = Recipe(epochs=1, lr=0.01, batch_size=256)
+
+
+@dataclass
+class Level:
+    """One recorded level: its row, its masks, the weights right after pruning and after training."""
+
+    row: dict[str, Any]
+    masks: Masks
+    pruned_state: dict[str, torch.Tensor] | None  # None when the level never called prune()
+    final_state: dict[str, torch.Tensor]
+
+
+class RecordingJob(CellJob):
+    """A :class:`CellJob` that also keeps, for every level, its masks and its weights before and after training."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.levels: list[Level] = []
+        self._pruned_state: dict[str, torch.Tensor] | None = None
+
+    def prune(self, masks: Masks) -> None:
+        super().prune(masks)
+        self._pruned_state = _copy_state(self.model)
+
+    def finish_level(self, sparsity: float | None = None, **extra: Any) -> None:
+        super().finish_level(sparsity, **extra)
+        masks = {name: mask.clone() for name, mask in self.masks.items()}
+        self.levels.append(Level(self.rows[-1], masks, self._pruned_state, _copy_state(self.model)))
+        self._pruned_state = None
+
+
+def _copy_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return copy.deepcopy({name: value.detach().cpu() for name, value in model.state_dict().items()})
+
+
+def tiny_cell(
+    method: str,
+    params: dict[str, Any] | None = None,
+    *,
+    sparsity: float = 0.75,
+    model: str = "lenet_300_100",
+    dataset: str = "digits",
+    seed: int = 0,
+    pretrain_recipe: Recipe = TINY_PRETRAIN,
+    finetune_recipe: Recipe = TINY_FINETUNE,
+) -> CellSpec:
+    """A cell small enough for a unit test (a second on a laptop CPU for a one-shot method)."""
+    return CellSpec(
+        benchmark="check",
+        model=model,
+        dataset=dataset,
+        method=method,
+        method_params=params or {},
+        sparsity=sparsity,
+        seed=seed,
+        pretrain=pretrain_recipe,
+        finetune=finetune_recipe,
+    )
+
+
+@cache
+def _pretrained(model: str, dataset: str, seed: int, recipe: Recipe) -> DenseCheckpoint:
+    return pretrain(tiny_cell("none", model=model, dataset=dataset, seed=seed, pretrain_recipe=recipe))
+
+
+def run_method(
+    method: str | type[Method],
+    params: dict[str, Any] | None = None,
+    *,
+    dense: DenseCheckpoint | None = None,
+    **cell_fields: Any,
+) -> RecordingJob:
+    """Run ``method`` on a :func:`tiny_cell` as ``run_cell`` does and return the job with its levels.
+
+    ``dense`` replaces the pretrained model (pretrained once per model, data set, seed and recipe
+    otherwise); ``cell_fields`` go to :func:`tiny_cell`.
+    """
+    name = method if isinstance(method, str) else _registered_name(method)
+    cls = METHODS.get(method) if isinstance(method, str) else method
+    instance = cls(params)
+    cell = tiny_cell(name, instance.params.model_dump(exclude_defaults=True), **cell_fields)
+    if dense is None:  # a copy: a method that changed the checkpoint must not change the next test's
+        dense = copy.deepcopy(_pretrained(cell.model, cell.dataset, cell.seed, cell.pretrain))
+    seed_everything(cell.seed)
+    job = RecordingJob(cell, load_splits(cell.dataset, cell.data_root, cell.seed), dense)
+    instance.apply(job)
+    return job
+
+
+def _registered_name(cls: type[Method]) -> str:
+    return next((name for name in METHODS.names() if METHODS.get(name) is cls), cls.__name__)
+
+
+def check_pruning_method(
+    method: str | type[Method],
+    params: dict[str, Any] | None = None,
+    *,
+    granularity: Literal["weight", "channel"] = "weight",
+    expected_sparsity: float | None = None,
+    **run_options: Any,
+) -> list[Level]:
+    """Run ``method`` on a tiny real cell and assert the invariants every pruning method promises.
+
+    ``granularity``: the unit the method removes, which sets the sparsity tolerance per layer (one
+    weight, or one output channel for structured methods). ``expected_sparsity``: the last level's
+    target when the method replaces the cell's (N:M); by default the cell's sparsity. Other keyword
+    arguments go to :func:`run_method`. Raises ``AssertionError`` naming the level, layer and numbers.
+    """
+    job = run_method(method, params, **run_options)
+    label = method if isinstance(method, str) else method.__name__
+    _expect(job.levels, f"{label} recorded no level: call job.finetune() or job.finish_level()")
+    expected = job.cell.sparsity if expected_sparsity is None else expected_sparsity
+    last = job.levels[-1].row["sparsity"]
+    _expect(
+        abs(last - expected) < 1e-12,
+        f"{label}: the last level's sparsity is {last}, expected {expected}",
+    )
+
+    include_classifier = bool(job.cell.method_params.get("prune_classifier"))
+    prunable = prunable_weights(job.model, include_classifier)
+    classifier = classifier_name(job.model) + ".weight"
+    previous: Masks = {}
+    for index, level in enumerate(job.levels):
+        where = f"{label}, level {index}"
+        if not include_classifier:
+            kept = level.masks.get(classifier)
+            _expect(kept is None or bool(kept.all()), f"{where}: the classifier {classifier} is masked")
+            zeros = int((level.final_state[classifier] == 0).sum())
+            _expect(zeros == 0, f"{where}: {zeros} classifier weights are zero but prune_classifier is off")
+        _check_sparsity(where, level, prunable, classifier, granularity)
+        _check_zero_where_masked(where, level)
+        for name, mask in previous.items():
+            now = level.masks.get(name, torch.ones_like(mask))
+            revived = int((now & ~mask).sum())
+            _expect(revived == 0, f"{where}: {revived} weights of {name} pruned at the level before are kept again")
+        previous = level.masks
+    return job.levels
+
+
+def _check_sparsity(
+    where: str, level: Level, prunable: dict[str, torch.Tensor], classifier: str, granularity: str
+) -> None:
+    """Pruned weights = round(target · weights), within one unit per layer (the classifier on its own
+    target when the row reports ``classifier_sparsity``)."""
+    groups = {name: level.row["sparsity"] for name in prunable}
+    if "classifier_sparsity" in level.row:
+        groups[classifier] = level.row["classifier_sparsity"]
+    for target in set(groups.values()):
+        names = [name for name, t in groups.items() if t == target]
+        total = sum(prunable[name].numel() for name in names)
+        pruned = sum(int((~level.masks[name]).sum()) for name in names if name in level.masks)
+        unit = {name: 1 if granularity == "weight" else prunable[name][0].numel() for name in names}
+        tolerance = sum(unit.values())
+        _expect(
+            abs(pruned - round(target * total)) <= tolerance,
+            f"{where}: {pruned} of {total} weights pruned in {names}, expected {round(target * total)} "
+            f"(sparsity {target}) within {tolerance}",
+        )
+
+
+def _check_zero_where_masked(where: str, level: Level) -> None:
+    for name, mask in level.masks.items():
+        for moment, state in (("after pruning", level.pruned_state), ("after training", level.final_state)):
+            if state is None:
+                continue
+            alive = int((state[name][~mask.cpu()] != 0).sum())
+            _expect(alive == 0, f"{where}: {alive} pruned entries of {name} are nonzero {moment}")
+
+
+def _expect(condition: Any, message: str) -> None:
+    if not condition:
+        raise AssertionError(message)

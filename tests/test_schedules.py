@@ -1,0 +1,183 @@
+"""Iterative pruning and its retraining schedules: counts per round, what each rewind restores, which
+learning rates each replays, the controls, and the pretrain snapshots weight rewinding needs.
+
+LeNet-300-100 on digits: 64·300 + 300·100 = 49200 prunable weights, a 1000-weight classifier.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from pydantic import ValidationError
+
+from harness.cell import DenseCheckpoint
+from harness.methods import create_method
+from harness.methods.schedules import level_targets, schedule_lrs
+from harness.models import create_model
+from harness.spec import BenchmarkSpec, Recipe
+from harness.testing import check_pruning_method, run_method
+
+PRUNABLE = 49200
+STEP = Recipe(epochs=3, lr=0.1, batch_size=512, schedule="step", milestones=(1, 2), gamma=0.5)  # 0.1, 0.05, 0.025
+
+
+def kept(level) -> int:
+    return sum(int(mask.sum()) for name, mask in level.masks.items() if name.endswith("weight"))
+
+
+def lrs(job, phase: str) -> list[float]:
+    return [round(row["lr"], 12) for row in job.epochs if row["phase"] == phase]
+
+
+def assert_starts_from(level, state: dict[str, torch.Tensor]) -> None:
+    """Right after pruning, every parameter of the level is ``state``'s, masked."""
+    for name, value in state.items():
+        assert torch.equal(level.pruned_state[name], value * level.masks.get(name, torch.ones_like(value))), name
+
+
+def untrained(model: str = "lenet_300_100") -> DenseCheckpoint:
+    """θ0 and a 'trained' state that is a different draw, so rewinding to the wrong one shows."""
+    states = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        states.append({k: v.detach().clone() for k, v in create_model(model, (1, 8, 8), 10).state_dict().items()})
+    return DenseCheckpoint("hand-made", states[0], states[1], {}, [])
+
+
+def test_level_targets_follow_the_rate_and_clip_the_last_round() -> None:
+    assert level_targets(0.488, 0.2) == pytest.approx([0.2, 0.36, 0.488])  # 1 − 0.8³ = 0.488: three rounds
+    assert level_targets(0.9, 0.5) == pytest.approx([0.5, 0.75, 0.875, 0.9])  # ceil(log 0.1 / log 0.5) = 4
+    assert level_targets(0.5, 0.2, rounds=2) == pytest.approx([0.2, 0.5])
+    assert level_targets(0.0, 0.2) == [0.0]
+
+
+@pytest.mark.parametrize(
+    ("method", "params", "pretrain"),
+    [
+        ("iterative", {"rate": 0.5}, None),
+        ("imp", {"rate": 0.5}, None),
+        ("lr_rewinding", {"rate": 0.5}, None),
+        ("han_iterative", {"rate": 0.5}, None),
+        ("weight_rewinding", {"rate": 0.5}, Recipe(epochs=2, lr=0.05, batch_size=256, save_epochs=(1,))),
+        ("imp", {"rate": 0.5, "prune_classifier": True}, None),
+        ("imp", {"rate": 0.5, "control": "reinit"}, None),
+        ("imp", {"rate": 0.5, "control": "random_mask"}, None),
+        ("iterative", {"rate": 0.5, "score": "filter_l1"}, None),
+    ],
+)
+def test_schedule_keeps_the_plugin_promises(method: str, params: dict, pretrain: Recipe | None) -> None:
+    options = {"pretrain_recipe": pretrain} if pretrain else {}
+    granularity = "channel" if params.get("score") == "filter_l1" else "weight"
+    levels = check_pruning_method(method, params, granularity=granularity, **options)
+    assert [level.row["sparsity"] for level in levels] == pytest.approx([0.5, 0.75])
+
+
+def test_imp_keeps_a_power_of_the_rate_and_rewinds_survivors_to_theta0() -> None:
+    dense = untrained()
+    job = run_method("imp", dense=dense, sparsity=1 - 0.8**3, pretrain_recipe=Recipe(epochs=0))
+    assert len(job.levels) == 3  # one row per round
+    for k, level in enumerate(job.levels, start=1):
+        assert abs(kept(level) - 0.8**k * PRUNABLE) <= 1
+        assert_starts_from(level, dense.init_state)  # survivors, biases and classifier exactly at θ0
+    # the first mask ranks the trained weights, not θ0
+    trained = dense.trained_state["1.weight"].abs()
+    assert trained[job.levels[0].masks["1.weight"]].min() >= trained[~job.levels[0].masks["1.weight"]].max()
+
+
+def test_imp_prunes_the_classifier_at_half_the_rate() -> None:
+    job = run_method("imp", {"prune_classifier": True}, sparsity=0.36, pretrain_recipe=Recipe(epochs=0))
+    assert [level.row["classifier_sparsity"] for level in job.levels] == pytest.approx([0.1, 0.19])
+    assert [int((~level.masks["5.weight"]).sum()) for level in job.levels] == [100, 190]
+
+
+def test_pretraining_keeps_the_weights_of_the_save_epochs() -> None:
+    one = run_method("global_magnitude", pretrain_recipe=Recipe(epochs=1, batch_size=256, save_epochs=(1,))).dense
+    assert all(torch.equal(one.snapshots[1][k], v) for k, v in one.trained_state.items())  # after the last epoch
+    two = run_method("global_magnitude", pretrain_recipe=Recipe(epochs=2, batch_size=256, save_epochs=(1,))).dense
+    assert torch.equal(two.snapshots[1]["1.weight"], one.trained_state["1.weight"])  # same seed, same first epoch
+    assert not torch.equal(two.snapshots[1]["1.weight"], two.trained_state["1.weight"])
+
+
+def test_weight_rewinding_restores_epoch_k_and_replays_the_rest_of_the_schedule() -> None:
+    pretrain = STEP.model_copy(update={"save_epochs": (1,)})
+    job = run_method("weight_rewinding", {"rate": 0.5}, sparsity=0.5, pretrain_recipe=pretrain)
+    assert_starts_from(job.levels[0], job.dense.snapshots[1])
+    assert lrs(job, "finetune-0") == [0.05, 0.025]  # epochs 1 and 2 of the pretrain schedule
+
+
+def test_weight_rewinding_without_a_snapshot_says_how_to_keep_one() -> None:
+    with pytest.raises(KeyError, match=r"save_epochs: \[1\]"):
+        run_method("weight_rewinding", sparsity=0.5)
+
+
+def test_lr_rewinding_keeps_the_weights_and_replays_the_lr_schedule() -> None:
+    job = run_method("lr_rewinding", {"rate": 0.5}, sparsity=0.75, pretrain_recipe=STEP)
+    assert [row["lr"] for row in job.dense.epochs] == pytest.approx([0.1, 0.05, 0.025])
+    assert lrs(job, "finetune-0") == lrs(job, "finetune-1") == [0.1, 0.05, 0.025]
+    first, second = job.levels
+    assert_starts_from(first, job.dense.trained_state)
+    assert_starts_from(second, first.final_state)  # round 2 starts where round 1's training ended
+
+    partial = run_method("iterative", {"rate": 0.5, "rewind": "lr:1"}, sparsity=0.5, pretrain_recipe=STEP)
+    assert lrs(partial, "finetune-0") == [0.05, 0.025]
+
+
+def test_han_iterative_fine_tunes_the_trained_survivors_per_layer() -> None:
+    job = run_method("han_iterative", {"rate": 0.5}, sparsity=0.5)
+    level = job.levels[0]
+    assert_starts_from(level, job.dense.trained_state)
+    assert [int((~level.masks[name]).sum()) for name in ("1.weight", "3.weight")] == [9600, 15000]
+    assert lrs(job, "finetune-0") == [0.01]  # the finetune recipe
+
+
+def test_controls_follow_the_tickets_masks() -> None:
+    ticket = run_method("imp", {"rate": 0.5}, sparsity=0.75)
+    reinit = run_method("imp", {"rate": 0.5, "control": "reinit"}, sparsity=0.75)
+    random = run_method("imp", {"rate": 0.5, "control": "random_mask"}, sparsity=0.75)
+    fresh = reinit.fresh_init()
+    for plain, same, shuffled in zip(ticket.levels, reinit.levels, random.levels, strict=True):
+        for name, mask in plain.masks.items():
+            assert torch.equal(same.masks[name], mask)  # the ticket's own mask ...
+            assert torch.equal(same.pruned_state[name], fresh[name] * mask)  # ... on a fresh initialisation
+            assert int(shuffled.masks[name].sum()) == int(mask.sum())  # as many per layer ...
+            assert not torch.equal(shuffled.masks[name], mask)  # ... elsewhere
+            assert torch.equal(shuffled.pruned_state[name], ticket.dense.init_state[name] * shuffled.masks[name])
+    assert {row["phase"] for row in reinit.epochs} == {"ticket-0", "finetune-0", "ticket-1", "finetune-1"}
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ({"score": "imp"}, "not a pruning method"),
+        ({"score": "global_magnitud"}, "did you mean"),
+        ({"score": "grasp", "score_params": {"temperature": -1}}, "score_params for 'grasp'"),
+        ({"control": "reinit"}, "needs a rewind point"),
+        ({"rewind": "epoch:one"}, "pattern"),
+    ],
+)
+def test_iterative_rejects_inconsistent_params(params: dict, message: str) -> None:
+    with pytest.raises(ValidationError, match=message):
+        create_method("iterative", params)
+
+
+def test_save_epochs_stay_with_pretraining() -> None:
+    spec = BenchmarkSpec(
+        name="b",
+        models=["lenet_300_100"],
+        datasets=["digits"],
+        methods=["weight_rewinding"],
+        sparsities=[0.5],
+        seeds=[0],
+        pretrain={"epochs": 4, "save_epochs": [1]},
+        finetune={"epochs": 1},
+    )
+    assert spec.finetune_recipe.save_epochs == ()
+    with pytest.raises(ValidationError, match=r"save_epochs \[5\] outside 1..epochs \(4\)"):
+        Recipe(epochs=4, save_epochs=(5,))
+
+
+def test_schedule_lrs_match_the_optimiser_training_builds() -> None:
+    assert schedule_lrs(STEP) == pytest.approx([0.1, 0.05, 0.025])
+    assert schedule_lrs(Recipe(epochs=2, lr=0.3)) == [0.3, 0.3]
+    cosine = schedule_lrs(Recipe(epochs=4, lr=1.0, schedule="cosine"))
+    assert cosine == pytest.approx([1.0, 0.8535534, 0.5, 0.1464466])
