@@ -7,7 +7,7 @@ TORCH  ?= torch==2.13.0
 TORCH_INDEX ?=
 RESULTS ?= results
 
-.PHONY: setup run test lint perf report mlflow-ui mlflow-server clean
+.PHONY: setup browser run test lint perf report mlflow-ui mlflow-server clean
 
 setup: $(VENV)/.installed
 
@@ -21,7 +21,14 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 run: setup
 	$(BIN)/harness run benchmarks/quickstart.yaml --results $(RESULTS)
 
-test: setup
+# tests/test_browser.py opens the published report in Chromium; install it once (CI runs as root).
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+browser:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	  ($(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium) || \
+	  echo "chromium could not be installed: tests/test_browser.py will be skipped"
+
+test: setup browser
 	$(BIN)/ruff check harness tests benchmarks
 	$(BIN)/python -m pytest -q
 

@@ -1,4 +1,10 @@
-"""Reading results: DuckDB views over the Parquet tables, and pandas frames for Python users."""
+"""Reading results: DuckDB views ``cells``, ``epochs``, ``layers`` over the store's Parquet files.
+
+``connect`` gives a connection with the views registered, ``load`` a pandas frame, and ``query``
+runs a user's SQL read-only: one or more SELECT statements, and no file outside the results folder
+can be read (DuckDB's ``enable_external_access`` is off, with the folder the only allowed directory,
+and the configuration is locked so the query cannot turn it back on).
+"""
 
 from __future__ import annotations
 
@@ -8,26 +14,67 @@ from pathlib import Path
 import duckdb
 import pandas as pd
 
-from harness.store import VIEWS
+from harness.schema import VIEWS, core_first
+from harness.store import ResultsStore, read_retrying
 
 
-def connect(results_dir: str | os.PathLike = "results") -> duckdb.DuckDBPyConnection:
-    """An in-memory DuckDB connection with a view per results table (``cells``, ``epochs``, ``layers``)."""
+class ReadOnlyError(ValueError):
+    """A query tried to write, change settings, or read outside the results folder."""
+
+
+def connect(results_dir: str | os.PathLike = "results", read_only: bool = False) -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB connection with the views ``cells``, ``epochs`` and ``layers``.
+
+    Each view has the schema's core columns first, in order (NULL where no file has one yet), then
+    any other column some file has. The views are a snapshot of the files present now. With
+    ``read_only`` no file outside ``results_dir`` can be read and settings cannot be changed.
+    """
     root = Path(results_dir).resolve()
+    if not root.is_dir():
+        raise FileNotFoundError(f"results folder {results_dir} does not exist; run a benchmark or pass its folder")
+    store = ResultsStore(root)
     con = duckdb.connect()
+    con.execute("SET enable_progress_bar = false")
+    con.execute("SET parquet_metadata_cache = true")  # each file's footer is read once, not at every bind
     for view in VIEWS:
-        files = sorted((root / view).glob("*.parquet"))
-        if files:
-            pattern = str(root / view / "*.parquet").replace("'", "''")
-            con.execute(f"CREATE VIEW {view} AS SELECT * FROM read_parquet('{pattern}', union_by_name = true)")
+        files = store.view_sql(view)
+        present = [name for name, *_ in con.execute(f"DESCRIBE {files}").fetchall()]
+        con.execute(f"CREATE VIEW {view} AS SELECT {core_first(view, present)} FROM ({files})")
+    if read_only:
+        allowed = str(root).replace("'", "''").rstrip("/") + "/"
+        con.execute(f"SET allowed_directories = ['{allowed}']")
+        for setting in ("enable_external_access", "autoinstall_known_extensions", "autoload_known_extensions"):
+            con.execute(f"SET {setting} = false")
+        con.execute("SET lock_configuration = true")
     return con
 
 
 def load(results_dir: str | os.PathLike = "results", view: str = "cells") -> pd.DataFrame:
-    """One results table as a DataFrame (empty when nothing has been written yet)."""
+    """One view as a DataFrame (its core columns and no rows when nothing has been written yet)."""
     if view not in VIEWS:
         raise ValueError(f"unknown view {view!r}; allowed: {', '.join(VIEWS)}")
-    con = connect(results_dir)
-    if view not in {name for (name,) in con.execute("SELECT view_name FROM duckdb_views()").fetchall()}:
-        return pd.DataFrame()
-    return con.execute(f"SELECT * FROM {view}").df()
+    return _read(results_dir, f"SELECT * FROM {view}", read_only=False)
+
+
+def query(results_dir: str | os.PathLike, sql: str) -> pd.DataFrame:
+    """Run SQL over the views read-only; the result of the last statement as a DataFrame."""
+    statements = duckdb.connect().extract_statements(sql)
+    if not statements:
+        raise ReadOnlyError("the query is empty; e.g. SELECT method, avg(top1) FROM cells GROUP BY method")
+    for number, statement in enumerate(statements, 1):
+        if statement.type != duckdb.StatementType.SELECT:
+            raise ReadOnlyError(
+                f"queries are read-only: statement {number} is {statement.type.name} "
+                f"({statement.query.strip()[:80]!r}); only SELECT, WITH, FROM, DESCRIBE, SHOW and SUMMARIZE "
+                f"are allowed. To export, use --format csv or json, or harness.results.connect() in Python"
+            )
+    try:
+        return _read(results_dir, sql, read_only=True)
+    except duckdb.PermissionException as exc:
+        raise ReadOnlyError(
+            f"queries may read only the views and files under {Path(results_dir).resolve()}: {exc}"
+        ) from None
+
+
+def _read(results_dir: str | os.PathLike, sql: str, read_only: bool) -> pd.DataFrame:
+    return read_retrying(lambda: connect(results_dir, read_only).execute(sql).df())

@@ -1,0 +1,108 @@
+"""Trade-off curves as SVG text made with matplotlib: no JavaScript, nothing fetched, works offline.
+
+Text stays text (``svg.fonttype = none``) and matplotlib escapes it, so a method's name cannot become
+markup. Every marker links to its operating point's row, which names the cells, their MLflow runs
+and the benchmark file they came from.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+import matplotlib
+import numpy as np
+from markupsafe import Markup
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: E402
+
+MARKERS = "osD^vPX*<>"
+
+
+@dataclass(frozen=True)
+class Line:
+    """One series: a point per operating point, its std over seeds, and the link of each point."""
+
+    label: str
+    x: list[float]
+    y: list[float]
+    y_std: list[float]
+    urls: list[str]
+
+
+@dataclass(frozen=True)
+class Baseline:
+    label: str
+    y: float
+
+
+@dataclass(frozen=True)
+class Figure:
+    """A plot ready to place: its name (file stem), title, and the SVG text."""
+
+    name: str
+    title: str
+    svg: Markup  # matplotlib escaped every label in it: safe to inline in HTML
+
+
+def styles(labels: list[str]) -> dict[str, tuple[str, str]]:
+    """A colour and marker per series, the same on every plot of a page."""
+    colors = plt.get_cmap("tab10" if len(labels) <= 10 else "tab20").colors
+    return {label: (colors[i % len(colors)], MARKERS[i % len(MARKERS)]) for i, label in enumerate(labels)}
+
+
+def _text(label: str) -> str:
+    """A label as matplotlib shows it literally: ``$`` is not mathtext, a leading ``_`` is not hidden."""
+    label = label.replace("$", r"\$")
+    return "\u200b" + label if label.startswith("_") else label
+
+
+def _times(value: float, _: int) -> str:
+    return f"{value:g}×"
+
+
+def tradeoff_svg(
+    name: str,
+    lines: list[Line],
+    baselines: list[Baseline],
+    xlabel: str,
+    ylabel: str,
+    style: dict[str, tuple[str, str]],
+    front: tuple[list[float], list[float]] | None = None,
+    x_format=_times,
+) -> Markup:
+    """Accuracy against a log2 axis: a line and ±std band per series, dense baselines as horizontal lines."""
+    with plt.rc_context({"svg.fonttype": "none", "svg.hashsalt": name, "font.size": 9}):
+        fig, ax = plt.subplots(figsize=(7.0, 4.2), layout="constrained")
+        for line in lines:
+            color, marker = style[line.label]
+            order = np.argsort(line.x, kind="stable")
+            x, y = np.asarray(line.x)[order], np.asarray(line.y)[order]
+            std = np.nan_to_num(np.asarray(line.y_std, dtype=float)[order])  # one seed: no band
+            ax.plot(x, y, color=color, linewidth=1.5, label=_text(line.label))
+            ax.fill_between(x, y - std, y + std, color=color, alpha=0.18, linewidth=0)
+            points = ax.scatter(x, y, color=color, marker=marker, s=22, zorder=3)
+            points.set_urls([line.urls[i] for i in order])
+        for i, baseline in enumerate(baselines):
+            ax.axhline(
+                baseline.y, color="0.25", linestyle=("--", ":", "-.")[i % 3], linewidth=1, label=_text(baseline.label)
+            )
+        if front and front[0]:
+            ax.scatter(
+                *front, s=90, facecolors="none", edgecolors="black", linewidths=0.9, zorder=4, label="Pareto front"
+            )
+        ax.set_xscale("log", base=2)
+        ax.xaxis.set_major_locator(LogLocator(base=2))
+        ax.xaxis.set_major_formatter(FuncFormatter(x_format))
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.grid(True, which="major", linewidth=0.4, alpha=0.5)
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, frameon=False, fontsize=8)
+        buffer = io.StringIO()
+        fig.savefig(buffer, format="svg", metadata={"Date": None})
+        plt.close(fig)
+    text = buffer.getvalue()
+    return Markup(text[text.index("<svg") :])  # inline in HTML: no XML prolog or doctype

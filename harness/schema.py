@@ -1,0 +1,152 @@
+"""The results schema: the core columns of the ``cells``, ``epochs`` and ``layers`` views.
+
+This is the documented contract readers rely on (README "Results" cites it). The store casts every
+core column it writes to the type declared here, so files written months apart still union cleanly;
+any other column a method or scheduler adds flows through untouched (views read with
+``union_by_name``). Every row carries ``schema_version``: bump it when a core column changes meaning
+or type, so a reader can tell old rows from new ones.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+
+SCHEMA_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    type: pa.DataType
+    definition: str
+
+
+_VERSION = Column("schema_version", pa.int32(), "version of this schema the row was written under")
+_KEYS = (
+    Column("benchmark", pa.string(), "the benchmark (spec `name`) the row was written under"),
+    Column("cell_id", pa.string(), "hash of the cell's non-default spec fields: model, data set, method, params, …"),
+)
+
+CELLS = (
+    _VERSION,
+    *_KEYS,
+    Column("pretrain_key", pa.string(), "hash of (model, dataset, seed, pretrain recipe): cells sharing a dense model"),
+    Column("model", pa.string(), "registered model name"),
+    Column("dataset", pa.string(), "registered data-set name"),
+    Column("method", pa.string(), "registered method name"),
+    Column("method_params", pa.string(), "the method's non-default parameters as canonical JSON (`{}` if none)"),
+    Column("sparsity", pa.float64(), "target fraction of prunable weights removed at this level"),
+    Column(
+        "compression", pa.float64(), "target compression the sparsity was derived from (null: spec gave sparsities)"
+    ),
+    Column("seed", pa.int64(), "seed of pretraining, pruning and fine-tuning"),
+    Column("level", pa.int64(), "0, 1, …: one row per prune/fine-tune level a method finished"),
+    Column("status", pa.string(), "`ok` or `failed`"),
+    Column("error", pa.string(), "the error and the end of its traceback when failed, else null"),
+    Column("started_at", pa.timestamp("us", tz="UTC"), "when the cell started"),
+    Column("finished_at", pa.timestamp("us", tz="UTC"), "when the cell finished"),
+    Column("top1", pa.float64(), "test top-1 accuracy after the level's fine-tuning, fraction in [0, 1]"),
+    Column("top5", pa.float64(), "test top-5 accuracy after the level's fine-tuning"),
+    Column("loss", pa.float64(), "test cross-entropy, example-weighted"),
+    Column("top1_pruned", pa.float64(), "test top-1 right after pruning, before fine-tuning"),
+    Column("top5_pruned", pa.float64(), "test top-5 right after pruning, before fine-tuning"),
+    Column("params_total", pa.int64(), "all parameters of the model (weights, biases, BatchNorm, classifier)"),
+    Column("params_nonzero", pa.int64(), "parameters that are not exactly zero"),
+    Column("compression_ratio", pa.float64(), "params_total / params_nonzero (ShrinkBench)"),
+    Column("sparsity_achieved", pa.float64(), "fraction of the prunable weights that are zero"),
+    Column("flops_dense", pa.int64(), "multiply-adds of Conv and Linear layers for one example, unpruned"),
+    Column("flops_nonzero", pa.float64(), "multiply-adds left: each layer's dense count × its weight density"),
+    Column("theoretical_speedup", pa.float64(), "flops_dense / flops_nonzero (ShrinkBench)"),
+    Column("storage_format", pa.string(), "how the model is stored: dense float32, sparse, quantised codes, encoded"),
+    Column("size_bytes", pa.float64(), "bytes of the model as stored in `storage_format`"),
+    Column("size_bytes_dense", pa.float64(), "bytes of the dense model as float32: 4 · params_total"),
+    Column("bits_per_weight", pa.float64(), "8 · size_bytes / params_total"),
+    Column("latency_dense_ms", pa.float64(), "measured inference time of one batch through the dense model"),
+    Column("latency_ms", pa.float64(), "the same for the model of this level (sparse kernels where they pay)"),
+    Column("dense_top1", pa.float64(), "test top-1 of the shared dense model before pruning"),
+    Column("dense_top5", pa.float64(), "test top-5 of the shared dense model"),
+    Column("dense_loss", pa.float64(), "test loss of the shared dense model"),
+    Column("pretrain_seconds", pa.float64(), "wall seconds of the dense pretraining"),
+    Column("prune_seconds", pa.float64(), "wall seconds spent choosing and applying masks in this level"),
+    Column("finetune_seconds", pa.float64(), "wall seconds of this level's fine-tuning"),
+    Column("eval_seconds", pa.float64(), "wall seconds of this level's evaluation and metrics"),
+    Column("harness_version", pa.string(), "version of the harness that produced the row"),
+    Column("torch_version", pa.string(), "PyTorch version"),
+    Column("git_commit", pa.string(), "git commit of the harness checkout, when it is one"),
+    Column("mlflow_run_id", pa.string(), "the cell's MLflow run (per-epoch curves, parameters, error)"),
+)
+
+EPOCHS = (
+    _VERSION,
+    *_KEYS,
+    Column("phase", pa.string(), "`pretrain` or `finetune-<level>`"),
+    Column("epoch", pa.int64(), "0-based epoch within the phase"),
+    Column("lr", pa.float64(), "learning rate at the end of the epoch"),
+    Column("train_loss", pa.float64(), "mean training cross-entropy over the epoch"),
+    Column("train_top1", pa.float64(), "training top-1 over the epoch"),
+    Column("val_loss", pa.float64(), "validation cross-entropy (the split held out from training)"),
+    Column("val_top1", pa.float64(), "validation top-1"),
+)
+
+LAYERS = (
+    _VERSION,
+    *_KEYS,
+    Column("level", pa.int64(), "the level of the cells row this layer belongs to"),
+    Column("layer", pa.string(), "module name in the model, e.g. `features.0`"),
+    Column("kind", pa.string(), "`Conv2d`, `Linear`, …"),
+    Column("params", pa.int64(), "parameters of the layer (weight and bias)"),
+    Column("nonzero", pa.int64(), "parameters of the layer that are not exactly zero"),
+    Column("flops_dense", pa.int64(), "multiply-adds of the layer for one example, from its real output shape"),
+    Column("flops_nonzero", pa.float64(), "flops_dense × the layer's weight density"),
+    Column("size_bytes", pa.float64(), "bytes of the layer as stored (see the cells row's `storage_format`)"),
+)
+
+COLUMNS: dict[str, tuple[Column, ...]] = {"cells": CELLS, "epochs": EPOCHS, "layers": LAYERS}
+VIEWS = tuple(COLUMNS)
+
+
+class SchemaError(ValueError):
+    """A row's core column cannot be stored with the type the schema declares."""
+
+
+def to_arrow(view: str, rows: list[dict[str, Any]]) -> pa.Table:
+    """Rows as an Arrow table: ``schema_version`` stamped, core columns cast to their declared type."""
+    if not rows:  # a cell with no rows in this view still gets a file: it hides the rows of an older write
+        return pa.table({c.name: pa.array([], c.type) for c in (_VERSION, *_KEYS)})
+    table = pa.Table.from_pylist([{**row, "schema_version": SCHEMA_VERSION} for row in rows])
+    for column in COLUMNS[view]:
+        index = table.schema.get_field_index(column.name)
+        if index < 0 or table.schema.field(index).type == column.type:
+            continue
+        try:
+            table = table.set_column(index, column.name, table.column(index).cast(column.type))
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+            raise SchemaError(
+                f"{view} column {column.name!r} must be {column.type} (harness/schema.py), "
+                f"got {table.schema.field(index).type}: {exc}"
+            ) from None
+    return table
+
+
+def empty_select(view: str) -> str:
+    """SQL for the view when nothing is written yet: its core columns, no rows."""
+    return f"SELECT {core_first(view, [])} WHERE false"
+
+
+def core_first(view: str, present: list[str]) -> str:
+    """A select list: every core column in schema order (NULL of its type where no file has it), then the rest."""
+    core = [c.name if c.name in present else f"NULL::{_SQL_TYPES[c.type]} AS {c.name}" for c in COLUMNS[view]]
+    names = {c.name for c in COLUMNS[view]}
+    return ", ".join(core + ['"' + name.replace('"', '""') + '"' for name in present if name not in names])
+
+
+_SQL_TYPES = {
+    pa.int32(): "INTEGER",
+    pa.int64(): "BIGINT",
+    pa.float64(): "DOUBLE",
+    pa.string(): "VARCHAR",
+    pa.timestamp("us", tz="UTC"): "TIMESTAMPTZ",
+}
