@@ -116,7 +116,8 @@ def to_arrow(view: str, rows: list[dict[str, Any]]) -> pa.Table:
     """Rows as an Arrow table: ``schema_version`` stamped, core columns cast to their declared type."""
     if not rows:  # a cell with no rows in this view still gets a file: it hides the rows of an older write
         return pa.table({c.name: pa.array([], c.type) for c in (_VERSION, *_KEYS)})
-    table = pa.Table.from_pylist([{**row, "schema_version": SCHEMA_VERSION} for row in rows])
+    columns = list(dict.fromkeys(key for row in rows for key in row))  # every row's keys, not only the first's
+    table = pa.Table.from_pylist([{**dict.fromkeys(columns), **row, "schema_version": SCHEMA_VERSION} for row in rows])
     for column in COLUMNS[view]:
         index = table.schema.get_field_index(column.name)
         if index < 0 or table.schema.field(index).type == column.type:

@@ -253,17 +253,22 @@ def _check_registries(path: Path, spec: BenchmarkSpec) -> None:
     for i, name in enumerate(spec.datasets):
         if name not in DATASETS:
             raise fail(f"datasets[{i}]", DATASETS.unknown_message(name))
+    try:
+        finetune = spec.finetune_recipe
+    except pydantic.ValidationError as exc:
+        raise SpecError(_describe(path, exc, Recipe, prefix="finetune.")) from None
     for i, method in enumerate(spec.methods):
         if method.name not in METHODS:
             raise fail(f"methods[{i}].name", METHODS.unknown_message(method.name))
+        cls = METHODS.get(method.name)
         try:
-            METHODS.get(method.name).Params.model_validate(method.params)
+            params = cls.Params.model_validate(method.params)
         except pydantic.ValidationError as exc:
-            raise SpecError(_describe(path, exc, METHODS.get(method.name).Params, prefix=f"methods[{i}].")) from None
-    try:
-        _ = spec.finetune_recipe
-    except pydantic.ValidationError as exc:
-        raise SpecError(_describe(path, exc, Recipe, prefix="finetune.")) from None
+            raise SpecError(_describe(path, exc, cls.Params, prefix=f"methods[{i}].")) from None
+        try:
+            cls.check_recipes(params, spec.pretrain, finetune)
+        except ValueError as exc:
+            raise fail(f"methods[{i}]", str(exc)) from None
     for model in spec.models:
         for dataset in spec.datasets:
             try:
@@ -323,8 +328,10 @@ def expand(spec: BenchmarkSpec) -> list[CellSpec]:
         for dataset in spec.datasets:
             for model in spec.models:
                 for method in spec.methods:
-                    params = METHODS.get(method.name).Params.model_validate(method.params)
-                    for sparsity, compression in _targets(spec, model, dataset, params):
+                    cls = METHODS.get(method.name)
+                    params = cls.Params.model_validate(method.params)
+                    targets = [(0.0, None)] if cls.sets_own_sparsity else _targets(spec, model, dataset, params)
+                    for sparsity, compression in targets:
                         cells.append(
                             CellSpec(
                                 benchmark=spec.name,

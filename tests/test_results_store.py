@@ -169,3 +169,11 @@ def test_load_returns_pandas_with_timestamps_and_numbers(results_dir: Path) -> N
     frame = load(results_dir)
     assert isinstance(frame, pd.DataFrame)
     assert str(frame["finished_at"].dtype).startswith("datetime64") and frame["top1"].dtype == float
+
+
+def test_a_column_that_only_a_later_level_has_is_kept(results_dir: Path) -> None:
+    result = cell(0)
+    result.rows = [{**result.rows[0], "level": 0}, {**result.rows[0], "level": 1, "sz_bounds": "[0.001]"}]
+    ResultsStore(results_dir).write(result)
+    frame = load(results_dir, view="cells").sort_values("level")
+    assert frame["sz_bounds"].tolist()[1] == "[0.001]" and frame["sz_bounds"].isna().tolist()[0]

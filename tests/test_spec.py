@@ -246,3 +246,17 @@ def test_pretrain_key_ignores_what_happens_after_pretraining() -> None:
     assert after.pretrain_key == CELL.pretrain_key and after.cell_id != CELL.cell_id
     assert CELL.model_copy(update={"seed": 1}).pretrain_key != CELL.pretrain_key
     assert CELL.model_copy(update={"pretrain": Recipe(epochs=3)}).pretrain_key != CELL.pretrain_key
+
+
+def test_weight_rewinding_without_the_snapshot_it_needs_is_refused_when_the_spec_loads(write_spec) -> None:
+    path = write_spec(spec_text(methods=[{"name": "weight_rewinding"}], pretrain={"epochs": 3}))
+    with pytest.raises(SpecError, match=r"methods\[0\]: rewind 'epoch:1' .* save_epochs: \[1\]"):
+        load_spec(path)
+    assert load_spec(write_spec(spec_text(methods=["weight_rewinding"], pretrain={"epochs": 3, "save_epochs": [1]})))
+
+
+def test_a_method_that_sets_its_own_sparsity_gets_one_cell_per_seed_not_one_per_target(write_spec) -> None:
+    spec = load_spec(write_spec(spec_text(methods=["nm_sparsity", "random"], sparsities=[0.5, 0.9], seeds=[0, 1])))
+    cells = expand(spec)
+    assert sorted((c.method, c.sparsity) for c in cells if c.method == "nm_sparsity") == [("nm_sparsity", 0.0)] * 2
+    assert len([c for c in cells if c.method == "random"]) == 4

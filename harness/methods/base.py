@@ -15,6 +15,7 @@ from harness.masks import Masks, masks_from_scores
 
 if TYPE_CHECKING:
     from harness.cell import CellJob
+    from harness.spec import Recipe
 
 
 class Method:
@@ -26,6 +27,9 @@ class Method:
 
     family: ClassVar[str] = "other"
     reference: ClassVar[str] = ""
+    # True for methods whose sparsity follows from their own definition (N:M, learned masks): the
+    # spec's sparsity axis does not apply, so they get one cell per (model, dataset, seed).
+    sets_own_sparsity: ClassVar[bool] = False
 
     class Params(BaseModel):
         model_config = ConfigDict(extra="forbid", frozen=True)
@@ -37,6 +41,10 @@ class Method:
 
     def apply(self, job: CellJob) -> None:
         raise NotImplementedError
+
+    @classmethod
+    def check_recipes(cls, params: BaseModel, pretrain: Recipe, finetune: Recipe) -> None:
+        """Raise ValueError when the spec's recipes cannot serve these params (checked when the spec loads)."""
 
     @classmethod
     def summary(cls) -> str:

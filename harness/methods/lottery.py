@@ -19,7 +19,6 @@ from harness.masks import Masks, masks_from_scores
 from harness.methods import Method, register_method
 from harness.methods.dynamic import GradientFlow, held_out_batch
 from harness.metrics import sparsity_of
-from harness.models import create_model
 from harness.training import FreezeWeights, evaluate
 
 if TYPE_CHECKING:
@@ -92,14 +91,6 @@ def treat_kept(
     return out
 
 
-def _fresh_init(job: CellJob) -> dict[str, torch.Tensor]:
-    """The model's parameters drawn again from its initialiser, with a seed θ0 did not use."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(job.cell.seed + 1)
-        model = create_model(job.cell.model, job.data.input_shape, job.data.num_classes)
-    return {name: p.detach() for name, p in model.named_parameters()}
-
-
 def _load_initial(job: CellJob, weights: dict[str, torch.Tensor]) -> None:
     """Every parameter back to θ0, then the prunable ``weights`` set to the given values."""
     job.model.load_state_dict(job.dense.init_state)
@@ -138,7 +129,7 @@ class LotteryAnatomy(Method):
         ctx = job.context(include_classifier=p.prune_classifier)
         initial, final = ctx.initial_weights, ctx.weights
         masks = masks_from_scores(criterion_scores(p.criterion, initial, final, seed), job.cell.sparsity, p.scope)
-        start = treat_kept(p.kept, initial, masks, seed, fresh_init=lambda: _fresh_init(job))
+        start = treat_kept(p.kept, initial, masks, seed, fresh_init=job.fresh_init)
 
         _load_initial(job, {name: torch.where(masks[name], w, 0.0) for name, w in start.items()})
         supermask = evaluate(job.model, job.data.test)
@@ -189,6 +180,8 @@ class LearnedSupermask(Method):
     default, as in the paper); ``supermask_expected_density`` is the mean σ(s).
     """
 
+    sets_own_sparsity = True
+
     family = "supermask"
     reference = ZHOU
 
@@ -204,7 +197,7 @@ class LearnedSupermask(Method):
         initial = job.context(include_classifier=p.prune_classifier).initial_weights
         everywhere = {name: torch.ones_like(w, dtype=torch.bool) for name, w in initial.items()}
         kept = "rewind" if p.weights == "init" else "signed_constant"
-        _load_initial(job, treat_kept(kept, initial, everywhere, job.cell.seed, fresh_init=lambda: _fresh_init(job)))
+        _load_initial(job, treat_kept(kept, initial, everywhere, job.cell.seed, fresh_init=job.fresh_init))
 
         layers = _attach_masks(job.model, initial, p.initial_keep, p.eval_mask)
         recipe = job.cell.pretrain.model_copy(update={"lr": p.lr})

@@ -145,6 +145,15 @@ class Iterative(Method):
                 )
             return self
 
+    @classmethod
+    def check_recipes(cls, params: Iterative.Params, pretrain: Recipe, finetune: Recipe) -> None:
+        kind, _, epoch = params.rewind.partition(":")
+        if kind == "epoch" and int(epoch) not in pretrain.save_epochs:
+            raise ValueError(
+                f"rewind {params.rewind!r} needs the weights after pretraining epoch {epoch}: "
+                f"add save_epochs: [{epoch}] to the pretrain recipe"
+            )
+
     def apply(self, job: CellJob) -> None:
         p = self.params
         score: PruningMethod = create_method(p.score, p.score_params)

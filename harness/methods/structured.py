@@ -78,6 +78,8 @@ class NMSparsity(PruningMethod):
     recorded in the row; with every layer eligible, exactly 1 − N/M.
     """
 
+    sets_own_sparsity = True
+
     family = "semi-structured"
     reference = (
         "Mishra et al. 2021, Accelerating Sparse Deep Neural Networks (NVIDIA 2:4); "
