@@ -41,5 +41,16 @@ report: setup
 mlflow-ui: setup
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(RESULTS)/mlflow.db --host 127.0.0.1 --port 5000
 
+# A tracking server for cells on many machines: `harness run` logs to it with MLFLOW_TRACKING_URI=http://HOST:5000.
+# Bound to this machine unless told otherwise (MLFLOW_HOST=0.0.0.0 exposes it: put it behind a firewall or a proxy).
+# MLFLOW_BACKEND may be any SQL store MLflow supports, e.g. postgresql://user@db/mlflow (with its driver installed).
+MLFLOW_HOST    ?= 127.0.0.1
+MLFLOW_PORT    ?= 5000
+MLFLOW_BACKEND ?= sqlite:///$(abspath $(RESULTS))/mlflow.db
+mlflow-server: setup
+	@mkdir -p $(RESULTS)
+	$(BIN)/mlflow server --backend-store-uri $(MLFLOW_BACKEND) --artifacts-destination $(abspath $(RESULTS))/mlartifacts \
+		--host $(MLFLOW_HOST) --port $(MLFLOW_PORT)
+
 clean:
 	rm -rf $(VENV) .pytest_cache

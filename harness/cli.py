@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sys
+from collections import Counter
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
@@ -21,6 +23,10 @@ ResultsOption = Annotated[Path, typer.Option("--results", help="Results folder."
 PluginOption = Annotated[
     list[str] | None, typer.Option("--plugin", help="Plugin module (importable name or .py path); repeatable.")
 ]
+AddressOption = Annotated[
+    str | None,
+    typer.Option("--address", help="Ray cluster to join: auto, ray://HOST:10001 (default: a local Ray for this run)."),
+]
 
 
 def _fail_input(message: str) -> typer.Exit:
@@ -35,18 +41,20 @@ def run(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the cells and what is done; run nothing.")] = False,
     retry_failed: Annotated[bool, typer.Option("--retry-failed", help="Run the failed cells again.")] = False,
     plugin: PluginOption = None,
+    address: AddressOption = None,
+    max_parallel: Annotated[
+        int | None, typer.Option("--max-parallel", min=1, help="At most this many tasks at once (default: all fit).")
+    ] = None,
+    max_retries: Annotated[
+        int, typer.Option("--max-retries", min=0, help="Retries of a task whose worker or node died.")
+    ] = 3,
+    working_dir: Annotated[
+        Path | None,
+        typer.Option("--working-dir", help="Folder shipped to every Ray worker (plugins, local files) with --address."),
+    ] = None,
 ) -> None:
     """Run every cell of a benchmark that is not in the results table yet, then print the leaderboard."""
-    from harness.methods import load_plugins
-    from harness.registry import RegistryError
-    from harness.spec import SpecError, expand, load_spec
-
-    try:
-        load_plugins(plugin or [])
-        spec = load_spec(spec_path)
-        cells = expand(spec)
-    except (SpecError, RegistryError, ImportError) as exc:
-        raise _fail_input(str(exc)) from None
+    spec, cells = _load_cells(spec_path, plugin)
 
     from harness.runner import plan
     from harness.store import ResultsStore
@@ -62,13 +70,35 @@ def run(
         return
     counts = {"ok": 0, "failed": 0}
     if todo.todo:
-        counts = _run_with_progress(spec, spec_path, todo.todo, store, results, plugin or [])
+        store.save_spec(spec.name, spec_path.read_text())  # the report links every result to its benchmark file
+        resume = f"harness run {spec_path} --results {results}" + (f" --address {address}" if address else "")
+        runtime_env = {"working_dir": str(working_dir), "excludes": WORKING_DIR_EXCLUDES} if working_dir else None
+        scheduling = {"address": address, "runtime_env": runtime_env, "max_parallel": max_parallel}
+        counts = _run_with_progress(
+            spec, todo.todo, store, results, plugin or [], resume, scheduling | {"max_retries": max_retries}
+        )
     _print_summary(spec.name, results, counts)
     raise typer.Exit(1 if counts["failed"] else 0)
 
 
-def _run_with_progress(spec, spec_path: Path, cells, store, results: Path, plugins: list[str]) -> dict[str, int]:
-    from harness.runner import run_matrix
+def _load_cells(spec_path: Path, plugins: list[str] | None):
+    """The validated spec and its cells; bad input exits 2 with the one message that explains it."""
+    from harness.methods import load_plugins
+    from harness.registry import RegistryError
+    from harness.spec import SpecError, expand, load_spec
+
+    try:
+        load_plugins(plugins or [])
+        spec = load_spec(spec_path)
+        return spec, expand(spec)
+    except (SpecError, RegistryError, ImportError) as exc:
+        raise _fail_input(str(exc)) from None
+
+
+def _run_with_progress(
+    spec, cells, store, results: Path, plugins: list[str], resume: str, scheduling: dict
+) -> dict[str, int]:
+    from harness.runner import SchedulingError, run_matrix
     from harness.tracking import MatrixRun, resolve_tracking_uri
 
     results.mkdir(parents=True, exist_ok=True)
@@ -79,41 +109,172 @@ def _run_with_progress(spec, spec_path: Path, cells, store, results: Path, plugi
         TextColumn("[progress.description]{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
-        TextColumn("failed {task.fields[failed]}"),
+        TextColumn("running {task.fields[running]} · failed {task.fields[failed]}"),
         TimeElapsedColumn(),
+        TextColumn("ETA"),
         TimeRemainingColumn(),
     )
+    failed: list[str] = []
     counts = {"ok": 0, "failed": 0}
-    with Progress(*columns, console=console, transient=False) as progress:
-        task = progress.add_task("cells", total=len(cells), failed=0)
+    with Progress(*columns, console=console, transient=False) as bar:
+        task = bar.add_task("cells", total=len(cells), running=0, failed=0)
 
-        def on_start(cell) -> None:
-            progress.update(
-                task, description=f"{cell.model}/{cell.dataset} {cell.method} s={cell.sparsity:g} seed={cell.seed}"
-            )
+        def on_progress(p) -> None:
+            counts.update(ok=p.ok, failed=p.failed)
+            description = f"pretraining {p.pretraining}" if p.pretraining else "cells"
+            bar.update(task, completed=p.finished, running=p.running, failed=p.failed, description=description)
 
         def on_result(cell, result) -> None:
-            counts["ok" if result.ok else "failed"] += 1
-            progress.update(task, advance=1, failed=counts["failed"])
             if not result.ok:
-                progress.console.print(
-                    f"[red]failed[/red] {cell.cell_id} {cell.method}: {result.rows[0]['error'].splitlines()[0]}"
+                failed.append(cell.cell_id)
+                error = (result.rows[0]["error"] or "").splitlines()[0]
+                bar.console.print(
+                    f"[red]failed[/red] {cell.cell_id} {cell.method} s={cell.sparsity:g} seed={cell.seed}: {error}",
+                    highlight=False,
+                    soft_wrap=True,
                 )
 
         try:
-            run_matrix(cells, store, matrix, on_result=on_result, on_start=on_start)
+            progress = run_matrix(cells, store, matrix, on_result=on_result, on_progress=on_progress, **scheduling)
+        except SchedulingError as exc:
+            matrix.finish(counts, interrupted=True)
+            raise _fail_input(str(exc)) from None
         except KeyboardInterrupt:
-            matrix.finish({**counts, "interrupted": 1})
-            errors.print(
-                f"interrupted; finished cells are saved. Resume with: harness run {spec_path} --results {results}"
-            )
+            matrix.finish(counts, interrupted=True)
+            errors.print(f"interrupted; finished cells are saved. Resume with: {resume}", soft_wrap=True)
             raise typer.Exit(130) from None
-    matrix.finish(counts)
+        on_progress(progress)  # the last writes land after the loop's last report
+    matrix.finish(counts | {"pretrained": progress.pretrained, "reused": progress.reused})
+    console.print(f"dense models: {progress.pretrained} trained, {progress.reused} reused from {results}/checkpoints")
+    _print_failed_logs(store, failed)
     return counts
 
 
+LOG_TAIL_LINES = 15
+LOGS_SHOWN = 3
+
+
+def _print_failed_logs(store, cell_ids: list[str]) -> None:
+    """The end of the first failed cells' logs: usually enough to see what broke without opening a file."""
+    for cell_id in cell_ids[:LOGS_SHOWN]:
+        path = store.log_path(cell_id)
+        if path.exists():
+            tail = path.read_text(errors="replace").splitlines()[-LOG_TAIL_LINES:]
+            console.rule(f"log of failed cell {cell_id} (last {len(tail)} lines; all of it: {path})")
+            console.print("\n".join(tail), highlight=False, markup=False)
+    if len(cell_ids) > LOGS_SHOWN:
+        console.print(f"... and {len(cell_ids) - LOGS_SHOWN} more failed cells; their logs are in {store.root}/logs/")
+
+
+@app.command()
+def status(
+    spec_path: Annotated[Path, typer.Argument(metavar="SPEC.yaml", help="Benchmark file.")],
+    results: ResultsOption = Path("results"),
+    plugin: PluginOption = None,
+) -> None:
+    """Show done / failed / pending per axis of a benchmark, without running anything."""
+    spec, cells = _load_cells(spec_path, plugin)
+
+    from harness.runner import plan
+    from harness.store import ResultsStore
+
+    store = ResultsStore(results)
+    todo = plan(cells, store)
+    state = {c.cell_id: "done" for c in todo.done} | {c.cell_id: "failed" for c in todo.failed_before}
+    table = Table("axis", "value", "done", "failed", "pending", title=f"{spec.name} in {results}/")
+    axes = {
+        "model": lambda c: c.model,
+        "dataset": lambda c: c.dataset,
+        "method": lambda c: c.method + (json.dumps(c.method_params) if c.method_params else ""),
+        "sparsity": lambda c: f"{c.sparsity:g}",
+        "seed": lambda c: str(c.seed),
+    }
+    for axis, value_of in axes.items():
+        counts: dict[str, Counter] = {}
+        for cell in cells:
+            counts.setdefault(value_of(cell), Counter())[state.get(cell.cell_id, "pending")] += 1
+        for value, count in counts.items():
+            table.add_row(axis, value, str(count["done"]), str(count["failed"]), str(count["pending"]))
+        table.add_section()
+    table.add_row("all", "", str(len(todo.done)), str(len(todo.failed_before)), str(len(todo.todo)))
+    console.print(table)
+    for cell in todo.failed_before:
+        console.print(f"[red]failed[/red] {cell.cell_id} {cell.method} s={cell.sparsity:g} seed={cell.seed}", end="")
+        console.print(f": log {store.log_path(cell.cell_id)}" if store.log_path(cell.cell_id).exists() else "")
+    if todo.failed_before:
+        console.print(f"rerun only these with: harness run {spec_path} --results {results} --retry-failed")
+
+
+WORKING_DIR_EXCLUDES = [".git", ".venv", "results", "mlruns", "mlartifacts", "*.db"]
+
+
+@app.command()
+def submit(
+    spec_path: Annotated[Path, typer.Argument(metavar="SPEC.yaml", help="Benchmark file, inside --working-dir.")],
+    results: Annotated[
+        Path, typer.Option("--results", help="Results folder ON THE CLUSTER'S HEAD NODE (absolute path).")
+    ],
+    address: Annotated[
+        str,
+        typer.Option("--address", envvar="RAY_API_SERVER_ADDRESS", help="The cluster's dashboard: http://HEAD:8265."),
+    ] = "http://127.0.0.1:8265",
+    working_dir: Annotated[
+        Path, typer.Option("--working-dir", help="Folder uploaded for the job: spec, plugins, local files.")
+    ] = Path("."),
+    retry_failed: Annotated[bool, typer.Option("--retry-failed", help="Run the failed cells again.")] = False,
+    max_parallel: Annotated[int | None, typer.Option("--max-parallel", min=1)] = None,
+    plugin: PluginOption = None,
+    wait: Annotated[bool, typer.Option("--wait/--no-wait", help="Follow the job's output until it ends.")] = True,
+) -> None:
+    """Run the driver on the cluster itself as a Ray job: `harness run SPEC --address auto` on the head node."""
+    import shlex
+
+    _load_cells(spec_path, plugin)  # a spec that cannot load fails here, not minutes later on the cluster
+    if not results.is_absolute():
+        raise _fail_input(
+            f"--results {results} is relative: the job runs in a temporary copy of the working directory, "
+            "so give an absolute path on the head node, e.g. --results /home/ray/results"
+        )
+    try:
+        spec_in_job = spec_path.resolve().relative_to(working_dir.resolve())
+    except ValueError:
+        raise _fail_input(f"{spec_path} is not inside --working-dir {working_dir}: the job would not see it") from None
+    command = ["harness", "run", str(spec_in_job), "--results", str(results), "--address", "auto"]
+    command += ["--retry-failed"] * retry_failed + (["--max-parallel", str(max_parallel)] if max_parallel else [])
+    for name in plugin or []:
+        command += ["--plugin", name]
+
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    client = JobSubmissionClient(address)
+    runtime_env = {"working_dir": str(working_dir), "excludes": WORKING_DIR_EXCLUDES}
+    job_id = client.submit_job(entrypoint=shlex.join(command), runtime_env=runtime_env)
+    console.print(f"submitted job {job_id}: {shlex.join(command)}", highlight=False)
+    follow = f"ray job logs --follow {job_id} --address {address}"
+    if not wait:
+        console.print(f"follow it with: {follow}\nstop it with: ray job stop {job_id} --address {address}")
+        return
+    try:
+        asyncio.run(_print_job_logs(client, job_id))
+    except KeyboardInterrupt:
+        errors.print(f"stopped following; the job goes on. Follow it: {follow}", soft_wrap=True)
+        raise typer.Exit(130) from None
+    final = client.get_job_status(job_id)
+    console.print(f"job {job_id}: {final}; results on the head node in {results}/")
+    raise typer.Exit(0 if final == JobStatus.SUCCEEDED else 1)
+
+
+async def _print_job_logs(client, job_id: str) -> None:
+    async for lines in client.tail_job_logs(job_id):
+        sys.stdout.write(lines)
+        sys.stdout.flush()
+
+
 def _print_cells(cells, done: set[str], failed: set[str]) -> None:
-    table = Table("cell_id", "model", "dataset", "method", "params", "sparsity", "seed", "state")
+    table = Table()
+    for column in ("cell_id", "model", "dataset", "method", "params", "sparsity", "seed", "state"):
+        # wrap a long name rather than cut it: a narrow terminal or a pipe must still show every id and method
+        table.add_column(column, no_wrap=column in ("cell_id", "state"), overflow="fold")
     for c in cells:
         state = "done" if c.cell_id in done else "failed" if c.cell_id in failed else "pending"
         table.add_row(
@@ -145,10 +306,11 @@ class Registered(StrEnum):
 def list_(what: Registered, plugin: PluginOption = None) -> None:
     """List the registered methods, models or data sets, and where each came from."""
     from harness.methods import load_plugins
+    from harness.registry import RegistryError
 
     try:
         load_plugins(plugin or [])
-    except ImportError as exc:
+    except (ImportError, RegistryError) as exc:
         raise _fail_input(str(exc)) from None
     if what is Registered.methods:
         from harness.methods import METHODS
@@ -187,15 +349,18 @@ def query(
     results: ResultsOption = Path("results"),
     format: Annotated[Format, typer.Option("--format")] = Format.table,
 ) -> None:
-    """Run SQL over the results tables."""
+    """Run read-only SQL over the results views (cells, epochs, layers); see README "Results" for the columns."""
     import duckdb
 
-    from harness.results import connect
+    from harness.results import ReadOnlyError
+    from harness.results import query as run_query
 
     if not results.exists():
         raise _fail_input(f"results folder {results} does not exist; run a benchmark first or pass --results")
     try:
-        frame = connect(results).execute(sql).df()
+        frame = run_query(results, sql)
+    except ReadOnlyError as exc:
+        raise _fail_input(str(exc)) from None
     except duckdb.Error as exc:
         raise _fail_input(f"query failed: {exc}") from None
     if format is Format.csv:
@@ -203,10 +368,65 @@ def query(
     elif format is Format.json:
         sys.stdout.write(frame.to_json(orient="records", date_format="iso") + "\n")
     else:
+        from rich.text import Text
+
         table = Table(*map(str, frame.columns))
-        for row in frame.itertuples(index=False):
-            table.add_row(*(f"{v:.4g}" if isinstance(v, float) else str(v) for v in row))
+        for row in frame.itertuples(index=False):  # Text: a value is shown as it is, never read as markup
+            table.add_row(*(Text(f"{v:.4g}" if isinstance(v, float) else str(v)) for v in row))
         console.print(table)
+
+
+class ReportFormat(StrEnum):
+    html = "html"
+    markdown = "markdown"
+    latex = "latex"
+
+
+@app.command()
+def report(
+    results: Annotated[
+        list[Path] | None,
+        typer.Option("--results", help="Results folder; repeat to compare several side by side. [default: results]"),
+    ] = None,
+    out: Annotated[Path, typer.Option("--out", help="Folder the report is written to.")] = Path("site"),
+    format: Annotated[
+        list[ReportFormat] | None,
+        typer.Option(
+            "--format", help="html, markdown or latex (tables for papers); repeatable. [default: html, markdown]"
+        ),
+    ] = None,
+    label: Annotated[
+        list[str] | None, typer.Option("--label", help="Name of each --results folder in the report, in order.")
+    ] = None,
+    heatmap_at: Annotated[
+        float, typer.Option("--heatmap-at", min=1.0, help="Compression at which per-layer sparsity is shown.")
+    ] = 8.0,
+    mlflow_url: Annotated[
+        str | None,
+        typer.Option(
+            "--mlflow-url",
+            help="MLflow UI the cells link to. [default: $MLFLOW_TRACKING_URI if http, else http://127.0.0.1:5000]",
+        ),
+    ] = None,
+) -> None:
+    """Publish the leaderboard: a static site (index + one page per data set × model), Markdown, LaTeX."""
+    import os
+
+    from harness.report import ReportError, build_report
+    from harness.report.pages import Options
+
+    tracking = os.environ.get("MLFLOW_TRACKING_URI", "")
+    default_url = tracking if tracking.startswith(("http://", "https://")) else Options.mlflow_url
+    formats = tuple(f.value for f in format) if format else ("html", "markdown")
+    try:
+        written = build_report(
+            results or [Path("results")], out, formats, label, Options(heatmap_at, mlflow_url or default_url)
+        )
+    except ReportError as exc:
+        raise _fail_input(str(exc)) from None
+    pages = [p for p in written if p.stem == "index" or p.suffix == ".tex"]
+    files = f"{len(written)} file{'s' if len(written) != 1 else ''}"
+    console.print(f"wrote {files} to {out}/: " + ", ".join(str(p) for p in pages), highlight=False)
 
 
 def main() -> None:

@@ -1,0 +1,94 @@
+"""`harness run` as a user runs it: a local Ray started and stopped by the harness, then Ctrl-C,
+SIGKILL and reruns. Each run is a real subprocess, so the interruptions are real signals."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import duckdb
+
+from harness.store import ResultsStore
+
+HARNESS = str(Path(sys.executable).with_name("harness"))
+PLUGIN = Path(__file__).with_name("ray_plugins.py")
+CELLS = 8
+
+
+def spec_text(folder: Path) -> str:
+    """Eight cells of 1.5 s each, two at a time: about 6 s of cells to interrupt."""
+    return f"""
+name: resumable
+plugins: [{PLUGIN}]
+models: [lenet_300_100]
+datasets: [digits]
+methods: [{{name: rendezvous, folder: "{folder}", hold: 1.5}}]
+sparsities: [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8]
+seeds: [0]
+pretrain: {{epochs: 1, lr: 0.05, batch_size: 64}}
+finetune: {{epochs: 0}}
+"""
+
+
+def harness(*args: str) -> subprocess.Popen:
+    return subprocess.Popen([HARNESS, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for_cells(store: ResultsStore, more_than: int, process: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while len(store.statuses()) <= more_than:
+        assert process.poll() is None, f"the run ended early: {process.communicate()}"
+        assert time.monotonic() < deadline, "no cell finished in time"
+        time.sleep(0.2)
+
+
+def finished_at(store: ResultsStore) -> dict[str, object]:
+    query = f"SELECT cell_id, finished_at FROM ({store.view_sql('cells')})"
+    return dict(duckdb.connect().execute(query).fetchall())
+
+
+def test_ctrl_c_then_sigkill_then_rerun_finishes_without_redoing_anything(write_spec, results_dir, tmp_path) -> None:
+    spec = write_spec(spec_text(tmp_path / "arrived"))
+    args = (str(spec), "--results", str(results_dir), "--max-parallel", "2")
+    store = ResultsStore(results_dir)
+
+    first = harness("run", *args)
+    wait_for_cells(store, 0, first)
+    first.send_signal(signal.SIGINT)
+    _, stderr = first.communicate(timeout=60)
+    assert first.returncode == 130
+    assert f"Resume with: harness run {spec} --results {results_dir}" in stderr
+
+    second = harness("run", *args)
+    wait_for_cells(store, len(store.statuses()), second)
+    second.kill()  # SIGKILL: no handler runs, nothing is cleaned up
+    second.wait()
+    done_before = finished_at(store)
+    checkpoint = next((results_dir / "checkpoints").glob("*.pt"))
+    checkpoint_written = checkpoint.stat().st_mtime_ns
+    assert 0 < len(done_before) < CELLS
+
+    status = subprocess.run(
+        [HARNESS, "status", str(spec), "--results", str(results_dir)], capture_output=True, text=True
+    )
+    assert status.returncode == 0
+    all_row = re.search(r"│ all\s*│\s*│\s*(\d+)\s*│\s*(\d+)\s*│\s*(\d+)\s*│", status.stdout)
+    assert all_row, status.stdout
+    assert tuple(map(int, all_row.groups())) == (len(done_before), 0, CELLS - len(done_before))  # done, failed, pending
+
+    third = subprocess.run([HARNESS, "run", *args], capture_output=True, text=True, timeout=300)
+    assert third.returncode == 0, third.stderr
+    assert f"{len(done_before)} done, 0 failed before, {CELLS - len(done_before)} to run" in third.stdout
+    assert "dense models: 0 trained, 1 reused" in third.stdout
+    assert checkpoint.stat().st_mtime_ns == checkpoint_written
+    done_after = finished_at(store)
+    assert len(done_after) == CELLS
+    assert {cell: done_after[cell] for cell in done_before} == done_before, "finished cells were not run again"
+    count = duckdb.connect().execute(f"SELECT count(*) FROM ({store.view_sql('cells')})").fetchone()[0]
+    assert count == CELLS, "one row per cell: no duplicates"
+    assert not (Path(os.environ["HOME"]) / ".ray").exists(), "the local Ray left nothing in the home folder"
