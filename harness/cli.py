@@ -303,7 +303,11 @@ class Registered(StrEnum):
 
 
 @app.command("list")
-def list_(what: Registered, plugin: PluginOption = None) -> None:
+def list_(
+    what: Registered,
+    plugin: PluginOption = None,
+    markdown: Annotated[bool, typer.Option("--markdown", help="Print a Markdown table (the README's).")] = False,
+) -> None:
     """List the registered methods, models or data sets, and where each came from."""
     from harness.methods import load_plugins
     from harness.registry import RegistryError
@@ -312,29 +316,47 @@ def list_(what: Registered, plugin: PluginOption = None) -> None:
         load_plugins(plugin or [])
     except (ImportError, RegistryError) as exc:
         raise _fail_input(str(exc)) from None
+    columns, rows = _registered(what)
+    if markdown:
+        cells = [[value.replace("|", "\\|") for value in row] for row in rows]
+        lines = [columns, ["---"] * len(columns), *cells]
+        sys.stdout.write("".join(f"| {' | '.join(line)} |\n" for line in lines))
+    else:
+        table = Table(*columns)
+        for row in rows:
+            table.add_row(*row)
+        console.print(table)
+
+
+def _first_line(obj: object) -> str:
+    return ((getattr(obj, "__doc__", None) or "").strip().splitlines() or [""])[0]
+
+
+def _registered(what: Registered) -> tuple[list[str], list[list[str]]]:
+    """The column names and rows that describe one registry."""
     if what is Registered.methods:
         from harness.methods import METHODS
 
-        table = Table("method", "family", "summary", "reference", "source")
+        rows = []
         for name in METHODS.names():
             cls = METHODS.get(name)
-            table.add_row(name, cls.family, cls.summary(), cls.reference, METHODS.source_of(name))
-    elif what is Registered.models:
+            params = ", ".join(
+                f"{key}={field.get_default()!r}" if not field.is_required() else key
+                for key, field in cls.Params.model_fields.items()
+            )
+            rows.append([name, cls.family, cls.summary(), params or "—", cls.reference, METHODS.source_of(name)])
+        return ["method", "family", "summary", "parameters (defaults)", "reference", "source"], rows
+    if what is Registered.models:
         from harness.models import MODELS
 
-        table = Table("model", "summary")
-        for name in MODELS.names():
-            table.add_row(name, ((MODELS.get(name).__doc__ or "").strip().splitlines() or [""])[0])
-    else:
-        from harness.data import DATASETS
+        return ["model", "summary"], [[name, _first_line(MODELS.get(name))] for name in MODELS.names()]
+    from harness.data import DATASETS
 
-        table = Table("dataset", "input shape", "classes", "summary")
-        for name in DATASETS.names():
-            cls = DATASETS.get(name)
-            table.add_row(
-                name, str(cls.input_shape), str(cls.num_classes), ((cls.__doc__ or "").strip().splitlines() or [""])[0]
-            )
-    console.print(table)
+    rows = [
+        [name, str(cls.input_shape), str(cls.num_classes), _first_line(cls)]
+        for name, cls in ((name, DATASETS.get(name)) for name in DATASETS.names())
+    ]
+    return ["dataset", "input shape", "classes", "summary"], rows
 
 
 class Format(StrEnum):
@@ -431,3 +453,7 @@ def report(
 
 def main() -> None:
     app()
+
+
+if __name__ == "__main__":
+    main()
