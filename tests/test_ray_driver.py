@@ -12,7 +12,10 @@ import time
 from pathlib import Path
 
 import duckdb
+import pytest
 
+from harness.runner import SchedulingError, run_matrix
+from harness.spec import expand, load_spec
 from harness.store import ResultsStore
 
 HARNESS = str(Path(sys.executable).with_name("harness"))
@@ -92,3 +95,39 @@ def test_ctrl_c_then_sigkill_then_rerun_finishes_without_redoing_anything(write_
     count = duckdb.connect().execute(f"SELECT count(*) FROM ({store.view_sql('cells')})").fetchone()[0]
     assert count == CELLS, "one row per cell: no duplicates"
     assert not (Path(os.environ["HOME"]) / ".ray").exists(), "the local Ray left nothing in the home folder"
+
+
+def local_cells(write_spec, resources: str):
+    spec = f"""
+name: local
+models: [lenet_300_100]
+datasets: [digits]
+methods: [global_magnitude]
+sparsities: [0.5]
+seeds: [0]
+pretrain: {{epochs: 1, lr: 0.05, batch_size: 64}}
+finetune: {{epochs: 0}}
+resources: {resources}
+"""
+    return expand(load_spec(write_spec(spec)))
+
+
+def test_a_gpu_spec_runs_on_the_cpu_of_a_local_ray_without_gpu(write_spec, results_dir) -> None:
+    store = ResultsStore(results_dir)
+    progress = run_matrix(local_cells(write_spec, "{cpus: 1, gpus: 0.5}"), store)
+    assert (progress.ok, progress.failed) == (1, 0)
+    gpu_ids = duckdb.connect().execute(f"SELECT gpu_ids FROM ({store.view_sql('cells')})").fetchall()
+    assert gpu_ids == [("",)], "no GPU was asked of Ray"
+
+
+def test_cells_asking_for_what_a_local_ray_lacks_stop_before_running(write_spec, results_dir) -> None:
+    with pytest.raises(SchedulingError, match=r"cells ask for \{'custom': \{'tpu_pod': 1.0\}\} but the Ray cluster"):
+        run_matrix(local_cells(write_spec, "{custom: {tpu_pod: 1}}"), ResultsStore(results_dir))
+    assert not results_dir.exists()
+
+
+def test_submit_needs_an_absolute_results_path_on_the_cluster(write_spec, tmp_path) -> None:
+    spec = write_spec(spec_text(tmp_path / "arrived"))
+    result = subprocess.run([HARNESS, "submit", str(spec), "--results", "results"], capture_output=True, text=True)
+    assert result.returncode == 2
+    assert "--results results is relative" in result.stderr
