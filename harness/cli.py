@@ -78,7 +78,10 @@ def run(
             spec, todo.todo, store, results, plugin or [], resume, scheduling | {"max_retries": max_retries}
         )
     _print_summary(spec.name, results, counts)
-    raise typer.Exit(1 if counts["failed"] else 0)
+    failed_still = counts["failed"] + len(todo.failed_before)
+    if failed_still and not counts["failed"]:
+        errors.print(f"{failed_still} cells failed in an earlier run; rerun them with --retry-failed")
+    raise typer.Exit(1 if failed_still else 0)  # 0 only when every cell of the matrix succeeded
 
 
 def _load_cells(spec_path: Path, plugins: list[str] | None):

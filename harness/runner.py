@@ -46,10 +46,10 @@ class Plan:
 
 
 def plan(cells: list[CellSpec], store: ResultsStore, retry_failed: bool = False) -> Plan:
-    statuses = store.statuses()
+    statuses = {benchmark: store.statuses(benchmark) for benchmark in {cell.benchmark for cell in cells}}
     todo, done, failed = [], [], []
     for cell in cells:
-        status = statuses.get(cell.cell_id)
+        status = statuses[cell.benchmark].get(cell.cell_id)
         if status is None or (status == "failed" and retry_failed):
             todo.append(cell)
         else:

@@ -211,12 +211,17 @@ class ResultsStore:
             return empty_select(view)
         return " UNION ALL BY NAME ".join(f"({s})" for s in selects)
 
-    def statuses(self) -> dict[str, str]:
-        """``{cell_id: "ok" | "failed"}`` for every cell in the table."""
+    def statuses(self, benchmark: str | None = None) -> dict[str, str]:
+        """``{cell_id: "ok" | "failed"}`` for every cell in the table, or in one benchmark's partition.
+
+        Per benchmark because a benchmark's views and reports read its own partition: a cell that
+        another benchmark already ran must still land in this one.
+        """
 
         def read() -> list[tuple[str, bool]]:
-            sql = f"SELECT cell_id, bool_and(status = 'ok') FROM ({self.view_sql('cells')}) GROUP BY cell_id"
-            return duckdb.connect().execute(sql).fetchall()
+            where = "" if benchmark is None else "WHERE benchmark = ?"
+            sql = f"SELECT cell_id, bool_and(status = 'ok') FROM ({self.view_sql('cells')}) {where} GROUP BY cell_id"
+            return duckdb.connect().execute(sql, [] if benchmark is None else [benchmark]).fetchall()
 
         return {cell_id: "ok" if ok else "failed" for cell_id, ok in read_retrying(read)}
 

@@ -177,3 +177,12 @@ def test_a_column_that_only_a_later_level_has_is_kept(results_dir: Path) -> None
     ResultsStore(results_dir).write(result)
     frame = load(results_dir, view="cells").sort_values("level")
     assert frame["sz_bounds"].tolist()[1] == "[0.001]" and frame["sz_bounds"].isna().tolist()[0]
+
+
+def test_a_cell_done_in_one_benchmark_is_still_to_run_in_another(results_dir: Path) -> None:
+    store = ResultsStore(results_dir)
+    done = cell(0, benchmark="a")
+    store.write(done)
+    assert store.statuses("a") == {done.cell_id: "ok"}
+    assert store.statuses("b") == {}
+    assert store.statuses() == {done.cell_id: "ok"}

@@ -338,8 +338,9 @@ def test_a_rerun_trains_nothing_with_plugins_loaded_by_module_name(finished: Fin
     rerun = harness(
         "run", "e2e.yaml", "--results", "results", *plugins, cwd=finished.root, pythonpath=finished.root / "plugins"
     )
-    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    assert rerun.returncode == 1, rerun.stdout + rerun.stderr  # not every cell of the matrix succeeded
     assert "16 cells — 7 done, 9 failed before, 0 to run" in rerun.stdout
+    assert "9 cells failed in an earlier run; rerun them with --retry-failed" in rerun.stderr
     after = files_and_mtimes(finished.results)
     assert {k: v for k, v in after.items() if k.endswith((".pt", ".parquet", ".db"))} == {
         k: v for k, v in before.items() if k.endswith((".pt", ".parquet", ".db"))
