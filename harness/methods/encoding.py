@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import json
 import zlib
+from collections.abc import Callable
 from functools import partial
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 import torch
@@ -57,30 +58,34 @@ class IndexParams(Method.Params):
     index_bits: int = Field(5, ge=1, le=16)  # Deep Compression: 5 for fully connected, 8 for conv layers
 
 
+class IndexGapEncoder(Encoder):
+    """Encoders that store each weight's nonzeros as b-bit index gaps: each names its weight format."""
+
+    Params = IndexParams
+    storage_format: ClassVar[str]
+    weight_format: ClassVar[Callable[..., dict[str, bytes]]]
+
+    def encode(self, job: CellJob) -> Encoded:
+        weight_format = partial(self.weight_format, index_bits=self.params.index_bits)
+        return encode_model(job.model, job.storage.quantized, weight_format, self.storage_format)
+
+
 @register_method("relative_index")
-class RelativeIndex(Encoder):
+class RelativeIndex(IndexGapEncoder):
     """Store each weight's nonzeros as b-bit gaps to the previous one (filler codes on overflow) plus values."""
 
     reference = DEEP_COMPRESSION
-
-    Params = IndexParams
-
-    def encode(self, job: CellJob) -> Encoded:
-        weight_format = partial(formats.relative_index, index_bits=self.params.index_bits)
-        return encode_model(job.model, job.storage.quantized, weight_format, "relative_index")
+    storage_format = "relative_index"
+    weight_format = staticmethod(formats.relative_index)
 
 
 @register_method("huffman")
-class Huffman(Encoder):
+class Huffman(IndexGapEncoder):
     """Huffman-code the relative-index gaps and the quantisation codes of every weight (codebooks counted)."""
 
     reference = DEEP_COMPRESSION
-
-    Params = IndexParams
-
-    def encode(self, job: CellJob) -> Encoded:
-        weight_format = partial(formats.huffman_coded, index_bits=self.params.index_bits)
-        return encode_model(job.model, job.storage.quantized, weight_format, "huffman")
+    storage_format = "huffman"
+    weight_format = staticmethod(formats.huffman_coded)
 
 
 # -- DeepSZ -------------------------------------------------------------------------------------
