@@ -31,6 +31,9 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # not imported at run time: the writer process stays light (mlflow only)
     from harness.spec import CellSpec
 
+# A benchmark run must not phone home (nor write an installation id into the user's home); users may opt in.
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
 MAX_METRICS_PER_BATCH = 1000  # MLflow's limit for one log_batch call
 
 
