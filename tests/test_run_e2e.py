@@ -32,7 +32,7 @@ from harness.results import load
 from harness.spec import expand, load_spec
 from harness.store import ResultsStore
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.ray]
 
 HARNESS = Path(sys.executable).with_name("harness")  # the console script installed beside this Python
 
