@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import inspect
 import json
+import re
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -175,13 +176,18 @@ def methods_page() -> str:
     out += markdown_table(*registry_table("methods"))
     for name in METHODS.names():
         cls = METHODS.get(name)
-        out += f"\n## `{name}`\n\n{inspect.cleandoc(cls.__doc__ or '')}\n\n"
+        out += f"\n## `{name}`\n\n{_markdown(cls.__doc__)}\n\n"
         out += f"Family: {cls.family}. Reference: {cls.reference or '—'}. Source: {METHODS.source_of(name)}.\n"
         rows = field_rows(cls.Params)
         if rows:
             columns = FIELD_COLUMNS if any(row[-1] for row in rows) else FIELD_COLUMNS[:-1]
             out += "\n" + markdown_table(columns, [row[: len(columns)] for row in rows])
     return out
+
+
+def _markdown(docstring: str | None) -> str:
+    """A docstring as Markdown: Sphinx roles such as :meth:`score` become plain code spans."""
+    return re.sub(r":[a-z]+:`~?([^`]+)`", r"`\1`", inspect.cleandoc(docstring or ""))
 
 
 def models_page() -> str:

@@ -98,3 +98,19 @@ def test_a_table_ends_at_a_blank_line_so_no_paragraph_renders_as_a_row() -> None
             if not in_code and line.startswith("|") and following.strip() and not following.startswith("|"):
                 glued.append(f"{page.relative_to(REPO)}:{number + 1}: {following[:60]}")
     assert glued == []
+
+
+def test_every_benchmark_file_the_docs_show_loads(tmp_path: Path) -> None:
+    from harness.spec import expand, load_spec
+
+    blocks = [
+        (page, block)
+        for page in PAGES
+        for block in re.findall(r"```yaml\n(.*?)```", page.read_text(), re.S)
+        if re.search(r"^models:", block, re.M)
+    ]
+    assert len(blocks) >= 2
+    for index, (page, block) in enumerate(blocks):
+        path = tmp_path / f"example_{index}.yaml"
+        path.write_text(block)
+        assert expand(load_spec(path)), f"{page.relative_to(REPO)}: the example has no cells"
