@@ -14,8 +14,10 @@ import numpy as np
 import pytest
 
 from harness.cell import execute_cell, pretrain
+from harness.data import DATASETS
 from harness.docs import datasets_page, methods_page, models_page, registry_table
 from harness.methods import METHODS, load_plugins
+from harness.models import MODELS
 from harness.spec import CellSpec, Recipe, SpecError, load_spec
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
@@ -29,7 +31,7 @@ def python_blocks(page: str, decorator: str) -> list[str]:
 METHOD_BLOCKS = python_blocks("plugins.md", "@register_method")
 [MODEL_BLOCK] = python_blocks("models.md", "@register_model")
 [DATASET_BLOCK] = python_blocks("datasets.md", "@register_dataset")
-RECIPE = Recipe(epochs=2, lr=0.05, batch_size=64)
+RECIPE = Recipe(epochs=1, lr=0.05, batch_size=64)
 PARAMS = {"magnitude_power": {"power": 0.5}}  # the docs' parameter example, run with a non-default value
 
 
@@ -52,6 +54,15 @@ def load_block(block: str, tmp_path: Path, stem: str) -> Path:
     plugin.write_text(block)
     load_plugins([str(plugin)])
     return plugin
+
+
+@pytest.fixture
+def registries_kept():
+    """The model and data-set registries as they were before the test: other tests list the built-ins."""
+    saved = {registry: dict(registry._entries) for registry in (MODELS, DATASETS)}
+    yield
+    for registry, entries in saved.items():
+        registry._entries = entries
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +106,7 @@ def test_a_parameter_that_does_not_fit_is_refused_when_the_spec_loads(tmp_path: 
         load_spec(spec)
 
 
-def test_the_model_example_is_checked_against_each_data_set_and_trains(tmp_path: Path) -> None:
+def test_the_model_example_is_checked_against_each_data_set_and_trains(tmp_path: Path, registries_kept) -> None:
     plugin = load_block(MODEL_BLOCK, tmp_path, "docs_model")
     spec = tmp_path / "bench.yaml"
     spec.write_text(
@@ -126,10 +137,12 @@ def write_signals(root: Path, n: int) -> None:
         np.savez(root / "my_signals" / f"{split}.npz", x=x, y=y)
 
 
-def test_the_data_set_example_trains_from_its_files_and_names_them_when_missing(tmp_path: Path) -> None:
+def test_the_data_set_example_trains_from_its_files_and_names_missing_ones(tmp_path: Path, registries_kept) -> None:
     plugin = load_block(DATASET_BLOCK, tmp_path, "docs_dataset")
     write_signals(tmp_path / "data", 400)
+    two_epochs = Recipe(epochs=2, lr=0.05, batch_size=64)
     one = cell("global_magnitude", model="mnist1d_mlp", dataset="my_signals", plugins=(str(plugin),))
+    one = one.model_copy(update={"pretrain": two_epochs})
     one = one.model_copy(update={"data_root": str(tmp_path / "data")})
     dense = pretrain(one).to_bytes()
     row = execute_cell(one, dense).rows[-1]
