@@ -14,8 +14,37 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
+from typer.core import TyperCommand, TyperGroup
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.split(":")[0])
+HELP = (
+    "Benchmark neural-network pruning and compression methods so they can be compared.\n\n"
+    "One command runs a matrix of models × data sets × methods × sparsities × seeds on a local or remote Ray; "
+    "every cell is a Lightning job tracked in MLflow and lands as rows in a Parquet table that `harness query` "
+    "reads with SQL and `harness report` publishes as a leaderboard.\n\n"
+    "Exit codes: 0 every cell ok, 1 a cell failed, 2 bad input (nothing started or written). Manual: docs/."
+)
+
+
+class _FlagsAsFlags:
+    """A switch that takes no value is shown as ``--flag``, not ``--flag <bool>``."""
+
+    def get_params(self, ctx):
+        params = super().get_params(ctx)
+        for param in params:
+            if getattr(param, "is_flag", False):
+                param.metavar = ""
+        return params
+
+
+class _Command(_FlagsAsFlags, TyperCommand):
+    pass
+
+
+class _Group(_FlagsAsFlags, TyperGroup):
+    pass
+
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=HELP, cls=_Group)
 console = Console()
 errors = Console(stderr=True)
 
@@ -29,12 +58,29 @@ AddressOption = Annotated[
 ]
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from harness import __version__
+
+        console.print(f"harness {__version__}", highlight=False)
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _options(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    pass
+
+
 def _fail_input(message: str) -> typer.Exit:
     errors.print(f"[red]error:[/red] {message}", highlight=False, markup=True, soft_wrap=True)
     return typer.Exit(2)
 
 
-@app.command()
+@app.command(cls=_Command)
 def run(
     spec_path: Annotated[Path, typer.Argument(metavar="SPEC.yaml", help="Benchmark file.")],
     results: ResultsOption = Path("results"),
@@ -169,7 +215,7 @@ def _print_failed_logs(store, cell_ids: list[str]) -> None:
         console.print(f"... and {len(cell_ids) - LOGS_SHOWN} more failed cells; their logs are in {store.root}/logs/")
 
 
-@app.command()
+@app.command(cls=_Command)
 def status(
     spec_path: Annotated[Path, typer.Argument(metavar="SPEC.yaml", help="Benchmark file.")],
     results: ResultsOption = Path("results"),
@@ -211,7 +257,7 @@ def status(
 WORKING_DIR_EXCLUDES = [".git", ".venv", "results", "mlruns", "mlartifacts", "*.db"]
 
 
-@app.command()
+@app.command(cls=_Command)
 def submit(
     spec_path: Annotated[Path, typer.Argument(metavar="SPEC.yaml", help="Benchmark file, inside --working-dir.")],
     results: Annotated[
@@ -305,11 +351,11 @@ class Registered(StrEnum):
     datasets = "datasets"
 
 
-@app.command("list")
+@app.command("list", cls=_Command)
 def list_(
     what: Registered,
     plugin: PluginOption = None,
-    markdown: Annotated[bool, typer.Option("--markdown", help="Print a Markdown table (the README's).")] = False,
+    markdown: Annotated[bool, typer.Option("--markdown", help="Print a Markdown table (docs/reference/).")] = False,
 ) -> None:
     """List the registered methods, models or data sets, and where each came from."""
     from harness.methods import load_plugins
@@ -319,47 +365,16 @@ def list_(
         load_plugins(plugin or [])
     except (ImportError, RegistryError) as exc:
         raise _fail_input(str(exc)) from None
-    columns, rows = _registered(what)
+    from harness.docs import markdown_table, registry_table
+
+    columns, rows = registry_table(what.value)
     if markdown:
-        cells = [[value.replace("|", "\\|") for value in row] for row in rows]
-        lines = [columns, ["---"] * len(columns), *cells]
-        sys.stdout.write("".join(f"| {' | '.join(line)} |\n" for line in lines))
+        sys.stdout.write(markdown_table(columns, rows))
     else:
         table = Table(*columns)
         for row in rows:
             table.add_row(*row)
         console.print(table)
-
-
-def _first_line(obj: object) -> str:
-    return ((getattr(obj, "__doc__", None) or "").strip().splitlines() or [""])[0]
-
-
-def _registered(what: Registered) -> tuple[list[str], list[list[str]]]:
-    """The column names and rows that describe one registry."""
-    if what is Registered.methods:
-        from harness.methods import METHODS
-
-        rows = []
-        for name in METHODS.names():
-            cls = METHODS.get(name)
-            params = ", ".join(
-                f"{key}={field.get_default()!r}" if not field.is_required() else key
-                for key, field in cls.Params.model_fields.items()
-            )
-            rows.append([name, cls.family, cls.summary(), params or "—", cls.reference, METHODS.source_of(name)])
-        return ["method", "family", "summary", "parameters (defaults)", "reference", "source"], rows
-    if what is Registered.models:
-        from harness.models import MODELS
-
-        return ["model", "summary"], [[name, _first_line(MODELS.get(name))] for name in MODELS.names()]
-    from harness.data import DATASETS
-
-    rows = [
-        [name, str(cls.input_shape), str(cls.num_classes), _first_line(cls)]
-        for name, cls in ((name, DATASETS.get(name)) for name in DATASETS.names())
-    ]
-    return ["dataset", "input shape", "classes", "summary"], rows
 
 
 class Format(StrEnum):
@@ -368,13 +383,13 @@ class Format(StrEnum):
     json = "json"
 
 
-@app.command()
+@app.command(cls=_Command)
 def query(
     sql: Annotated[str, typer.Argument(help="DuckDB SQL over the views cells, epochs, layers.")],
     results: ResultsOption = Path("results"),
     format: Annotated[Format, typer.Option("--format")] = Format.table,
 ) -> None:
-    """Run read-only SQL over the results views (cells, epochs, layers); see README "Results" for the columns."""
+    """Run read-only SQL over the results views (cells, epochs, layers); columns: docs/reference/columns.md."""
     import duckdb
 
     from harness.results import ReadOnlyError
@@ -407,7 +422,7 @@ class ReportFormat(StrEnum):
     latex = "latex"
 
 
-@app.command()
+@app.command(cls=_Command)
 def report(
     results: Annotated[
         list[Path] | None,

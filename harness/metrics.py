@@ -1,4 +1,4 @@
-"""Metric definitions (ShrinkBench's, with its defects fixed). The README cites this module.
+"""Metric definitions (ShrinkBench's, with its defects fixed). docs/metrics.md cites this module.
 
 - ``compression_ratio`` = all parameters / nonzero parameters, over every parameter tensor
   (weights, biases, BatchNorm, classifier); mask buffers are not parameters.

@@ -1,6 +1,6 @@
 """The results schema: the core columns of the ``cells``, ``epochs`` and ``layers`` views.
 
-This is the documented contract readers rely on (README "Results" cites it). The store casts every
+This is the documented contract readers rely on (docs/reference/columns.md is generated from it). The store casts every
 core column it writes to the type declared here, so files written months apart still union cleanly;
 any other column a method or scheduler adds flows through untouched (views read with
 ``union_by_name``). Every row carries ``schema_version``: bump it when a core column changes meaning
@@ -132,6 +132,11 @@ def to_arrow(view: str, rows: list[dict[str, Any]]) -> pa.Table:
     return table
 
 
+def sql_type(column: Column) -> str:
+    """The DuckDB type a view gives ``column``."""
+    return _SQL_TYPES[column.type]
+
+
 def empty_select(view: str) -> str:
     """SQL for the view when nothing is written yet: its core columns, no rows."""
     return f"SELECT {core_first(view, [])} WHERE false"
@@ -139,7 +144,7 @@ def empty_select(view: str) -> str:
 
 def core_first(view: str, present: list[str]) -> str:
     """A select list: every core column in schema order (NULL of its type where no file has it), then the rest."""
-    core = [c.name if c.name in present else f"NULL::{_SQL_TYPES[c.type]} AS {c.name}" for c in COLUMNS[view]]
+    core = [c.name if c.name in present else f"NULL::{sql_type(c)} AS {c.name}" for c in COLUMNS[view]]
     names = {c.name for c in COLUMNS[view]}
     return ", ".join(core + ['"' + name.replace('"', '""') + '"' for name in present if name not in names])
 

@@ -31,24 +31,35 @@ class SpecError(ValueError):
 
 
 class _Frozen(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # a docstring under a field is its description: docs/reference/spec.md is generated from them
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
 
 class Recipe(_Frozen):
     """How to train: optimiser, learning-rate schedule, epochs, batch size."""
 
     epochs: int = Field(10, ge=0)
+    """Passes over the training split."""
     optimizer: Literal["sgd", "adam", "adamw"] = "sgd"
+    """The torch optimiser."""
     lr: float = Field(0.1, gt=0)
+    """Initial learning rate."""
     momentum: float = Field(0.9, ge=0, lt=1)
+    """SGD momentum (Adam/AdamW: beta1)."""
     nesterov: bool = False
+    """Nesterov momentum (SGD only)."""
     weight_decay: float = Field(0.0, ge=0)
+    """L2 penalty (AdamW: decoupled weight decay)."""
     batch_size: int = Field(128, ge=1)
+    """Training examples per step."""
     schedule: Literal["constant", "cosine", "step"] = "constant"
-    milestones: tuple[int, ...] = ()  # epochs at which "step" multiplies the lr by gamma
+    """Learning-rate schedule over the epochs."""
+    milestones: tuple[int, ...] = ()
+    """Epochs at which "step" multiplies the lr by gamma."""
     gamma: float = Field(0.1, gt=0)
-    # pretrain only: keep the weights after these epochs in the dense checkpoint (weight rewinding)
+    """The "step" schedule's factor."""
     save_epochs: tuple[int, ...] = ()
+    """Pretrain only: keep the weights after these epochs in the dense checkpoint (weight rewinding)."""
 
     @model_validator(mode="after")
     def _save_epochs_in_range(self) -> Recipe:
@@ -65,7 +76,9 @@ class MethodSpec(_Frozen):
     """A method by registry name, with its parameters (written beside ``name`` in YAML)."""
 
     name: str
+    """A registered method name."""
     params: dict[str, Any] = {}
+    """The method's parameters."""
 
     @model_validator(mode="before")
     @classmethod
@@ -83,27 +96,44 @@ class Resources(_Frozen):
     """What one cell asks the scheduler for."""
 
     cpus: float = Field(1.0, gt=0)
-    gpus: float = Field(0.0, ge=0)  # fractions pack cells onto one GPU: 0.25 runs four at once
-    custom: dict[str, float] = {}  # custom Ray resources a node declares, e.g. {bigmem: 1}
-    labels: dict[str, str] = {}  # node labels a cell requires (Ray's label_selector), e.g. {gpu-type: a100}
+    """CPUs one cell reserves."""
+    gpus: float = Field(0.0, ge=0)
+    """GPUs one cell reserves; fractions pack cells onto one GPU: 0.25 runs four at once."""
+    custom: dict[str, float] = {}
+    """Custom Ray resources a node declares, e.g. {bigmem: 1}."""
+    labels: dict[str, str] = {}
+    """Node labels a cell requires (Ray's label_selector), e.g. {gpu-type: a100}."""
 
 
 class BenchmarkSpec(_Frozen):
     """One benchmark file: the axes of the matrix and the shared recipes."""
 
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    """The benchmark: the MLflow experiment and the `benchmark` column."""
     models: tuple[str, ...] = Field(min_length=1)
+    """Registered model names (`harness list models`); every model must fit every data set."""
     datasets: tuple[str, ...] = Field(min_length=1)
+    """Registered data-set names (`harness list datasets`)."""
     methods: tuple[MethodSpec, ...] = Field(min_length=1)
+    """Each a method name, or {name: NAME, param: value, ...}; params are checked against the method."""
     sparsities: tuple[float, ...] | None = Field(None, min_length=1)
+    """Fractions of the prunable weights removed, each in [0, 1); give this or `compressions`."""
     compressions: tuple[float, ...] | None = Field(None, min_length=1)
+    """ShrinkBench compression ratios ≥ 1, turned into a sparsity per model (instead of `sparsities`)."""
     seeds: tuple[int, ...] = Field(min_length=1)
+    """One dense model and one cell per seed."""
     pretrain: Recipe = Recipe()
-    finetune: dict[str, Any] = {}  # fields not given are inherited from pretrain
+    """How the shared dense model is trained."""
+    finetune: dict[str, Any] = {}
+    """Recipe fields for fine-tuning after pruning; any not given are inherited from `pretrain`."""
     resources: Resources = Resources()
+    """What each cell asks the Ray scheduler for."""
     data_root: str | None = None
+    """Folder with the data sets' files (null: $HARNESS_DATA, else ./data)."""
     tracking_uri: str | None = None
+    """MLflow tracking URI (null: $MLFLOW_TRACKING_URI, else sqlite:///RESULTS/mlflow.db)."""
     plugins: tuple[str, ...] = ()
+    """Plugin modules (importable names or .py paths) loaded before the names are checked."""
 
     @field_validator("sparsities")
     @classmethod

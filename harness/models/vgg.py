@@ -43,8 +43,10 @@ def _vgg(model: str, input_shape: tuple[int, ...], num_classes: int) -> nn.Modul
 
 
 def vgg11(input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+    """VGG-11 (configuration A) with BatchNorm and one Linear(512, classes) head, CIFAR style; any image size."""
     return _vgg("vgg11", input_shape, num_classes)
 
 
 def vgg16(input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+    """VGG-16 (configuration D) with BatchNorm and one Linear(512, classes) head, CIFAR style; any image size."""
     return _vgg("vgg16", input_shape, num_classes)
