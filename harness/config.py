@@ -1,0 +1,210 @@
+"""The plain, frozen types of a benchmark: recipes, resources, methods by name, the spec, its cells.
+
+This module sits at the bottom of the package: it imports pydantic and nothing of the harness, so
+the store, the query path and the tracking process can name these types without torch. The checks
+that need no registry live here too (ranges, finite numbers, names, duplicates); those that need
+the registries or torch are :mod:`harness.spec`'s.
+
+Identity follows OpenLTH: a cell's id is the hash of the canonical JSON of its fields that differ
+from their defaults, so adding a field with a default never changes existing ids.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+MAX_CELLS = 1_000_000  # default cap on a matrix's cells (harness run --max-cells)
+SEED_MAX = 2**32 - 1  # numpy's and Lightning's seed range is 0..2^32-1
+NAME_MAX = 100  # characters of a benchmark name: it names a folder and a partition
+NAME_PATTERN = re.compile(rf"[A-Za-z0-9][A-Za-z0-9_.-]{{0,{NAME_MAX - 1}}}")
+
+Seed = Annotated[int, Field(ge=0, le=SEED_MAX)]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+class Recipe(_Frozen):
+    """How to train: optimiser, learning-rate schedule, epochs, batch size."""
+
+    epochs: int = Field(10, ge=0)
+    optimizer: Literal["sgd", "adam", "adamw"] = "sgd"
+    lr: float = Field(0.1, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    nesterov: bool = False
+    weight_decay: float = Field(0.0, ge=0)
+    batch_size: int = Field(128, ge=1)
+    schedule: Literal["constant", "cosine", "step"] = "constant"
+    milestones: tuple[int, ...] = ()  # epochs at which "step" multiplies the lr by gamma
+    gamma: float = Field(0.1, gt=0)
+    # pretrain only: keep the weights after these epochs in the dense checkpoint (weight rewinding)
+    save_epochs: tuple[int, ...] = ()
+
+    @model_validator(mode="after")
+    def _save_epochs_in_range(self) -> Recipe:
+        outside = [k for k in self.save_epochs if not 1 <= k <= self.epochs]
+        if outside:
+            raise ValueError(
+                f"save_epochs {outside} outside 1..epochs ({self.epochs}): epoch k keeps the weights after k "
+                "epochs of pretraining (θ0 is always kept)"
+            )
+        return self
+
+
+class MethodSpec(_Frozen):
+    """A method by registry name, with its parameters (written beside ``name`` in YAML)."""
+
+    name: str
+    params: dict[str, Any] = {}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _gather_params(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return {"name": value}
+        if isinstance(value, dict) and "name" in value:
+            params = dict(value.get("params") or {})
+            params.update({k: v for k, v in value.items() if k not in ("name", "params")})
+            return {"name": value["name"], "params": params}
+        return value
+
+
+class Resources(_Frozen):
+    """What one cell asks the scheduler for."""
+
+    cpus: float = Field(1.0, gt=0)
+    gpus: float = Field(0.0, ge=0)  # fractions pack cells onto one GPU: 0.25 runs four at once
+    custom: dict[str, float] = {}  # custom Ray resources a node declares, e.g. {bigmem: 1}
+    labels: dict[str, str] = {}  # node labels a cell requires (Ray's label_selector), e.g. {gpu-type: a100}
+
+
+class BenchmarkSpec(_Frozen):
+    """One benchmark file: the axes of the matrix and the shared recipes."""
+
+    name: str
+    models: tuple[str, ...] = Field(min_length=1)
+    datasets: tuple[str, ...] = Field(min_length=1)
+    methods: tuple[MethodSpec, ...] = Field(min_length=1)
+    sparsities: tuple[float, ...] | None = Field(None, min_length=1)
+    compressions: tuple[float, ...] | None = Field(None, min_length=1)
+    seeds: tuple[Seed, ...] = Field(min_length=1)
+    pretrain: Recipe = Recipe()
+    finetune: dict[str, Any] = {}  # fields not given are inherited from pretrain
+    resources: Resources = Resources()
+    data_root: str | None = None
+    tracking_uri: str | None = None
+    plugins: tuple[str, ...] = ()
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, name: str) -> str:
+        if not NAME_PATTERN.fullmatch(name):
+            raise ValueError(
+                f"{shorten(name)} is not a benchmark name; allowed: 1 to {NAME_MAX} letters, digits, '_', '-' "
+                "and '.', starting with a letter or digit (it names a folder of the results)"
+            )
+        return name
+
+    @field_validator("sparsities")
+    @classmethod
+    def _sparsity_range(cls, values: tuple[float, ...] | None) -> tuple[float, ...] | None:
+        for v in values or ():
+            if not 0.0 <= v < 1.0:
+                raise ValueError(f"sparsity {v} is outside [0, 1): it is the fraction of prunable weights removed")
+        return values
+
+    @field_validator("compressions")
+    @classmethod
+    def _compression_range(cls, values: tuple[float, ...] | None) -> tuple[float, ...] | None:
+        for v in values or ():
+            if not v >= 1.0:
+                raise ValueError(f"compression {v} is below 1: it is all parameters / nonzero parameters")
+        return values
+
+    @field_validator("models", "datasets", "sparsities", "compressions", "seeds")
+    @classmethod
+    def _distinct(cls, values: tuple | None) -> tuple | None:
+        first_index: dict[Any, int] = {}
+        for i, value in enumerate(values or ()):
+            if value in first_index:
+                raise ValueError(
+                    f"[{i}] repeats [{first_index[value]}] ({shorten(value)}); each entry must be distinct, "
+                    "or the same cells would run twice"
+                )
+            first_index[value] = i
+        return values
+
+    @model_validator(mode="after")
+    def _one_target_axis(self) -> BenchmarkSpec:
+        if (self.sparsities is None) == (self.compressions is None):
+            raise ValueError("give exactly one of 'sparsities' or 'compressions'")
+        return self
+
+    @property
+    def finetune_recipe(self) -> Recipe:
+        return Recipe(**{**self.pretrain.model_dump(exclude={"save_epochs"}), **self.finetune})
+
+
+class CellSpec(_Frozen):
+    """Everything that determines one cell's result; the scheduler hands it to ``run_cell``."""
+
+    benchmark: str
+    model: str
+    dataset: str
+    method: str
+    method_params: dict[str, Any] = {}
+    sparsity: float
+    compression: float | None = None  # the target it came from, when the spec gave compressions
+    seed: Seed
+    pretrain: Recipe = Recipe()
+    finetune: Recipe = Recipe()
+    # Where things are, not what they are: excluded from identity.
+    data_root: str | None = None
+    resources: Resources = Resources()
+    plugins: tuple[str, ...] = ()
+
+    _NOT_IDENTITY = frozenset({"benchmark", "data_root", "resources", "plugins", "compression"})
+
+    @property
+    def cell_id(self) -> str:
+        return content_hash(non_default(self, exclude=self._NOT_IDENTITY))
+
+    @property
+    def pretrain_key(self) -> str:
+        """Cells with the same key share one dense pretraining."""
+        return content_hash(
+            {"model": self.model, "dataset": self.dataset, "seed": self.seed, "pretrain": non_default(self.pretrain)}
+        )
+
+
+def content_hash(value: Any) -> str:
+    canonical = json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def non_default(model: BaseModel, exclude: frozenset[str] = frozenset()) -> dict[str, Any]:
+    """The fields of ``model`` that differ from their defaults (nested models likewise)."""
+    out = {}
+    for name, field in type(model).model_fields.items():
+        value = getattr(model, name)
+        if name in exclude or (not field.is_required() and value == field.get_default(call_default_factory=True)):
+            continue
+        out[name] = non_default(value) if isinstance(value, BaseModel) else value
+    return out
+
+
+SHOWN_CHARACTERS = 80  # of a user's value inside a message: a message never grows with the input
+
+
+def shorten(value: Any, limit: int = SHOWN_CHARACTERS) -> str:
+    """``repr(value)`` cut to ``limit`` characters; containers are not expanded beyond what is shown."""
+    if isinstance(value, dict | list | tuple | set):
+        return f"a {type(value).__name__} of {len(value)} entries"
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[: limit - 12]}… ({len(text)} characters)"
