@@ -16,14 +16,22 @@ import json
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 MAX_CELLS = 1_000_000  # default cap on a matrix's cells (harness run --max-cells)
 SEED_MAX = 2**32 - 1  # numpy's and Lightning's seed range is 0..2^32-1
 NAME_MAX = 100  # characters of a benchmark name: it names a folder and a partition
 NAME_PATTERN = re.compile(rf"[A-Za-z0-9][A-Za-z0-9_.-]{{0,{NAME_MAX - 1}}}")
 
-Seed = Annotated[int, Field(ge=0, le=SEED_MAX)]
+
+def _seed_in_range(value: Any) -> Any:
+    """Before int parsing, so that 1e20 gets the range in its message rather than a parsing error."""
+    if isinstance(value, int | float) and not isinstance(value, bool) and not 0 <= value <= SEED_MAX:
+        raise ValueError(f"{shorten(value)} is outside the seed range; allowed: integers 0 to {SEED_MAX}")
+    return value
+
+
+Seed = Annotated[int, BeforeValidator(_seed_in_range), Field(ge=0, le=SEED_MAX)]
 
 
 class _Frozen(BaseModel):
@@ -206,5 +214,8 @@ def shorten(value: Any, limit: int = SHOWN_CHARACTERS) -> str:
     """``repr(value)`` cut to ``limit`` characters; containers are not expanded beyond what is shown."""
     if isinstance(value, dict | list | tuple | set):
         return f"a {type(value).__name__} of {len(value)} entries"
-    text = repr(value)
+    try:
+        text = repr(value)
+    except ValueError:  # an integer beyond Python's digit limit for str()
+        return f"an integer of about {value.bit_length() * 3 // 10} digits"
     return text if len(text) <= limit else f"{text[: limit - 12]}… ({len(text)} characters)"

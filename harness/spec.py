@@ -79,8 +79,8 @@ def read_yaml(path: Path) -> Any:
         raise SpecError(f"{path}: not a text file (a benchmark file is UTF-8 YAML)") from None
     except OSError as exc:
         raise SpecError(f"{path}: cannot be read: {exc.strerror or exc}") from None
+    _check_bounded(path, text)
     try:
-        _check_bounded(path, yaml.parse(text, Loader=_Loader))
         return yaml.load(text, Loader=_Loader)  # noqa: S506 - a safe loader (CSafeLoader or SafeLoader)
     except yaml.YAMLError as exc:
         raise SpecError(f"{path}: not valid YAML: {shorten(str(exc), 400)[1:-1]}") from None
@@ -88,8 +88,15 @@ def read_yaml(path: Path) -> Any:
         raise SpecError(f"{path}: a value cannot be read: {shorten(str(exc))}") from None
 
 
-def _check_bounded(path: Path, events: Iterator[yaml.Event]) -> None:
-    """Walk the event stream once (no recursion): depth, expanded size and duplicate keys."""
+def _check_bounded(path: Path, text: str) -> None:
+    """Walk the event stream once (no recursion, nothing built): depth, expanded size and duplicate keys."""
+    try:
+        _check_events(path, yaml.parse(text, Loader=_Loader))
+    except yaml.YAMLError as exc:
+        raise SpecError(f"{path}: not valid YAML: {shorten(str(exc), 400)[1:-1]}") from None
+
+
+def _check_events(path: Path, events: Iterator[yaml.Event]) -> None:
     sizes: dict[str, int] = {}  # anchor -> expanded size of the node it names
     stack: list[dict[str, Any]] = []  # the open collections
 

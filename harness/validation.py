@@ -26,8 +26,11 @@ class SpecError(ValueError):
 
 def describe(exc: ValidationError, root: type[BaseModel], prefix: str = "") -> list[str]:
     """One ``field: what is wrong`` line per error of ``exc`` (raised validating ``root``)."""
+    errors = exc.errors(include_url=False, include_input=False)
     lines = []
-    for error in exc.errors(include_url=False, include_input=False):
+    for error in errors:
+        if error["type"] == "too_short" and _explained_inside(error["loc"], errors):
+            continue  # "at least 1 item after validation": its items' own errors say why
         loc = [str(p) for p in error["loc"] if p not in ("function-before", "function-after")]
         field = join_field(prefix, dotted(loc)) or "(top level)"
         if error["type"] == "extra_forbidden":
@@ -38,6 +41,10 @@ def describe(exc: ValidationError, root: type[BaseModel], prefix: str = "") -> l
             message = message[:MESSAGE_LIMIT] + f"… ({len(message)} characters)"
         lines.append(f"{field}: {message}")
     return lines
+
+
+def _explained_inside(loc: tuple, errors: list) -> bool:
+    return any(len(other["loc"]) > len(loc) and other["loc"][: len(loc)] == loc for other in errors)
 
 
 def validate_nested(model: type[M], data: Any, loc: tuple[str | int, ...]) -> M:
