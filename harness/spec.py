@@ -39,7 +39,7 @@ from harness.config import (
 from harness.data import DATASETS
 from harness.methods import METHODS, load_plugins
 from harness.models import MODELS, IncompatibleInput, create_model
-from harness.validation import SpecError, describe
+from harness.validation import SpecError, clip, describe
 
 __all__ = [
     "BenchmarkSpec",
@@ -189,7 +189,7 @@ def _in_file(path: Path, lines: list[str]) -> str:
 
 def _check_registries(path: Path, spec: BenchmarkSpec) -> None:
     def fail(field: str, message: str) -> SpecError:
-        return SpecError(f"{path}: {field}: {message}")
+        return SpecError(f"{path}: {clip(f'{field}: {message}')}")
 
     for i, name in enumerate(spec.models):
         if name not in MODELS:

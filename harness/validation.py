@@ -37,10 +37,13 @@ def describe(exc: ValidationError, root: type[BaseModel], prefix: str = "") -> l
             message = unknown_key(allowed_keys(root, loc[:-1]))
         else:
             message = error["msg"].removeprefix("Value error, ")
-        if len(message) > MESSAGE_LIMIT:
-            message = message[:MESSAGE_LIMIT] + f"… ({len(message)} characters)"
-        lines.append(f"{field}: {message}")
+        lines.append(clip(f"{field}: {message}"))
     return lines
+
+
+def clip(line: str, limit: int = MESSAGE_LIMIT) -> str:
+    """``line`` cut to ``limit`` characters: a user's key or value may be megabytes long."""
+    return line if len(line) <= limit else f"{line[:limit]}… ({len(line)} characters)"
 
 
 def _explained_inside(loc: tuple, errors: list) -> bool:
