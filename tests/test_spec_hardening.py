@@ -80,6 +80,11 @@ MISTAKES = {
     "duplicate sparsity": (dict(sparsities=[0.5, 0.9, 0.50]), "sparsities", "[2] repeats [0]"),
     "duplicate seed": (dict(seeds=[0, 1, 0]), "seeds", "[2] repeats [0]"),
     "duplicate compression": (dict(sparsities=None, compressions=[2, 2.0]), "compressions", "[1] repeats [0]"),
+    "gradual pruning that ends before it starts": (
+        dict(methods=[{"name": "gmp", "start_fraction": 0.8, "end_fraction": 0.5}]),
+        "methods[0]",
+        "allowed: 0 <= start_fraction <= end_fraction <= 1",
+    ),
     "duplicate method": (
         dict(methods=["global_magnitude", {"name": "global_magnitude", "prune_classifier": False}]),
         "methods[1]",
@@ -233,8 +238,10 @@ def test_a_file_that_is_not_a_readable_spec_is_named(tmp_path: Path) -> None:
     deep = tmp_path / "deep.yaml"
     deep.write_text("name: " + "[" * 20_000 + "]" * 20_000 + "\n")
     started = time.perf_counter()
-    refused(run_cli("status", deep), "nest")  # libyaml's own depth limit or ours (64), whichever comes first
+    refused(run_cli("status", deep), "nest")  # libyaml's own depth limit (1000) before ours
     assert time.perf_counter() - started < 5
+    deep.write_text("name: t\nmodels: " + "[" * 100 + "]" * 100 + "\n")
+    refused(run_cli("status", deep), "line 2: nested deeper than 64 levels")
 
 
 @pytest.mark.parametrize(
