@@ -147,7 +147,7 @@ def _load_cells(spec_path: Path, plugins: list[str] | None, max_cells: int = MAX
     from harness.spec import SpecError, expand, import_plugins, load_spec
 
     try:
-        import_plugins(plugins or [], "--plugin")
+        import_plugins(plugins or [])
         spec = load_spec(spec_path, max_cells)
         return spec, expand(spec)
     except (SpecError, RegistryError) as exc:
@@ -396,7 +396,7 @@ def list_(
     from harness.spec import SpecError, import_plugins
 
     try:
-        import_plugins(plugin or [], "--plugin")
+        import_plugins(plugin or [])
     except SpecError as exc:
         raise _fail_input(str(exc)) from None
     columns, rows = _registered(what)

@@ -39,6 +39,7 @@ from harness.config import (
 from harness.data import DATASETS
 from harness.methods import METHODS, load_plugins
 from harness.models import MODELS, IncompatibleInput, create_model
+from harness.registry import RegistryError
 from harness.validation import SpecError, clip, describe
 
 __all__ = [
@@ -173,14 +174,16 @@ def load_spec(path: str | os.PathLike, max_cells: int = MAX_CELLS) -> BenchmarkS
     return spec
 
 
-def import_plugins(plugins: Iterable[str], where: str) -> None:
-    """Import each plugin; one that is missing, broken or raising is a SpecError naming it."""
+def import_plugins(plugins: Iterable[str], where: str = "") -> None:
+    """Import each plugin; one that is missing, broken or raising is a SpecError naming it (after ``where``)."""
+    prefix = f"{where}: " if where else ""
     for plugin in plugins:
         try:
             load_plugins([plugin])
+        except (ImportError, RegistryError) as exc:  # their messages name the plugin already
+            raise SpecError(prefix + clip(str(exc))) from None
         except Exception as exc:  # a plugin is user code: any error in it is bad input, named
-            detail = str(exc) if isinstance(exc, ImportError | KeyError) else f"{type(exc).__name__}: {exc}"
-            raise SpecError(f"{where}: {plugin}: {shorten(detail, 600)[1:-1]}") from None
+            raise SpecError(prefix + clip(f"plugin {plugin} failed to import: {type(exc).__name__}: {exc}")) from None
 
 
 def _in_file(path: Path, lines: list[str]) -> str:
