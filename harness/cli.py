@@ -526,6 +526,8 @@ def report(
     tracking = os.environ.get("MLFLOW_TRACKING_URI", "")
     default_url = tracking if tracking.startswith(("http://", "https://")) else Options.mlflow_url
     formats = tuple(f.value for f in format) if format else ("html", "markdown")
+    for folder in results or []:
+        _results_folder(folder)
     try:
         written = build_report(
             results or [Path("results")], out, formats, label, Options(heatmap_at, mlflow_url or default_url)

@@ -262,7 +262,7 @@ def test_results_that_are_a_file_are_named(write_spec, tmp_path: Path) -> None:
     a_file = tmp_path / "results.txt"
     a_file.write_text("not a folder")
     spec = write_spec(spec_text())
-    for command in (["run", spec], ["status", spec], ["query", "SELECT 1"]):
+    for command in (["run", spec], ["status", spec], ["query", "SELECT 1"], ["report", "--out", tmp_path / "site"]):
         refused(run_cli(*command, "--results", a_file), f"--results {a_file} is a file")
     refused(run_cli("run", spec, "--results", a_file / "inside"), "not a folder this user can write")
 
