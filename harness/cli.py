@@ -70,7 +70,8 @@ def guarded(command: Command) -> Command:
         except Exception as exc:
             if _debug:
                 raise
-            raise _fail_input(f"{type(exc).__name__}: {exc} (rerun with --debug for the traceback)") from None
+            first_line = (str(exc).strip().splitlines() or [""])[0][:400]  # DuckDB adds the whole SQL below
+            raise _fail_input(f"{type(exc).__name__}: {first_line} (rerun with --debug for the traceback)") from None
 
     return wrapper  # type: ignore[return-value]
 
