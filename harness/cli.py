@@ -127,7 +127,7 @@ def run(
         return
     counts = {"ok": 0, "failed": 0}
     if todo.todo:
-        _check_before_start(spec, todo.todo, results, address)
+        _check_before_start(spec_path, spec, todo.todo, results, address)
         store.save_spec(spec.name, spec_path.read_text())  # the report links every result to its benchmark file
         resume = f"harness run {spec_path} --results {results}" + (f" --address {address}" if address else "")
         runtime_env = {"working_dir": str(working_dir), "excludes": WORKING_DIR_EXCLUDES} if working_dir else None
@@ -155,7 +155,7 @@ def _load_cells(spec_path: Path, plugins: list[str] | None, max_cells: int = MAX
         raise _fail_input(str(exc)) from None
 
 
-def _check_before_start(spec, cells, results: Path, address: str | None) -> None:
+def _check_before_start(spec_path: Path, spec, cells, results: Path, address: str | None) -> None:
     """What would fail only after Ray, mlflow.db or the spec copy exist: the folder, the resources, MLflow."""
     from harness.runner import SchedulingError, check_local_resources
     from harness.tracking import check_tracking_uri, resolve_tracking_uri
@@ -164,13 +164,13 @@ def _check_before_start(spec, cells, results: Path, address: str | None) -> None
     try:
         check_local_resources(cells, address)
     except SchedulingError as exc:
-        raise _fail_input(f"{exc} (resources in the spec, or the cpus/gpus the cells ask for)") from None
+        raise _fail_input(f"{spec_path}: resources: {exc}") from None
     uri = resolve_tracking_uri(spec.tracking_uri, results)
     try:
         check_tracking_uri(uri)
     except ValueError as exc:
-        where = "tracking_uri in the spec" if spec.tracking_uri else "$MLFLOW_TRACKING_URI or the default store"
-        raise _fail_input(f"{exc} ({where})") from None
+        where = f"{spec_path}: tracking_uri" if spec.tracking_uri else "$MLFLOW_TRACKING_URI"
+        raise _fail_input(f"{where}: {exc}") from None
 
 
 def _run_with_progress(

@@ -208,7 +208,8 @@ def test_resources_this_machine_lacks_are_refused_before_ray_starts(
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     results = tmp_path / "results"
     started = time.perf_counter()
-    refused(run_cli("run", write_spec(spec_text(resources=resources)), "--results", results), asked, "lower")
+    path = write_spec(spec_text(resources=resources))
+    refused(run_cli("run", path, "--results", results), f"{path}: resources: cells ask for", asked, "lower")
     assert time.perf_counter() - started < 10  # a local Ray takes longer than that to start
     assert_nothing_written(tmp_path, results, "bench.yaml")
 
@@ -223,7 +224,8 @@ def test_a_tracking_uri_that_cannot_work_is_refused_before_anything_is_written(
 ) -> None:
     monkeypatch.chdir(tmp_path)
     results = tmp_path / "results"
-    refused(run_cli("run", write_spec(spec_text(tracking_uri=uri)), "--results", results), uri, says, "tracking_uri")
+    path = write_spec(spec_text(tracking_uri=uri))
+    refused(run_cli("run", path, "--results", results), f"{path}: tracking_uri: ", uri, says)
     assert_nothing_written(tmp_path, results, "bench.yaml")
 
 
