@@ -18,6 +18,7 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 
 M = TypeVar("M", bound=BaseModel)
 MESSAGE_LIMIT = 400  # characters of one line of a message
+MESSAGE_LINES = 20  # lines of one message: 100,000 bad seeds are not 100,000 lines
 
 
 class SpecError(ValueError):
@@ -38,6 +39,8 @@ def describe(exc: ValidationError, root: type[BaseModel], prefix: str = "") -> l
         else:
             message = error["msg"].removeprefix("Value error, ")
         lines.append(clip(f"{field}: {message}"))
+    if len(lines) > MESSAGE_LINES:
+        lines[MESSAGE_LINES:] = [f"… and {len(lines) - MESSAGE_LINES} more errors like these"]
     return lines
 
 

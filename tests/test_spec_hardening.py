@@ -175,6 +175,8 @@ def test_a_huge_value_is_never_printed_whole(write_spec, tmp_path: Path) -> None
     for changes in (dict(models=["m" * 200_000]), {"k" * 200_000: 1}):
         message = refused(run_cli("run", write_spec(spec_text(**changes)), "--results", tmp_path / "r"))
         assert len(message) < 700 and "characters)" in message
+    message = refused(run_cli("run", write_spec(spec_text(seeds=[-1] * 50_000)), "--results", tmp_path / "r"))
+    assert len(message.splitlines()) == 21 and message.endswith("… and 49980 more errors like these")
     huge_list = [1] * 100_000
     path = write_spec(spec_text(methods=[{"name": "global_magnitude", "prune_classifier": huge_list}]))
     message = refused(run_cli("run", path, "--results", tmp_path / "r"), "methods[0].prune_classifier")
