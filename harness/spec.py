@@ -215,6 +215,8 @@ def _check_registries(path: Path, spec: BenchmarkSpec) -> None:
             raise SpecError(_in_file(path, describe(exc, cls.Params, prefix=f"methods[{i}]."))) from None
         try:
             cls.check_recipes(params, spec.pretrain, finetune)
+        except pydantic.ValidationError as exc:  # the place of a nested method's need, e.g. a pipeline stage
+            raise SpecError(_in_file(path, describe(exc, cls.Params, prefix=f"methods[{i}]."))) from None
         except ValueError as exc:
             raise fail(f"methods[{i}]", str(exc)) from None
         key = f"{method.name} {json.dumps(params.model_dump(mode='json', exclude_defaults=True), sort_keys=True)}"

@@ -118,6 +118,15 @@ def test_the_same_method_spelled_differently_is_a_duplicate(write_spec) -> None:
     assert len(expand(load_spec(write_spec(spec_text(methods=different))))) == 2
 
 
+def test_a_pipeline_stage_gets_the_recipe_check_a_method_alone_gets(write_spec) -> None:
+    stages = [{"name": "iterative", "rewind": "epoch:2"}, "kmeans"]
+    path = write_spec(spec_text(methods=[{"name": "pipeline", "stages": stages}], pretrain={"epochs": 3}))
+    with pytest.raises(SpecError, match=r"methods\[0\]\.stages\[0\]: rewind 'epoch:2' needs .* save_epochs: \[2\]"):
+        load_spec(path)
+    kept = spec_text(methods=[{"name": "pipeline", "stages": stages}], pretrain={"epochs": 3, "save_epochs": [2]})
+    assert len(expand(load_spec(write_spec(kept)))) == 1
+
+
 def test_a_key_given_twice_in_the_yaml_is_refused(write_spec) -> None:
     path = write_spec(spec_text() + "seeds: [1]\n")
     with pytest.raises(SpecError, match=r"line 12: key 'seeds' appears twice"):

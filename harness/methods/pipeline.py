@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import Field, field_validator
 
-from harness.config import MethodSpec
+from harness.config import MethodSpec, Recipe
 from harness.methods import METHODS, create_method, register_method
 from harness.methods.base import Method, run_stage
 from harness.methods.quantization import DEEP_COMPRESSION
@@ -51,6 +51,16 @@ class Pipeline(Method):
     def stage_specs(self) -> list[tuple[str, dict[str, Any]]]:
         """(method name, parameters) of each stage, in order."""
         return [(stage.name, stage.params) for stage in self.params.stages]
+
+    @classmethod
+    def check_recipes(cls, params: Method.Params, pretrain: Recipe, finetune: Recipe) -> None:
+        """Each stage's own needs (e.g. an iterative stage rewinding to a pretraining epoch)."""
+        for i, (name, stage_params) in enumerate(cls(params).stage_specs()):
+            stage = METHODS.get(name)
+            try:
+                stage.check_recipes(stage.Params.model_validate(stage_params), pretrain, finetune)
+            except ValueError as exc:
+                raise fail_at(("stages", i), str(exc)) from None
 
     def apply(self, job: CellJob) -> None:
         for name, params in self.stage_specs():
