@@ -27,6 +27,7 @@ from lightning.pytorch.callbacks import Callback
 from torch import nn
 
 import harness
+from harness.config import CellSpec, Recipe
 from harness.data import DataSplits, load_splits
 from harness.encoding import Storage, size_columns
 from harness.latency import LatencyMeter, latency_batch
@@ -35,7 +36,7 @@ from harness.methods import create_method, load_plugins
 from harness.methods.base import PruningContext
 from harness.metrics import model_metrics
 from harness.models import create_model
-from harness.spec import CellSpec, Recipe
+from harness.schema import CellResult
 from harness.training import MaskingCallback, Stopwatch, device_for_cell, evaluate, train
 
 
@@ -69,21 +70,6 @@ class DenseCheckpoint:
     @classmethod
     def from_bytes(cls, data: bytes) -> DenseCheckpoint:
         return cls(**torch.load(io.BytesIO(data), weights_only=True, map_location="cpu"))
-
-
-@dataclass
-class CellResult:
-    """What a cell hands back: one row per level, its epoch curves, its per-layer table and its log."""
-
-    cell_id: str
-    rows: list[dict[str, Any]]
-    epochs: list[dict[str, Any]] = field(default_factory=list)
-    layers: list[dict[str, Any]] = field(default_factory=list)
-    log: str = ""
-
-    @property
-    def ok(self) -> bool:
-        return all(row["status"] == "ok" for row in self.rows)
 
 
 def seed_everything(seed: int) -> None:

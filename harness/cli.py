@@ -3,18 +3,24 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
+import os
 import sys
 from collections import Counter
+from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, TypeVar
 
+import click
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 from typer.core import TyperCommand, TyperGroup
+
+from harness.config import MAX_CELLS
 
 HELP = (
     "Benchmark neural-network pruning and compression methods so they can be compared.\n\n"
@@ -52,6 +58,9 @@ ResultsOption = Annotated[Path, typer.Option("--results", help="Results folder."
 PluginOption = Annotated[
     list[str] | None, typer.Option("--plugin", help="Plugin module (importable name or .py path); repeatable.")
 ]
+MaxCellsOption = Annotated[
+    int, typer.Option("--max-cells", min=1, help="Refuse a benchmark whose matrix has more cells than this.")
+]
 AddressOption = Annotated[
     str | None,
     typer.Option("--address", help="Ray cluster to join: auto, ray://HOST:10001 (default: a local Ray for this run)."),
@@ -66,21 +75,61 @@ def _print_version(value: bool) -> None:
         raise typer.Exit(0)
 
 
+def _fail_input(message: str) -> typer.Exit:
+    errors.print("[red]error:[/red] ", end="", highlight=False)
+    errors.print(message, highlight=False, markup=False, soft_wrap=True)
+    return typer.Exit(2)
+
+
+_debug = False  # --debug: let unexpected errors raise with their traceback
+Command = TypeVar("Command", bound=Callable)
+
+
 @app.callback()
 def _options(
     version: Annotated[
         bool, typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version and exit.")
     ] = False,
+    debug: Annotated[
+        bool, typer.Option("--debug", envvar="HARNESS_DEBUG", help="Show the traceback of an unexpected error.")
+    ] = False,
 ) -> None:
-    pass
+    global _debug
+    _debug = debug
 
 
-def _fail_input(message: str) -> typer.Exit:
-    errors.print(f"[red]error:[/red] {message}", highlight=False, markup=True, soft_wrap=True)
-    return typer.Exit(2)
+def guarded(command: Command) -> Command:
+    """Exit 2 with the error named, no traceback, for anything a command did not expect (1 means a cell failed)."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except (typer.Exit, typer.Abort, click.exceptions.Exit, click.ClickException, click.exceptions.Abort):
+            raise
+        except Exception as exc:
+            if _debug:
+                raise
+            first_line = (str(exc).strip().splitlines() or [""])[0][:400]  # DuckDB adds the whole SQL below
+            raise _fail_input(f"{type(exc).__name__}: {first_line} (rerun with --debug for the traceback)") from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _results_folder(results: Path, writing: bool = False) -> None:
+    """Refuse a --results that is a file, or (when writing) a folder this user cannot create or write."""
+    if results.exists() and not results.is_dir():
+        raise _fail_input(f"--results {results} is a file; give a folder (it is created if missing)")
+    if writing:
+        folder = results
+        while not folder.exists() and folder != folder.parent:
+            folder = folder.parent
+        if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+            raise _fail_input(f"--results {results}: {folder} is not a folder this user can write")
 
 
 @app.command(cls=_Command)
+@guarded
 def run(
     spec_path: Annotated[Path, typer.Argument(metavar="SPEC.yaml", help="Benchmark file.")],
     results: ResultsOption = Path("results"),
@@ -98,9 +147,11 @@ def run(
         Path | None,
         typer.Option("--working-dir", help="Folder shipped to every Ray worker (plugins, local files) with --address."),
     ] = None,
+    max_cells: MaxCellsOption = MAX_CELLS,
 ) -> None:
     """Run every cell of a benchmark that is not in the results table yet, then print the leaderboard."""
-    spec, cells = _load_cells(spec_path, plugin)
+    spec, cells = _load_cells(spec_path, plugin, max_cells)
+    _results_folder(results)
 
     from harness.runner import plan
     from harness.store import ResultsStore
@@ -116,6 +167,7 @@ def run(
         return
     counts = {"ok": 0, "failed": 0}
     if todo.todo:
+        _check_before_start(spec_path, spec, todo.todo, results, address)
         store.save_spec(spec.name, spec_path.read_text())  # the report links every result to its benchmark file
         resume = f"harness run {spec_path} --results {results}" + (f" --address {address}" if address else "")
         runtime_env = {"working_dir": str(working_dir), "excludes": WORKING_DIR_EXCLUDES} if working_dir else None
@@ -130,18 +182,35 @@ def run(
     raise typer.Exit(1 if failed_still else 0)  # 0 only when every cell of the matrix succeeded
 
 
-def _load_cells(spec_path: Path, plugins: list[str] | None):
+def _load_cells(spec_path: Path, plugins: list[str] | None, max_cells: int = MAX_CELLS):
     """The validated spec and its cells; bad input exits 2 with the one message that explains it."""
-    from harness.methods import load_plugins
     from harness.registry import RegistryError
-    from harness.spec import SpecError, expand, load_spec
+    from harness.spec import SpecError, expand, import_plugins, load_spec
 
     try:
-        load_plugins(plugins or [])
-        spec = load_spec(spec_path)
+        import_plugins(plugins or [])
+        spec = load_spec(spec_path, max_cells)
         return spec, expand(spec)
-    except (SpecError, RegistryError, ImportError) as exc:
+    except (SpecError, RegistryError) as exc:
         raise _fail_input(str(exc)) from None
+
+
+def _check_before_start(spec_path: Path, spec, cells, results: Path, address: str | None) -> None:
+    """What would fail only after Ray, mlflow.db or the spec copy exist: the folder, the resources, MLflow."""
+    from harness.runner import SchedulingError, check_local_resources
+    from harness.tracking import check_tracking_uri, resolve_tracking_uri
+
+    _results_folder(results, writing=True)
+    try:
+        check_local_resources(cells, address)
+    except SchedulingError as exc:
+        raise _fail_input(f"{spec_path}: resources: {exc}") from None
+    uri = resolve_tracking_uri(spec.tracking_uri, results)
+    try:
+        check_tracking_uri(uri)
+    except ValueError as exc:
+        where = f"{spec_path}: tracking_uri" if spec.tracking_uri else "$MLFLOW_TRACKING_URI"
+        raise _fail_input(f"{where}: {exc}") from None
 
 
 def _run_with_progress(
@@ -216,13 +285,16 @@ def _print_failed_logs(store, cell_ids: list[str]) -> None:
 
 
 @app.command(cls=_Command)
+@guarded
 def status(
     spec_path: Annotated[Path, typer.Argument(metavar="SPEC.yaml", help="Benchmark file.")],
     results: ResultsOption = Path("results"),
     plugin: PluginOption = None,
+    max_cells: MaxCellsOption = MAX_CELLS,
 ) -> None:
     """Show done / failed / pending per axis of a benchmark, without running anything."""
-    spec, cells = _load_cells(spec_path, plugin)
+    spec, cells = _load_cells(spec_path, plugin, max_cells)
+    _results_folder(results)
 
     from harness.runner import plan
     from harness.store import ResultsStore
@@ -258,6 +330,7 @@ WORKING_DIR_EXCLUDES = [".git", ".venv", "results", "mlruns", "mlartifacts", "*.
 
 
 @app.command(cls=_Command)
+@guarded
 def submit(
     spec_path: Annotated[Path, typer.Argument(metavar="SPEC.yaml", help="Benchmark file, inside --working-dir.")],
     results: Annotated[
@@ -274,11 +347,12 @@ def submit(
     max_parallel: Annotated[int | None, typer.Option("--max-parallel", min=1)] = None,
     plugin: PluginOption = None,
     wait: Annotated[bool, typer.Option("--wait/--no-wait", help="Follow the job's output until it ends.")] = True,
+    max_cells: MaxCellsOption = MAX_CELLS,
 ) -> None:
     """Run the driver on the cluster itself as a Ray job: `harness run SPEC --address auto` on the head node."""
     import shlex
 
-    _load_cells(spec_path, plugin)  # a spec that cannot load fails here, not minutes later on the cluster
+    _load_cells(spec_path, plugin, max_cells)  # a spec that cannot load fails here, not minutes later on the cluster
     if not results.is_absolute():
         raise _fail_input(
             f"--results {results} is relative: the job runs in a temporary copy of the working directory, "
@@ -290,6 +364,7 @@ def submit(
         raise _fail_input(f"{spec_path} is not inside --working-dir {working_dir}: the job would not see it") from None
     command = ["harness", "run", str(spec_in_job), "--results", str(results), "--address", "auto"]
     command += ["--retry-failed"] * retry_failed + (["--max-parallel", str(max_parallel)] if max_parallel else [])
+    command += ["--max-cells", str(max_cells)] if max_cells != MAX_CELLS else []
     for name in plugin or []:
         command += ["--plugin", name]
 
@@ -352,18 +427,18 @@ class Registered(StrEnum):
 
 
 @app.command("list", cls=_Command)
+@guarded
 def list_(
     what: Registered,
     plugin: PluginOption = None,
     markdown: Annotated[bool, typer.Option("--markdown", help="Print a Markdown table (docs/reference/).")] = False,
 ) -> None:
     """List the registered methods, models or data sets, and where each came from."""
-    from harness.methods import load_plugins
-    from harness.registry import RegistryError
+    from harness.spec import SpecError, import_plugins
 
     try:
-        load_plugins(plugin or [])
-    except (ImportError, RegistryError) as exc:
+        import_plugins(plugin or [])
+    except SpecError as exc:
         raise _fail_input(str(exc)) from None
     from harness.docs import markdown_table, registry_table
 
@@ -384,6 +459,7 @@ class Format(StrEnum):
 
 
 @app.command(cls=_Command)
+@guarded
 def query(
     sql: Annotated[str, typer.Argument(help="DuckDB SQL over the views cells, epochs, layers.")],
     results: ResultsOption = Path("results"),
@@ -397,6 +473,7 @@ def query(
 
     if not results.exists():
         raise _fail_input(f"results folder {results} does not exist; run a benchmark first or pass --results")
+    _results_folder(results)
     try:
         frame = run_query(results, sql)
     except ReadOnlyError as exc:
@@ -423,6 +500,7 @@ class ReportFormat(StrEnum):
 
 
 @app.command(cls=_Command)
+@guarded
 def report(
     results: Annotated[
         list[Path] | None,
@@ -458,6 +536,8 @@ def report(
     tracking = os.environ.get("MLFLOW_TRACKING_URI", "")
     default_url = tracking if tracking.startswith(("http://", "https://")) else Options.mlflow_url
     formats = tuple(f.value for f in format) if format else ("html", "markdown")
+    for folder in results or []:
+        _results_folder(folder)
     try:
         written = build_report(
             results or [Path("results")], out, formats, label, Options(heatmap_at, mlflow_url or default_url)

@@ -26,9 +26,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import ray
+import torch
 
-from harness.cell import CellResult, DenseCheckpoint, execute_cell, failed_result, pretrain
-from harness.spec import CellSpec, Resources
+from harness.cell import DenseCheckpoint, execute_cell, failed_result, pretrain
+from harness.config import CellSpec, Resources
+from harness.schema import CellResult
 from harness.store import ResultsStore
 from harness.tracking import ChildRun, MatrixRun, TrackingWriter
 
@@ -124,6 +126,26 @@ def capacity(resources: Resources, cluster: dict[str, float]) -> int:
     wants = {"CPU": resources.cpus, "GPU": resources.gpus, **resources.custom}
     fits = [cluster.get(name, 0.0) / amount for name, amount in wants.items() if amount > 0]
     return math.floor(min(fits, default=math.inf) + 1e-9) if fits else 2**31
+
+
+def check_local_resources(cells: Iterable[CellSpec], address: str | None) -> None:
+    """Before a local Ray instance starts: refuse cells asking for more than this machine has (nothing
+    joins a local instance, so they could never run). Joining a cluster, the scheduler checks on arrival."""
+    if address or os.environ.get("RAY_ADDRESS") or ray.is_initialized():
+        return
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    cluster = {"CPU": float(cpus), "GPU": float(torch.cuda.device_count())}
+    for resources in _distinct(cell.resources for cell in cells):
+        shape = resources if cluster["GPU"] else resources.model_copy(update={"gpus": 0.0})  # GPU specs run on CPU
+        if capacity(shape, cluster) == 0:
+            raise SchedulingError(
+                f"{_unfit(resources, cluster)}; lower the spec's resources or join a cluster (--address)"
+            )
+
+
+def _unfit(resources: Resources, cluster: dict[str, float]) -> str:
+    shown = {k: v for k, v in cluster.items() if not k.startswith("node:")}
+    return f"cells ask for {resources.model_dump(exclude_defaults=True)} but the Ray cluster has {shown}"
 
 
 def _distinct(shapes: Iterable[Resources]) -> list[Resources]:
@@ -255,10 +277,7 @@ class _Scheduler:
     def _check_feasible(self, shapes: list[Resources], local: bool) -> None:
         for resources in shapes:
             if capacity(self._shape(resources), self.cluster) == 0:
-                message = (
-                    f"cells ask for {resources.model_dump(exclude_defaults=True)} but the Ray cluster has "
-                    f"{ {k: v for k, v in self.cluster.items() if not k.startswith('node:')} }"
-                )
+                message = _unfit(resources, self.cluster)
                 if local:  # nothing will ever join a local instance
                     raise SchedulingError(f"{message}; lower the spec's resources or join a cluster with --address")
                 warnings.warn(f"{message}: they wait until the autoscaler adds a node that fits", stacklevel=2)

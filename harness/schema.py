@@ -9,12 +9,30 @@ or type, so a reader can tell old rows from new ones.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
 
 SCHEMA_VERSION = 1
+
+
+@dataclass
+class CellResult:
+    """What a cell hands back: one row per level, its epoch curves, its per-layer table and its log.
+
+    Plain data (no torch), so the store and the readers can name it without importing a cell.
+    """
+
+    cell_id: str
+    rows: list[dict[str, Any]]
+    epochs: list[dict[str, Any]] = field(default_factory=list)
+    layers: list[dict[str, Any]] = field(default_factory=list)
+    log: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return all(row["status"] == "ok" for row in self.rows)
 
 
 @dataclass(frozen=True)

@@ -41,8 +41,7 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from harness.cell import CellResult
-from harness.schema import VIEWS, empty_select, to_arrow
+from harness.schema import VIEWS, CellResult, empty_select, to_arrow
 
 FRESH_LIMIT = 64  # fresh cell files in a partition that trigger a compaction
 FANOUT = 8  # segments of equal span merged into one

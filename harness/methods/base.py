@@ -15,7 +15,7 @@ from harness.masks import Masks, masks_from_scores
 
 if TYPE_CHECKING:
     from harness.cell import CellJob
-    from harness.spec import Recipe
+    from harness.config import Recipe
 
 
 class Method:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
-from pydantic import Field
+from pydantic import Field, model_validator
 from torch import nn
 
 from harness.masks import Masks, masks_from_scores, prunable_weights
@@ -345,6 +345,15 @@ class GradualMagnitude(Method):
         frequency: int = Field(100, ge=1)  # steps between prunings (Zhu & Gupta: 100 to 1000)
         scope: Literal["global", "layer"] = "layer"  # Zhu & Gupta prune every layer to the same sparsity
         prune_classifier: bool = False
+
+        @model_validator(mode="after")
+        def _starts_before_it_ends(self) -> GradualMagnitude.Params:
+            if self.start_fraction > self.end_fraction:
+                raise ValueError(
+                    f"start_fraction {self.start_fraction} is after end_fraction {self.end_fraction}; "
+                    "allowed: 0 <= start_fraction <= end_fraction <= 1"
+                )
+            return self
 
     def apply(self, job: CellJob) -> None:
         p = self.params

@@ -28,14 +28,15 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, model_validator
 from torch import nn
 
+from harness.config import Recipe
 from harness.masks import Masks, classifier_name
 from harness.methods import METHODS, Method, PruningMethod, create_method, register_method
 from harness.methods.dynamic import random_masks
-from harness.spec import Recipe
 from harness.training import ClassifierModule, train
+from harness.validation import fail_at, validate_nested
 
 if TYPE_CHECKING:
     from harness.cell import CellJob
@@ -127,17 +128,15 @@ class Iterative(Method):
         @model_validator(mode="after")
         def _consistent(self) -> Iterative.Params:
             if self.score not in METHODS:
-                raise ValueError(f"score: {METHODS.unknown_message(self.score)}")
+                raise fail_at(("score",), METHODS.unknown_message(self.score))
             method = METHODS.get(self.score)
             if not issubclass(method, PruningMethod):
-                raise ValueError(
-                    f"score {self.score!r} is a {method.family} method, not a pruning method with masks(); "
-                    "name one such as global_magnitude, snip or filter_l1"
+                raise fail_at(
+                    ("score",),
+                    f"{self.score!r} is a {method.family} method, not a pruning method with masks(); "
+                    "name one such as global_magnitude, snip or filter_l1",
                 )
-            try:
-                method.Params.model_validate(self.score_params)
-            except ValidationError as exc:
-                raise ValueError(f"score_params for {self.score!r}: {exc}") from None
+            validate_nested(method.Params, self.score_params, ("score_params",))
             if self.control == "reinit" and self.rewind.partition(":")[0] in ("none", "lr"):
                 raise ValueError(
                     f"control 'reinit' trains from a fresh initialisation, so it needs a rewind point to replace "
