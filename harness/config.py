@@ -112,7 +112,7 @@ class Resources(_Frozen):
 class BenchmarkSpec(_Frozen):
     """One benchmark file: the axes of the matrix and the shared recipes."""
 
-    name: str
+    name: str = Field(json_schema_extra={"pattern": NAME_PATTERN.pattern})  # the validator below says why
     """The benchmark: the MLflow experiment and the `benchmark` column."""
     models: tuple[str, ...] = Field(min_length=1)
     """Registered model names (`harness list models`); every model must fit every data set."""
