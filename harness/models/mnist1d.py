@@ -12,17 +12,19 @@ import math
 
 from torch import nn
 
-from harness.models import IncompatibleInput
+from harness.models import IncompatibleInput, register_model
 from harness.models.lenet import mlp
 
 CNN_CHANNELS = 25
 CNN_KERNELS = (5, 3, 3)
 
 
+@register_model("mnist1d_mlp")
 def mnist1d_mlp(input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
     return mlp(math.prod(input_shape), (100, 100), num_classes)
 
 
+@register_model("mnist1d_cnn")
 def mnist1d_cnn(input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
     # the first kernel (5) with padding 1 on both ends needs at least 3 samples
     if len(input_shape) != 2 or min(input_shape) < 1 or input_shape[1] < CNN_KERNELS[0] - 2:
