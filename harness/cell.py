@@ -31,7 +31,7 @@ from harness.data import DataSplits, load_splits
 from harness.encoding import Storage, size_columns
 from harness.latency import LatencyMeter, latency_batch
 from harness.masks import Masks, apply_masks, prunable_weights
-from harness.methods import create_method, load_plugins
+from harness.methods import create_method, load_plugins, method_provenance
 from harness.methods.base import PluginError, PruningContext, WeightsAt, check_tensors, excluded
 from harness.metrics import model_metrics
 from harness.models import create_model
@@ -432,6 +432,7 @@ def _complete(
         "finished_at": _now(),
         **dense_metrics,
         **provenance(),
+        **method_provenance(cell.method, cell.method_params),
     }
     result.rows = [{**common, **row} for row in result.rows]
     for extra in (result.epochs, result.layers):

@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from harness.data import DATASETS
 from harness.methods import METHODS
+from harness.methods.base import DEFAULT_VERSION
 from harness.models import MODELS, IncompatibleInput, create_model
 
 
@@ -140,6 +141,7 @@ class CellSpec(_Frozen):
     dataset: str
     method: str
     method_params: dict[str, Any] = {}
+    method_version: str | None = None  # the method class's ``version`` when it is not the default
     sparsity: float
     compression: float | None = None  # the target it came from, when the spec gave compressions
     seed: int
@@ -339,6 +341,7 @@ def expand(spec: BenchmarkSpec) -> list[CellSpec]:
                                 dataset=dataset,
                                 method=method.name,
                                 method_params=params.model_dump(exclude_defaults=True),
+                                method_version=None if cls.version == DEFAULT_VERSION else cls.version,
                                 sparsity=sparsity,
                                 compression=compression,
                                 seed=seed,

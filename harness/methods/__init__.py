@@ -70,6 +70,16 @@ def create_method(name: str, params: dict | None = None) -> Method:
     return METHODS.get(name)(params)
 
 
+def method_provenance(name: str, params: dict | None = None) -> dict[str, str | None]:
+    """``method_version`` and ``method_source_hash`` of a cell's method, as its rows record them; None
+    where the method cannot be built here (its plugin is not loaded, its registration was refused)."""
+    try:
+        method = create_method(name, params)
+        return {"method_version": method.version, "method_source_hash": method.source_hash()}
+    except Exception:  # provenance never fails a row; the row's error says what did
+        return {"method_version": None, "method_source_hash": None}
+
+
 def load_plugins(plugins: Iterable[str]) -> None:
     """Import plugin modules (dotted names or ``.py`` paths) so their registrations run.
 
@@ -136,5 +146,6 @@ __all__ = [
     "create_method",
     "frozen_registries",
     "load_plugins",
+    "method_provenance",
     "register_method",
 ]

@@ -285,7 +285,7 @@ class CompressionMethod(Method):
 
     def compress(self, job: Job) -> None:
         """Required hook, called once on the model as it is (pruned or not): change or re-encode the weights,
-        ``job.set_storage(...)`` how they are stored, and record the level with ``job.finish_level()``."""
+        ``job.set_storage(...)`` how they are stored, record the level with ``job.finish_level()``; returns nothing."""
         raise NotImplementedError
 
     @classmethod
