@@ -361,9 +361,9 @@ def list_(
 
     try:
         load_plugins(plugin or [])
+        columns, rows = _registered(what)  # imports lazy entries and entry points: each is checked then
     except (ImportError, RegistryError) as exc:
         raise _fail_input(str(exc)) from None
-    columns, rows = _registered(what)
     if markdown:
         cells = [[value.replace("|", "\\|") for value in row] for row in rows]
         lines = [columns, ["---"] * len(columns), *cells]

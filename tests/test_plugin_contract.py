@@ -148,7 +148,9 @@ def test_a_function_registered_as_a_method_exits_2_with_one_message(tmp_path: Pa
     plugin = tmp_path / "function_plugin.py"
     plugin.write_text(FUNCTION_PLUGIN)
     spec = tmp_path / "bench.yaml"
-    spec.write_text("name: f\nmodels: [lenet_300_100]\ndatasets: [digits]\nmethods: [not_a_class]\nsparsities: [0.5]\n")
+    spec.write_text(
+        "name: f\nmodels: [lenet_300_100]\ndatasets: [digits]\nmethods: [not_a_class]\nsparsities: [0.5]\nseeds: [0]\n"
+    )
     for args in (
         ["list", "methods", "--plugin", str(plugin)],
         ["run", str(spec), "--dry-run", "--plugin", str(plugin)],

@@ -64,7 +64,7 @@ def _dataset_problem(name: str, obj: object) -> str | None:
         what = "a class not derived from Dataset" if isinstance(obj, type) else f"a {type(obj).__name__}"
         return f"it is {what}; a data set is a subclass of harness.data.Dataset"
     missing = [attr for attr in ("input_shape", "num_classes") if not hasattr(obj, attr)]
-    if obj.load is Dataset.load:
+    if obj.load.__func__ is Dataset.load.__func__:
         missing.append("load(cls, root, seed)")
     return f"{obj.__qualname__} does not define {', '.join(missing)}" if missing else None
 
