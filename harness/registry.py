@@ -97,10 +97,9 @@ class Registry(Generic[T]):
         self._lazy_modules.append(module)
 
     def freeze(self) -> None:
-        """Load every pending module and entry point, then refuse any further registration: the set of
-        entries a run started with is the set it ends with."""
-        for name in self.names():
-            self.get(name)
+        """Load the pending modules and entry-point names, then refuse any new name: the set of entries a
+        run started with is the set it ends with (a lazy entry is still imported on its first use)."""
+        self._load_pending()
         self._frozen = True
 
     def thaw(self) -> None:

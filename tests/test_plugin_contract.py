@@ -183,6 +183,17 @@ def test_built_in_methods_touch_the_job_only_through_the_protocol() -> None:
     assert outside == []
 
 
+def test_cell_job_implements_every_member_of_the_protocol_with_its_signature() -> None:
+    from harness.cell import CellJob
+
+    for name in _job_members():
+        ours, theirs = getattr(Job, name), getattr(CellJob, name)
+        if isinstance(ours, property):
+            assert isinstance(theirs, property), f"CellJob.{name} is not a property"
+        else:
+            assert inspect.signature(theirs).parameters.keys() == inspect.signature(ours).parameters.keys(), name
+
+
 def test_every_hook_and_job_member_says_when_it_is_called_and_what_it_returns() -> None:
     from harness.methods.base import CompressionMethod
 

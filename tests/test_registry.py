@@ -220,7 +220,7 @@ def test_a_frozen_registry_refuses_new_entries_and_thaws() -> None:
     registry.add("one", 1)
     registry.add_lazy("pi", "math:pi")
     registry.freeze()
-    assert registry.get("pi") == pytest.approx(3.14159265)  # freezing loaded the lazy entry
+    assert registry.get("pi") == pytest.approx(3.14159265)  # a lazy entry still loads on its first use
     with pytest.raises(RegistryError, match="^number 'two' from builtin is registered after the number registry"):
         registry.add("two", 2)
     with pytest.raises(RegistryError, match="frozen"):
