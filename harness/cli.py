@@ -148,20 +148,31 @@ def run(
         typer.Option("--working-dir", help="Folder shipped to every Ray worker (plugins, local files) with --address."),
     ] = None,
     max_cells: MaxCellsOption = MAX_CELLS,
+    force: Annotated[
+        bool, typer.Option("--force", help="Run the cells again even if they are in the table (new method code).")
+    ] = False,
+    only: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--only", metavar="FIELD=VALUE", help=f"Only the cells with this {'/'.join(ONLY_FIELDS)}; repeatable."
+        ),
+    ] = None,
 ) -> None:
     """Run every cell of a benchmark that is not in the results table yet, then print the leaderboard."""
     spec, cells = _load_cells(spec_path, plugin, max_cells)
     _results_folder(results)
+    cells = _only(cells, only or [])
 
     from harness.runner import plan
     from harness.store import ResultsStore
 
     store = ResultsStore(results)
-    todo = plan(cells, store, retry_failed)
+    todo = plan(cells, store, retry_failed, force)
     console.print(
         f"[bold]{spec.name}[/bold]: {len(cells)} cells — {len(todo.done)} done, "
         f"{len(todo.failed_before)} failed before, {len(todo.todo)} to run"
     )
+    _print_other_code(todo.other_code, f"harness run {spec_path} --results {results}", force)
     if dry_run:
         _print_cells(cells, {c.cell_id for c in todo.done}, {c.cell_id for c in todo.failed_before})
         return
@@ -172,14 +183,46 @@ def run(
         resume = f"harness run {spec_path} --results {results}" + (f" --address {address}" if address else "")
         runtime_env = {"working_dir": str(working_dir), "excludes": WORKING_DIR_EXCLUDES} if working_dir else None
         scheduling = {"address": address, "runtime_env": runtime_env, "max_parallel": max_parallel}
-        counts = _run_with_progress(
-            spec, todo.todo, store, results, plugin or [], resume, scheduling | {"max_retries": max_retries}
-        )
+        from harness.methods import frozen_registries
+
+        with frozen_registries():  # what the run started with is what it ends with
+            counts = _run_with_progress(
+                spec, todo.todo, store, results, plugin or [], resume, scheduling | {"max_retries": max_retries}
+            )
     _print_summary(spec.name, results, counts)
     failed_still = counts["failed"] + len(todo.failed_before)
     if failed_still and not counts["failed"]:
         errors.print(f"{failed_still} cells failed in an earlier run; rerun them with --retry-failed")
     raise typer.Exit(1 if failed_still else 0)  # 0 only when every cell of the matrix succeeded
+
+
+ONLY_FIELDS = ("method", "model", "dataset", "seed", "sparsity", "cell_id")
+
+
+def _only(cells: list, filters: list[str]) -> list:
+    """The cells matching every ``FIELD=VALUE`` (several values of one field: any of them)."""
+    wanted: dict[str, set[str]] = {}
+    for text in filters:
+        field, sep, value = text.partition("=")
+        if not sep or field not in ONLY_FIELDS or not value:
+            raise _fail_input(f"--only {text!r}: expected FIELD=VALUE with FIELD one of {', '.join(ONLY_FIELDS)}")
+        wanted.setdefault(field, set()).add(value)
+
+    def value_of(cell, field: str) -> set[str]:
+        value = getattr(cell, field)
+        return {str(value), f"{value:g}"} if isinstance(value, float) else {str(value)}
+
+    return [c for c in cells if all(value_of(c, f) & values for f, values in wanted.items())]
+
+
+def _print_other_code(cells: list, command: str, forced: bool) -> None:
+    """Say which methods' rows in the table were produced by different source code than the code here."""
+    if not cells:
+        return
+    for method, count in sorted(Counter(c.method for c in cells).items()):
+        hint = "" if forced else f"; rerun them with: {command} --force --only method={method}"
+        text = f"{count} cells of {method} in the table were produced by different code{hint}"
+        console.print(text, style="yellow", markup=False, highlight=False)
 
 
 def _load_cells(spec_path: Path, plugins: list[str] | None, max_cells: int = MAX_CELLS):
@@ -301,6 +344,7 @@ def status(
 
     store = ResultsStore(results)
     todo = plan(cells, store)
+    _print_other_code(todo.other_code, f"harness run {spec_path} --results {results}", False)
     state = {c.cell_id: "done" for c in todo.done} | {c.cell_id: "failed" for c in todo.failed_before}
     table = Table("axis", "value", "done", "failed", "pending", title=f"{spec.name} in {results}/")
     axes = {
@@ -434,15 +478,15 @@ def list_(
     markdown: Annotated[bool, typer.Option("--markdown", help="Print a Markdown table (docs/reference/).")] = False,
 ) -> None:
     """List the registered methods, models or data sets, and where each came from."""
+    from harness.docs import markdown_table, registry_table
+    from harness.registry import RegistryError
     from harness.spec import SpecError, import_plugins
 
     try:
         import_plugins(plugin or [])
-    except SpecError as exc:
+        columns, rows = registry_table(what.value)  # imports lazy entries and entry points: each is checked then
+    except (SpecError, RegistryError) as exc:
         raise _fail_input(str(exc)) from None
-    from harness.docs import markdown_table, registry_table
-
-    columns, rows = registry_table(what.value)
     if markdown:
         sys.stdout.write(markdown_table(columns, rows))
     else:

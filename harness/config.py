@@ -197,6 +197,7 @@ class CellSpec(_Frozen):
     dataset: str
     method: str
     method_params: dict[str, Any] = {}
+    method_version: str | None = None  # the method class's ``version`` when it is not the default
     sparsity: float
     compression: float | None = None  # the target it came from, when the spec gave compressions
     seed: Seed

@@ -94,6 +94,8 @@ CELLS = (
     Column("harness_version", pa.string(), "version of the harness that produced the row"),
     Column("torch_version", pa.string(), "PyTorch version"),
     Column("git_commit", pa.string(), "git commit of the harness checkout, when it is one"),
+    Column("method_version", pa.string(), "the method class's declared `version` (in the cell id once not `1`)"),
+    Column("method_source_hash", pa.string(), "sha256 of the method's source files, plugins included (16 hex)"),
     Column("mlflow_run_id", pa.string(), "the cell's MLflow run (per-epoch curves, parameters, error)"),
 )
 
@@ -120,6 +122,10 @@ LAYERS = (
     Column("flops_dense", pa.int64(), "multiply-adds of the layer for one example, from its real output shape"),
     Column("flops_nonzero", pa.float64(), "flops_dense × the layer's weight density"),
     Column("size_bytes", pa.float64(), "bytes of the layer as stored (see the cells row's `storage_format`)"),
+    Column(
+        "prunable", pa.bool_(), "whether the method could prune this layer (not `exclude`d, classifier only if asked)"
+    ),
+    Column("max_layer_sparsity", pa.float64(), "the method's cap on this layer's sparsity, when it set one"),
 )
 
 COLUMNS: dict[str, tuple[Column, ...]] = {"cells": CELLS, "epochs": EPOCHS, "layers": LAYERS}
@@ -172,5 +178,6 @@ _SQL_TYPES = {
     pa.int64(): "BIGINT",
     pa.float64(): "DOUBLE",
     pa.string(): "VARCHAR",
+    pa.bool_(): "BOOLEAN",
     pa.timestamp("us", tz="UTC"): "TIMESTAMPTZ",
 }

@@ -38,6 +38,7 @@ from harness.config import (
 )
 from harness.data import DATASETS
 from harness.methods import METHODS, load_plugins
+from harness.methods.base import DEFAULT_VERSION
 from harness.models import MODELS, IncompatibleInput, create_model
 from harness.registry import RegistryError
 from harness.validation import SpecError, clip, describe
@@ -301,12 +302,13 @@ def expand(spec: BenchmarkSpec) -> list[CellSpec]:
     for method in spec.methods:
         cls = METHODS.get(method.name)
         params = cls.Params.model_validate(method.params)
-        methods.append((method.name, cls.sets_own_sparsity, params, params.model_dump(exclude_defaults=True)))
+        version = None if cls.version == DEFAULT_VERSION else cls.version
+        methods.append((method.name, cls.sets_own_sparsity, params, params.model_dump(exclude_defaults=True), version))
     cells = []
     for seed in spec.seeds:
         for dataset in spec.datasets:
             for model in spec.models:
-                for name, sets_own_sparsity, params, dumped in methods:
+                for name, sets_own_sparsity, params, dumped, version in methods:
                     targets = [(0.0, None)] if sets_own_sparsity else _targets(spec, model, dataset, params)
                     for sparsity, compression in targets:
                         cells.append(
@@ -316,6 +318,7 @@ def expand(spec: BenchmarkSpec) -> list[CellSpec]:
                                 dataset=dataset,
                                 method=name,
                                 method_params=dumped,
+                                method_version=version,
                                 sparsity=sparsity,
                                 compression=compression,
                                 seed=seed,

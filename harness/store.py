@@ -224,6 +224,20 @@ class ResultsStore:
 
         return {cell_id: "ok" if ok else "failed" for cell_id, ok in read_retrying(read)}
 
+    def source_hashes(self, benchmark: str) -> dict[str, str | None]:
+        """``{cell_id: method_source_hash}`` of one benchmark's cells (None for rows that predate the column)."""
+
+        def read() -> list[tuple[str, str | None]]:
+            cells = self.view_sql("cells")
+            sql = f"SELECT cell_id, max(method_source_hash) FROM ({cells}) WHERE benchmark = ? GROUP BY cell_id"
+            try:
+                return duckdb.connect().execute(sql, [benchmark]).fetchall()
+            except duckdb.BinderException:  # every file predates the column
+                sql = f"SELECT DISTINCT cell_id, NULL FROM ({cells}) WHERE benchmark = ?"
+                return duckdb.connect().execute(sql, [benchmark]).fetchall()
+
+        return dict(read_retrying(read))
+
     # -- dense checkpoints ------------------------------------------------------------------------
 
     def checkpoint_path(self, pretrain_key: str) -> Path:

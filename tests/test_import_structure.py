@@ -29,7 +29,6 @@ LATE_BOUND = {
         "a compression method prunes first with a method looked up by name in METHODS, the registry whose "
         "entries are checked against these base classes"
     ),
-    ("harness.methods.base", "harness.cell"): "the CellJob type the hooks are annotated with",
 }
 
 
