@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import ray
 
-from harness.cell import CellResult, DenseCheckpoint, execute_cell, failed_result, pretrain
+from harness.cell import CellResult, DenseCheckpoint, SplitView, all_splits, execute_cell, failed_result, pretrain
 from harness.spec import CellSpec, Resources
 from harness.store import ResultsStore
 from harness.tracking import ChildRun, MatrixRun, TrackingWriter
@@ -89,12 +89,12 @@ def ray_session(address: str | None = None, runtime_env: dict | None = None) -> 
         ray.shutdown()
 
 
-def _pretrain_task(cell: CellSpec) -> bytes:
-    return pretrain(cell).to_bytes()
+def _pretrain_task(cell: CellSpec, view: SplitView = all_splits) -> bytes:
+    return pretrain(cell, view).to_bytes()
 
 
-def _cell_task(cell: CellSpec, dense: bytes) -> CellResult:
-    result = execute_cell(cell, dense)
+def _cell_task(cell: CellSpec, dense: bytes, view: SplitView = all_splits) -> CellResult:
+    result = execute_cell(cell, dense, view)
     context = ray.get_runtime_context()
     placement = {"ray_node_id": context.get_node_id(), "gpu_ids": ",".join(context.get_accelerator_ids()["GPU"])}
     for row in result.rows:

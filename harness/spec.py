@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from harness.data import DATASETS
 from harness.methods import METHODS
 from harness.models import MODELS, IncompatibleInput, create_model
+from harness.tuning.space import ParamRange, Tuned, TuneSection, check_space, default_space
 
 
 class SpecError(ValueError):
@@ -104,6 +105,8 @@ class BenchmarkSpec(_Frozen):
     data_root: str | None = None
     tracking_uri: str | None = None
     plugins: tuple[str, ...] = ()
+    tune: TuneSection | None = None  # what `harness tune` searches (harness/tuning/space.py)
+    tuned: Tuned | None = None  # written by `harness tune`: the best point of each study, with provenance
 
     @field_validator("sparsities")
     @classmethod
@@ -284,6 +287,42 @@ def _check_registries(path: Path, spec: BenchmarkSpec) -> None:
                         _targets(spec, model, dataset, params)
                     except ValueError as exc:
                         raise fail("compressions", str(exc)) from None
+    _check_tuning(path, spec)
+
+
+def tuning_space(spec: BenchmarkSpec) -> dict[str, ParamRange]:
+    """The spec's ``tune.space``, else the default: fine-tune lr plus what each method declares ``tunable``."""
+    if spec.tune and spec.tune.space is not None:
+        return spec.tune.space
+    return default_space([(m.name, m.params, METHODS.get(m.name).tunable) for m in spec.methods])
+
+
+def epoch_cap(spec: BenchmarkSpec) -> int:
+    """The most fine-tune epochs one trial may train: ``tune.max_epochs``, else the recipe's."""
+    return (spec.tune.max_epochs if spec.tune else None) or spec.finetune_recipe.epochs
+
+
+def _check_tuning(path: Path, spec: BenchmarkSpec) -> None:
+    params = {m.name: set(METHODS.get(m.name).Params.model_fields) for m in spec.methods}
+    problem = check_space(tuning_space(spec), params, epoch_cap(spec))
+    if problem:
+        raise SpecError(f"{path}: tune.space.{problem[0]}: {problem[1]}")
+    if spec.tuned is None:
+        return
+    cells = {_tuned_key(c.model, c.dataset, c.method, c.method_params, c.sparsity) for c in expand(spec, tuned=False)}
+    for i, entry in enumerate(spec.tuned.cells):
+        field = f"tuned.cells[{i}]"
+        if _tuned_key(entry.model, entry.dataset, entry.method, entry.method_params, entry.sparsity) not in cells:
+            raise SpecError(f"{path}: {field}: matches no cell of the spec (model, dataset, method, params, sparsity)")
+        try:
+            Recipe(**{**spec.finetune_recipe.model_dump(), **entry.finetune})
+            METHODS.get(entry.method).Params.model_validate({**entry.method_params, **entry.params})
+        except pydantic.ValidationError as exc:
+            raise SpecError(f"{path}: {field}: {exc.errors()[0]['msg']}") from None
+
+
+def _tuned_key(model: str, dataset: str, method: str, params: dict[str, Any], sparsity: float) -> str:
+    return json.dumps([model, dataset, method, params, sparsity], sort_keys=True)
 
 
 def _meta_model(model: str, dataset: str) -> torch.nn.Module:
@@ -320,9 +359,17 @@ def compression_to_sparsity(model: str, dataset: str, compression: float, includ
     return 1.0 - keep
 
 
-def expand(spec: BenchmarkSpec) -> list[CellSpec]:
-    """The matrix, in a breadth-first order: all cells of the first seed, then the next."""
+def expand(spec: BenchmarkSpec, tuned: bool = True) -> list[CellSpec]:
+    """The matrix, in a breadth-first order: all cells of the first seed, then the next.
+
+    A cell the spec's ``tuned`` section names gets the recipe fields and parameters chosen for it
+    (``tuned=False``: the matrix as it was before tuning).
+    """
     finetune = spec.finetune_recipe
+    chosen = {
+        _tuned_key(c.model, c.dataset, c.method, c.method_params, c.sparsity): c
+        for c in (spec.tuned.cells if spec.tuned and tuned else ())
+    }
     cells = []
     for seed in spec.seeds:
         for dataset in spec.datasets:
@@ -332,18 +379,25 @@ def expand(spec: BenchmarkSpec) -> list[CellSpec]:
                     params = cls.Params.model_validate(method.params)
                     targets = [(0.0, None)] if cls.sets_own_sparsity else _targets(spec, model, dataset, params)
                     for sparsity, compression in targets:
+                        base = params.model_dump(exclude_defaults=True)
+                        entry = chosen.get(_tuned_key(model, dataset, method.name, base, sparsity))
+                        cell_finetune, cell_params = finetune, base
+                        if entry:
+                            cell_finetune = Recipe(**{**finetune.model_dump(), **entry.finetune})
+                            cell_params = cls.Params.model_validate({**base, **entry.params})
+                            cell_params = cell_params.model_dump(exclude_defaults=True)
                         cells.append(
                             CellSpec(
                                 benchmark=spec.name,
                                 model=model,
                                 dataset=dataset,
                                 method=method.name,
-                                method_params=params.model_dump(exclude_defaults=True),
+                                method_params=cell_params,
                                 sparsity=sparsity,
                                 compression=compression,
                                 seed=seed,
                                 pretrain=spec.pretrain,
-                                finetune=finetune,
+                                finetune=cell_finetune,
                                 data_root=spec.data_root,
                                 resources=spec.resources,
                                 plugins=spec.plugins,
