@@ -13,7 +13,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-from rich.table import Table
+from rich.table import Column, Table
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.split(":")[0])
 console = Console()
@@ -228,9 +228,8 @@ def tune(
         study, value = outcome.study, "—" if outcome.value is None else f"{outcome.value:.4f}"
         line = f"{study.base.method} s={study.base.sparsity:g} {study.base.model}/{study.base.dataset}"
         error = f": {(outcome.error or '').splitlines()[0]}" if outcome.error else ""
-        console.print(
-            f"trial {outcome.number} {outcome.state} val_top1={value} {line}{error}", highlight=False, markup=False
-        )
+        text = f"trial {outcome.number} {outcome.state} val_top1={value} {line}{error}"
+        console.print(text, highlight=False, markup=False, soft_wrap=True)
 
     try:
         result = run_tune(spec, spec_path.read_text(), spec_path, results, settings, on_trial)
@@ -242,7 +241,7 @@ def tune(
     rows = summary(result.studies)
     if rows:
         table = Table(
-            "method",
+            Column("method", overflow="fold"),
             "studies",
             "trials",
             "complete",
@@ -262,6 +261,7 @@ def tune(
         f"ran {result.ran} trials; tuned spec: {result.tuned_spec}\n"
         f"measure it on test data: harness run {result.tuned_spec} --results {results}",
         highlight=False,
+        soft_wrap=True,
     )
 
 

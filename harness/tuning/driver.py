@@ -60,6 +60,7 @@ class Study:
     handle: optuna.Study | None = None
     mlflow_run: str | None = None
     in_flight: int = 0
+    used: int = 0  # counted trials, kept here so that choosing the next study reads no storage
 
     def counted(self) -> list[optuna.trial.FrozenTrial]:
         """The trials that used up budget: finished ones (complete, pruned or failed), not interrupted."""
@@ -219,6 +220,7 @@ def tune(
             load_if_exists=True,
         )
         _recover(study)
+        study.used = len(study.counted())
     uri = resolve_tracking_uri(spec.tracking_uri, results)
     matrix = MatrixRun.start(uri, spec.name, results, {"tune": json.dumps(_provenance(settings, where, spec))})
     tracking = TrackingWriter(matrix)
@@ -295,7 +297,7 @@ class _Driver:
 
     def _next_study(self) -> Study | None:
         """The study with the most budget left (spreads parallel trials across studies)."""
-        left = [(self.settings.trials - len(s.counted()) - s.in_flight, s) for s in self.studies]
+        left = [(self.settings.trials - s.used - s.in_flight, s) for s in self.studies]
         left = [(n, s) for n, s in left if n > 0]
         return max(left, key=lambda item: item[0])[1] if left else None
 
@@ -333,7 +335,6 @@ class _Driver:
 
     def _tell(self, ref: ray.ObjectRef, study: Study, trial: optuna.Trial, cell: CellSpec, point: dict, t0: float):
         study.in_flight -= 1
-        self.ran += 1
         try:
             result: CellResult | None = ray.get(ref)
             error = None if result.ok else result.rows[0].get("error") or "failed"
@@ -351,6 +352,8 @@ class _Driver:
         error: str | None,
         seconds: float,
     ) -> None:
+        self.ran += 1
+        study.used += 1
         epochs = list(result.epochs) if result else []
         trial.set_user_attr("epochs", len(epochs))
         trial.set_user_attr("seconds", seconds)
