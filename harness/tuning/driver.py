@@ -235,8 +235,31 @@ def tune(
     finally:
         tracking.submit("finish", {"trials": driver.ran}, interrupted)
         tracking.close()
+    write_importances(results, spec.name, studies)
     tuned = write_tuned_spec(spec, spec_text, spec_path, results, studies, settings, where)
     return TuneResult(studies, tuned, driver.ran, driver.outcomes)
+
+
+def importances_path(results: Path, benchmark: str) -> Path:
+    return results / "tuning" / f"{benchmark}.importances.json"
+
+
+def write_importances(results: Path, benchmark: str, studies: list[Study]) -> None:
+    """Each study's parameter importances (Optuna's fANOVA, seeded) for the report, which reads no storage.
+
+    A study needs two complete trials whose points differ; one searched parameter is trivially 1.
+    """
+    out = {}
+    for study in studies:
+        complete = [t for t in study.counted() if t.state is TrialState.COMPLETE]
+        if len(complete) < 2 or len({json.dumps(t.params, sort_keys=True) for t in complete}) < 2:
+            continue
+        evaluator = optuna.importance.FanovaImportanceEvaluator(seed=0)
+        try:
+            out[study.name] = optuna.importance.get_param_importances(study.handle, evaluator=evaluator)
+        except (RuntimeError, ValueError):  # e.g. every point differs only in a parameter that stayed constant
+            continue
+    atomic_write_bytes(importances_path(results, benchmark), json.dumps(out, indent=1, sort_keys=True).encode())
 
 
 class _Driver:
