@@ -217,7 +217,7 @@ def tune(
         raise _fail_input(f"--protocol qmc searches quasi-randomly; --sampler {chosen} contradicts it (allowed: qmc)")
 
     from harness.runner import SchedulingError
-    from harness.tuning.driver import Settings, summary
+    from harness.tuning.driver import Settings, StorageError, summary
     from harness.tuning.driver import tune as run_tune
 
     settings = Settings(trials, protocol.value, chosen, pruner.value, storage, address, max_parallel, max_retries)
@@ -233,12 +233,14 @@ def tune(
 
     try:
         result = run_tune(spec, spec_path.read_text(), spec_path, results, settings, on_trial)
-    except SchedulingError as exc:
+    except (SchedulingError, StorageError) as exc:
         raise _fail_input(str(exc)) from None
     except KeyboardInterrupt:
-        errors.print(f"interrupted; finished trials are kept. Resume with the same command: harness tune {spec_path}")
+        again = f"harness tune {spec_path} --trials {trials} --results {results} --protocol {settings.protocol}"
+        again += f" --sampler {chosen} --pruner {settings.pruner}" + (f" --storage {storage}" if storage else "")
+        errors.print(f"interrupted; finished trials are kept. Resume with: {again}", soft_wrap=True)
         raise typer.Exit(130) from None
-    rows = summary(result.studies)
+    rows = summary(result.studies, trials)
     if rows:
         table = Table(
             Column("method", overflow="fold"),

@@ -86,12 +86,20 @@ def test_a_small_study_completes_and_the_tuned_spec_measures_test_accuracy(write
     )
     assert best["cell_id"] in expected  # the seed-0 benchmark cell is exactly the best trial's cell
 
+    harness("report", "--results", results_dir, "--out", results_dir / "site", "--format", "markdown")
+    index = (results_dir / "site" / "index.md").read_text()
+    assert "global\\_magnitude (tuned: equal, tpe, 3 trials)" in index  # the leaderboard entry is marked
+    page = (results_dir / "site" / "tuning.md").read_text()
+    assert f"plots/history-{best['study']}.svg" in page and "importance (fANOVA)" in page
+    assert f"best validation top-1 {100 * best['value']:.2f}%" in page
+
 
 def test_test_data_never_reaches_a_trial(write_spec, results_dir) -> None:
     path = write_spec(spec("sealed", "[global_magnitude]", dataset="digits_sealed", tune="tune: {max_epochs: 1}"))
-    harness("tune", path, "--trials", "2", "--results", results_dir, "--pruner", "none")
-    assert [r["state"] for r in trials(results_dir)] == ["COMPLETE", "COMPLETE"]
-    assert all(0.5 < r["value"] <= 1.0 for r in trials(results_dir))
+    harness("tune", path, "--trials", "2", "--results", results_dir, "--protocol", "qmc")
+    rows = trials(results_dir)
+    assert [(r["state"], r["sampler"], r["protocol"]) for r in rows] == [("COMPLETE", "qmc", "qmc")] * 2
+    assert all(0.5 < r["value"] <= 1.0 for r in rows)
 
     # the seal is real: a benchmark run, which does read test data, fails on it
     result = CliRunner().invoke(app, ["run", str(path), "--results", str(results_dir / "run")])
@@ -167,3 +175,34 @@ def test_two_parallel_trials_never_share_a_parameter_point(write_spec, results_d
     assert len(rows) == 6 and all(r["state"] == "COMPLETE" for r in rows)
     assert all(r["seconds"] < 30 for r in rows)  # no trial waited out the rendezvous: each had a peer
     assert len({r["params"] for r in rows}) == 6
+
+
+def test_the_defaults_protocol_tunes_nothing_and_says_so(write_spec, results_dir) -> None:
+    path = write_spec(spec("plain", "[global_magnitude]"))
+    harness("tune", path, "--protocol", "defaults", "--results", results_dir)
+    tuned = yaml.safe_load((results_dir / "tuned" / "plain.yaml").read_text())
+    assert tuned["name"] == "plain-tuned"
+    assert (tuned["tuned"]["protocol"], tuned["tuned"]["trials"], tuned["tuned"]["cells"]) == ("defaults", 0, [])
+    assert [c.cell_id for c in expand(load_spec(results_dir / "tuned" / "plain.yaml"))] == [
+        c.cell_id for c in expand(load_spec(path))
+    ]
+    assert not (results_dir / "trials").exists()
+
+
+@pytest.mark.parametrize(
+    ("tune", "args", "message"),
+    [
+        ("tune: {space: {finetune.lr: {low: 0.1, high: 0.01}}}", [], "tune.space.finetune.lr: need finite low < high"),
+        ("tune: {space: {finetune.epochs: {low: 1, high: 9}}}", [], "up to the budget's cap max_epochs=2"),
+        ("tune: {space: {snip.rate: {low: 0.1, high: 0.5}}}", [], "method 'snip' is not in the spec's methods"),
+        ("tune: {space: {imp.rat: {low: 0.1, high: 0.5}}}", [], "imp has no parameter 'rat'"),
+        ("tune: {space: {finetune.save_epochs: {choices: [1]}}}", [], "not a tunable recipe field"),
+        ("", ["--protocol", "qmc", "--sampler", "tpe"], "--sampler tpe contradicts it"),
+        ("", ["--storage", "nosuch://db"], "--storage nosuch://db: cannot open it as an Optuna RDB storage"),
+    ],
+)
+def test_a_bad_search_space_exits_2_naming_file_and_field(write_spec, results_dir, tune, args, message) -> None:
+    path = write_spec(spec("bad", "[imp]", tune=tune))
+    result = CliRunner().invoke(app, ["tune", str(path), "--results", str(results_dir), *args])
+    assert result.exit_code == 2 and message in result.output, result.output
+    assert not results_dir.exists()  # nothing started or written

@@ -49,6 +49,10 @@ INTERRUPTED = "interrupted"  # user attribute of a trial cut off by Ctrl-C or a 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
+class StorageError(ValueError):
+    """The Optuna storage the user named cannot be opened."""
+
+
 @dataclass
 class Study:
     """One search: the cell it tunes, its space, and its Optuna study once opened."""
@@ -176,7 +180,12 @@ def _pruner(settings: Settings, trials: int) -> optuna.pruners.BasePruner:
 def open_storage(settings: Settings, results: Path, benchmark: str) -> tuple[optuna.storages.BaseStorage, str]:
     """The user's RDB URL, else a journal file under ``results/tuning/`` (written only by this driver)."""
     if settings.storage:
-        return optuna.storages.get_storage(settings.storage), settings.storage
+        try:
+            return optuna.storages.RDBStorage(settings.storage), settings.storage
+        except Exception as exc:  # SQLAlchemy's errors for a bad URL, a missing driver, a refused connection
+            raise StorageError(
+                f"--storage {settings.storage}: cannot open it as an Optuna RDB storage: {exc}"
+            ) from None
     path = results / "tuning" / f"{benchmark}.journal"
     path.parent.mkdir(parents=True, exist_ok=True)
     backend = optuna.storages.journal.JournalFileBackend(str(path))
@@ -206,10 +215,11 @@ def tune(
 ) -> TuneResult:
     """Run every study to ``settings.trials`` counted trials, then write the tuned spec."""
     studies = plan_studies(spec, settings)
-    results.mkdir(parents=True, exist_ok=True)
     if settings.protocol == "defaults":
+        results.mkdir(parents=True, exist_ok=True)
         return TuneResult(studies, write_tuned_spec(spec, spec_text, spec_path, results, studies, settings, None))
     storage, where = open_storage(settings, results, spec.name)
+    results.mkdir(parents=True, exist_ok=True)
     for study in studies:
         study.handle = optuna.create_study(
             study_name=study.name,
@@ -363,7 +373,10 @@ class _Driver:
             error = None if result.ok else result.rows[0].get("error") or "failed"
         except ray.exceptions.RayError as exc:
             result, error = None, _error_text(exc)
-        self._record(study, trial, cell, point, result, error, time.monotonic() - t0)
+        seconds = time.monotonic() - t0  # a task that never ran: from submission to its error
+        if result is not None and result.rows[0].get("started_at") and result.rows[0].get("finished_at"):
+            seconds = (result.rows[0]["finished_at"] - result.rows[0]["started_at"]).total_seconds()
+        self._record(study, trial, cell, point, result, error, seconds)
 
     def _record(
         self,
@@ -481,9 +494,11 @@ def _provenance(settings: Settings, storage: str | None, spec: BenchmarkSpec) ->
     }
 
 
-def best_point(study: Study) -> tuple[optuna.trial.FrozenTrial | None, int]:
-    """The study's best complete trial (None if none completed) and its counted trials."""
-    counted = study.counted()
+def best_point(study: Study, trials: int) -> tuple[optuna.trial.FrozenTrial | None, int]:
+    """The best complete trial among the study's first ``trials`` counted ones (None if none completed),
+    and how many counted: a study that ran more under an earlier, larger --trials is judged on the same
+    budget as the others."""
+    counted = sorted(study.counted(), key=lambda t: t.number)[:trials]
     complete = [t for t in counted if t.state is TrialState.COMPLETE]
     return (max(complete, key=lambda t: t.value) if complete else None), len(counted)
 
@@ -507,7 +522,7 @@ def write_tuned_spec(
     raw["name"] = f"{spec.name}-tuned"
     cells = []
     for study in studies if settings.protocol != "defaults" else []:
-        best, counted = best_point(study)
+        best, counted = best_point(study, settings.trials)
         finetune, params = {}, {}
         if best is not None:
             chosen = trial_cell(study, best.params)
@@ -538,35 +553,25 @@ def write_tuned_spec(
     return path
 
 
-def summary(studies: list[Study]) -> list[dict[str, Any]]:
-    """Per method: studies, counted trials by state, epochs spent, and the mean of its studies' best scores."""
+def summary(studies: list[Study], trials: int) -> list[dict[str, Any]]:
+    """Per method: studies, its studies' budgets by state, epochs spent, and the mean of their best scores."""
     per: dict[str, dict[str, Any]] = {}
+    states = {"COMPLETE": "complete", "PRUNED": "pruned", "FAIL": "failed"}
     for study in studies:
         if study.handle is None:
             continue
-        row = per.setdefault(
-            study.base.method,
-            {
-                "method": study.base.method,
-                "studies": 0,
-                "trials": 0,
-                "complete": 0,
-                "pruned": 0,
-                "failed": 0,
-                "epochs": 0,
-                "best": [],
-            },
-        )
-        counted = study.counted()
+        empty = {"method": study.base.method, "studies": 0, "trials": 0, "epochs": 0, "best": []}
+        row = per.setdefault(study.base.method, empty | dict.fromkeys(states.values(), 0))
+        budget = sorted(study.counted(), key=lambda t: t.number)[:trials]
         row["studies"] += 1
-        row["trials"] += len(counted)
-        for t in counted:
-            row[{"COMPLETE": "complete", "PRUNED": "pruned", "FAIL": "failed"}[t.state.name]] += 1
+        row["trials"] += len(budget)
+        for t in budget:
+            row[states[t.state.name]] += 1
             row["epochs"] += int(t.user_attrs.get("epochs") or 0)
-        best, _ = best_point(study)
+        best, _ = best_point(study, trials)
         if best is not None:
             row["best"].append(best.value)
     for row in per.values():
-        row["best_val_top1"] = sum(row["best"]) / len(row["best"]) if row["best"] else None
-        del row["best"]
+        best = row.pop("best")
+        row["best_val_top1"] = sum(best) / len(best) if best else None
     return list(per.values())
