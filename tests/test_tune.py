@@ -68,6 +68,15 @@ def test_a_small_study_completes_and_the_tuned_spec_measures_test_accuracy(write
     assert all(1e-4 <= json.loads(r["params"])["finetune.lr"] <= 1e-1 for r in rows)  # the documented default space
     best = max(rows, key=lambda r: r["value"])
 
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{results_dir / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("small").experiment_id])
+    [study_run] = [r for r in runs if r.data.tags.get("harness.role") == "study"]
+    trial_runs = [r for r in runs if r.data.tags.get("harness.role") == "trial"]
+    assert len(trial_runs) == 3 and {r.data.tags["mlflow.parentRunId"] for r in trial_runs} == {study_run.info.run_id}
+    assert sorted(r.data.metrics["val_top1"] for r in trial_runs) == sorted(r["value"] for r in rows)
+
     tuned_path = results_dir / "tuned" / "small.yaml"
     tuned = yaml.safe_load(tuned_path.read_text())["tuned"]
     assert (tuned["protocol"], tuned["sampler"], tuned["trials"], tuned["max_epochs"]) == ("equal", "tpe", 3, 1)

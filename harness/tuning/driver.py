@@ -304,6 +304,7 @@ class _Driver:
             resources = resources.model_copy(update={"gpus": 0.0})
         self.options = _task_options(resources, self.settings.max_retries, "trial")
         slots = self.settings.max_parallel or max(capacity(resources, cluster), 1)
+        self._open_study_runs()
         for study in self.studies:
             self._write_trials(study)
         try:
@@ -415,18 +416,23 @@ class _Driver:
         self.on_trial(outcome)
 
     def _log_trial(self, study: Study, number: int, cell: CellSpec, point: dict, outcome: tuple, epochs: list) -> None:
-        if study.mlflow_run is None:
+        child = ChildRun.of_trial(study.name, study.mlflow_run, number, cell, point, outcome, epochs)
+        self.tracking.submit("log_child", child)
+
+    def _open_study_runs(self) -> None:
+        """Each study's MLflow run, the parent of its trials' runs: made once, its id kept in the study."""
+        made = {}
+        for study in self.studies:
             study.mlflow_run = study.handle.user_attrs.get("mlflow_run_id")
-            if study.mlflow_run is None:
-                parent = ChildRun(
-                    study.name, {"harness.role": "study", "study": study.name}, _study_params(study), [], False
+            if study.mlflow_run is None and study.used < self.settings.trials:
+                tags = {"harness.role": "study", "study": study.name}
+                made[study.name] = self.tracking.submit(
+                    "log_child", ChildRun(study.name, tags, _study_params(study), [], False)
                 )
-                study.mlflow_run = self.tracking.submit("log_child", parent).result()
-                if study.mlflow_run:
-                    study.handle.set_user_attr("mlflow_run_id", study.mlflow_run)
-        self.tracking.submit(
-            "log_child", ChildRun.of_trial(study.name, study.mlflow_run, number, cell, point, outcome, epochs)
-        )
+        for study in self.studies:
+            if study.name in made and (run_id := made[study.name].result()):
+                study.mlflow_run = run_id
+                study.handle.set_user_attr("mlflow_run_id", run_id)
 
     def _write_trials(self, study: Study) -> None:
         rows = [_trial_row(self.spec.name, self.settings, study, t) for t in study.handle.get_trials(deepcopy=False)]
