@@ -21,6 +21,7 @@ import contextlib
 import json
 import math
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,7 +36,15 @@ from optuna.trial import TrialState
 from harness.cell import CellResult
 from harness.data import validation_only
 from harness.methods import METHODS
-from harness.runner import _error_text, _remote_cell, _remote_pretrain, _task_options, capacity, ray_session
+from harness.runner import (
+    SchedulingError,
+    _error_text,
+    _remote_cell,
+    _remote_pretrain,
+    _task_options,
+    capacity,
+    ray_session,
+)
 from harness.spec import BenchmarkSpec, CellSpec, Recipe, content_hash, epoch_cap, expand, tuning_space
 from harness.store import ResultsStore, atomic_write_bytes
 from harness.tracking import ChildRun, MatrixRun, TrackingWriter, resolve_tracking_uri
@@ -164,7 +173,11 @@ def trial_cell(study: Study, point: dict[str, Any]) -> CellSpec:
 def _sampler(settings: Settings, study_name: str, trials: int) -> optuna.samplers.BaseSampler:
     seed = int(content_hash(study_name)[:8], 16)
     if settings.sampler == "qmc":
-        return optuna.samplers.QMCSampler(qmc_type="sobol", scramble=True, seed=seed, warn_asynchronous_seeding=False)
+        with warnings.catch_warnings():  # "experimental since 3.0": nothing a benchmark user can act on
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.samplers.QMCSampler(
+                qmc_type="sobol", scramble=True, seed=seed, warn_asynchronous_seeding=False
+            )
     startup = min(10, max(2, trials // 2))  # TPE's default 10 random trials would leave no room in a small budget
     return optuna.samplers.TPESampler(seed=seed, multivariate=True, constant_liar=True, n_startup_trials=startup)
 
@@ -302,8 +315,14 @@ class _Driver:
         resources = self.spec.resources
         if local and cluster.get("GPU", 0) == 0:  # as harness run: a laptop without GPU runs GPU specs on CPU
             resources = resources.model_copy(update={"gpus": 0.0})
+        fits = capacity(resources, cluster)
+        if fits == 0 and local:  # nothing will ever join a local instance
+            raise SchedulingError(
+                f"trials ask for {resources.model_dump(exclude_defaults=True)} but this machine's Ray has "
+                f"{ {k: v for k, v in cluster.items() if not k.startswith('node:')} }; lower the spec's resources"
+            )
         self.options = _task_options(resources, self.settings.max_retries, "trial")
-        slots = self.settings.max_parallel or max(capacity(resources, cluster), 1)
+        slots = self.settings.max_parallel or max(fits, 1)
         self._open_study_runs()
         for study in self.studies:
             self._write_trials(study)
