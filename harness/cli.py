@@ -198,8 +198,9 @@ def tune(
         Sampler | None, typer.Option("--sampler", help="tpe (seeded, multivariate, constant liar) or qmc (Sobol).")
     ] = None,
     pruner: Annotated[
-        Pruner, typer.Option("--pruner", help="On the per-epoch validation curve, once a trial is back.")
-    ] = Pruner.median,
+        Pruner,
+        typer.Option("--pruner", help="On the per-epoch validation curve once a trial is back: saves no compute."),
+    ] = Pruner.none,
     storage: Annotated[
         str | None, typer.Option("--storage", help="Optuna RDB URL (default: results/tuning/<name>.journal).")
     ] = None,

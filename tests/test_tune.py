@@ -122,7 +122,7 @@ def test_an_interrupted_study_resumes_without_repeating_finished_trials(write_sp
     before = trials(results_dir)
 
     # a driver killed mid-trial leaves the trial RUNNING in the journal
-    settings = Settings(trials=3, pruner="none")  # as the command line: the pruner is part of the search
+    settings = Settings(trials=3)  # as the command line: the pruner is part of the search
     [study] = plan_studies(load_spec(path), settings)
     storage, _ = open_storage(settings, results_dir, "resume")
     handle = optuna.load_study(study_name=study.name, storage=storage)
@@ -151,7 +151,7 @@ def test_an_interrupted_study_resumes_without_repeating_finished_trials(write_sp
 def test_equal_budgets_hold_when_a_methods_trials_fail_or_are_pruned(write_spec, results_dir) -> None:
     tune = "tune: {max_epochs: 1, space: {finetune.lr: {low: 0.01, high: 0.05}, dial.broken: {choices: [false, true]}}}"
     path = write_spec(spec("budget", "[dial, explode]", tune=tune))
-    settings = Settings(trials=4)
+    settings = Settings(trials=4, pruner="median")  # as the command line below
     storage, _ = open_storage(settings, results_dir, "budget")
     dial = next(s for s in plan_studies(load_spec(path), settings) if s.base.method == "dial")
     handle = optuna.create_study(study_name=dial.name, storage=storage, direction="maximize")

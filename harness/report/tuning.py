@@ -52,7 +52,7 @@ def provenance_notes(benchmark: str, tuned: dict[str, Any]) -> list[str]:
         f"trial, searched on seed {tuned.get('search_seed')}.",
         "Trials were scored on the validation split held out from training; the test split was never loaded "
         "into a trial. The accuracy on the leaderboard is test accuracy of the chosen points, over the spec's seeds.",
-        "Pruning judged each trial's per-epoch validation curve after it came back (no compute saved); methods "
+        "A pruner judges each trial's per-epoch validation curve after it came back (no compute saved). Methods "
         "that train with the pretrain recipe (lottery-ticket rewinding, pruning at init, sparse training) "
         "ignore searched fine-tune fields.",
     ]

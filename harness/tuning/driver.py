@@ -7,12 +7,14 @@ as it comes back. The objective is the trial's top-1 on the validation split; te
 loaded into a trial. Every study of a spec gets the same number of trials and the same cap on
 fine-tune epochs, and failed and pruned trials count against it.
 
-Pruning (median or successive halving) runs on the per-epoch validation curve a trial brings back,
-once it is back: Ray tasks do not stream values mid-run here, so a pruned trial saves no compute.
-It only marks the trial PRUNED (its value is the curve at the pruning step), the same rule for
-every method. Only the driver writes the Optuna storage (a journal file under the results folder,
-or a given RDB URL), so an interrupted ``harness tune`` resumes: finished trials stay, and a trial
-cut off mid-run is marked failed, not counted, and its point is tried again.
+Pruning (``--pruner median`` or ``halving``; off by default) runs on the per-epoch validation curve
+a trial brings back, once it is back: Ray tasks do not stream values mid-run here, so a pruned trial
+saves no compute. It only marks the trial PRUNED (its value is the curve at the pruning step, and
+it cannot be chosen), the same rule for every method.
+
+Only the driver writes the Optuna storage (a journal file under the results folder, or a given RDB
+URL), so an interrupted ``harness tune`` resumes: finished trials stay, and a trial cut off mid-run
+is marked failed, not counted, and its point is tried again.
 """
 
 from __future__ import annotations
@@ -88,7 +90,7 @@ class Settings:
     trials: int
     protocol: str = "equal"
     sampler: str = "tpe"
-    pruner: str = "median"
+    pruner: str = "none"  # pruning after the fact saves nothing and discards a pruned trial's final score
     storage: str | None = None  # an RDB URL; default: a journal file under the results folder
     address: str | None = None
     max_parallel: int | None = None
