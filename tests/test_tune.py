@@ -105,10 +105,14 @@ def test_a_small_study_completes_and_the_tuned_spec_measures_test_accuracy(write
 
 def test_test_data_never_reaches_a_trial(write_spec, results_dir) -> None:
     path = write_spec(spec("sealed", "[global_magnitude]", dataset="digits_sealed", tune="tune: {max_epochs: 1}"))
-    harness("tune", path, "--trials", "2", "--results", results_dir, "--protocol", "qmc")
+    url = f"sqlite:///{results_dir.parent / 'optuna.db'}"  # a user's RDB instead of the journal file
+    harness("tune", path, "--trials", "2", "--results", results_dir, "--protocol", "qmc", "--storage", url)
     rows = trials(results_dir)
     assert [(r["state"], r["sampler"], r["protocol"]) for r in rows] == [("COMPLETE", "qmc", "qmc")] * 2
     assert all(0.5 < r["value"] <= 1.0 for r in rows)
+    assert yaml.safe_load((results_dir / "tuned" / "sealed.yaml").read_text())["tuned"]["storage"] == url
+    assert len(optuna.load_study(study_name=rows[0]["study"], storage=url).trials) == 2
+    assert not (results_dir / "tuning" / "sealed.journal").exists()
 
     # the seal is real: a benchmark run, which does read test data, fails on it
     result = CliRunner().invoke(app, ["run", str(path), "--results", str(results_dir / "run")])
