@@ -124,7 +124,7 @@ TRIALS = (  # written by `harness tune`, one file per study (never compacted: a 
     Column("epochs", pa.int64(), "training epochs the trial ran (its per-epoch curve's length)"),
     Column("seconds", pa.float64(), "wall seconds from submission to result"),
     Column("cell_id", pa.string(), "id of the cell the trial ran (its sampled recipe and parameters)"),
-    Column("error", pa.string(), "why a failed trial failed, else null"),
+    Column("error", pa.string(), "why a failed trial failed (its log: tuning/logs/<study>-<trial>.log), else null"),
 )
 
 COLUMNS: dict[str, tuple[Column, ...]] = {"cells": CELLS, "epochs": EPOCHS, "layers": LAYERS, "trials": TRIALS}

@@ -171,6 +171,8 @@ def test_equal_budgets_hold_when_a_methods_trials_fail_or_are_pruned(write_spec,
     assert [r["state"] for r in by_method["dial"]] == ["COMPLETE", "COMPLETE", "PRUNED", "PRUNED"]
     assert [r["state"] for r in by_method["explode"]] == ["FAIL"] * 4
     assert all("boom: a plugin bug" in r["error"] for r in by_method["explode"])
+    explode_study = by_method["explode"][0]["study"]
+    assert "about to explode" in (results_dir / "tuning" / "logs" / f"{explode_study}-0.log").read_text()
     assert all(sum(r["counted"] for r in group) == 4 for group in by_method.values())  # the same budget
     assert all(r["epochs"] == 1 for r in by_method["dial"]) and all(r["epochs"] == 0 for r in by_method["explode"])
     table = [[c.strip() for c in line.split("│")[1:-1]] for line in output.splitlines() if line.startswith("│")]

@@ -302,7 +302,7 @@ class _Driver:
         self.spec = spec
         self.studies = studies
         self.store = ResultsStore(results)
-        self.checkpoints = ResultsStore(results / "tuning")  # dense models trained on validation-only views
+        self.checkpoints = ResultsStore(results / "tuning")  # validation-only dense models, trials' logs
         self.settings = settings
         self.tracking = tracking
         self.on_trial = on_trial
@@ -398,6 +398,8 @@ class _Driver:
         seconds = time.monotonic() - t0  # a task that never ran: from submission to its error
         if result is not None and result.rows[0].get("started_at") and result.rows[0].get("finished_at"):
             seconds = (result.rows[0]["finished_at"] - result.rows[0]["started_at"]).total_seconds()
+        if result is not None:  # what the trial printed, as a benchmark cell's: tuning/logs/<study>-<trial>.log
+            self.checkpoints.save_log(f"{study.name}-{trial.number}", result.log)
         self._record(study, trial, cell, point, result, error, seconds)
 
     def _record(
