@@ -14,7 +14,7 @@ import json
 import logging
 import subprocess
 import traceback
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import cache
@@ -96,11 +96,19 @@ class WeightSnapshots(Callback):
             self.states[trainer.current_epoch + 1] = _state(module.model)
 
 
-def pretrain(cell: CellSpec) -> DenseCheckpoint:
+SplitView = Callable[[DataSplits], DataSplits]  # what a cell may see of its data set's splits
+
+
+def all_splits(data: DataSplits) -> DataSplits:
+    """A benchmark cell sees every split: it trains, validates and reports test accuracy."""
+    return data
+
+
+def pretrain(cell: CellSpec, view: SplitView = all_splits) -> DenseCheckpoint:
     """Train the dense model once; every cell with the same ``pretrain_key`` reuses it."""
     load_plugins(cell.plugins)  # a plugin may register the model or data set
     seed_everything(cell.seed)
-    data = load_splits(cell.dataset, cell.data_root, cell.seed)
+    data = view(load_splits(cell.dataset, cell.data_root, cell.seed))
     model = create_model(cell.model, data.input_shape, data.num_classes).to(device_for_cell())
     init_state = _state(model)
     snapshots = WeightSnapshots(cell.pretrain.save_epochs)
@@ -340,11 +348,11 @@ class CellJob:
         }
 
 
-def run_cell(cell: CellSpec, dense: DenseCheckpoint) -> CellResult:
+def run_cell(cell: CellSpec, dense: DenseCheckpoint, view: SplitView = all_splits) -> CellResult:
     """Prune the dense model with the cell's method, fine-tune, evaluate: one row per level."""
     load_plugins(cell.plugins)
     seed_everything(cell.seed)
-    data = load_splits(cell.dataset, cell.data_root, cell.seed)
+    data = view(load_splits(cell.dataset, cell.data_root, cell.seed))
     method = create_method(cell.method, cell.method_params)
     job = CellJob(cell, data, dense)
     method.apply(job)
@@ -353,7 +361,7 @@ def run_cell(cell: CellSpec, dense: DenseCheckpoint) -> CellResult:
     return CellResult(cell.cell_id, job.rows, job.epochs, job.layers)
 
 
-def execute_cell(cell: CellSpec, dense: bytes | DenseCheckpoint) -> CellResult:
+def execute_cell(cell: CellSpec, dense: bytes | DenseCheckpoint, view: SplitView = all_splits) -> CellResult:
     """``run_cell`` plus identity columns, provenance and the cell's log. Never raises: a failure is a row."""
     started = _now()
     dense_metrics: dict[str, float] = {}
@@ -361,7 +369,7 @@ def execute_cell(cell: CellSpec, dense: bytes | DenseCheckpoint) -> CellResult:
         try:
             checkpoint = dense if isinstance(dense, DenseCheckpoint) else DenseCheckpoint.from_bytes(dense)
             dense_metrics = checkpoint.metrics
-            result, error = run_cell(cell, checkpoint), None
+            result, error = run_cell(cell, checkpoint, view), None
         except Exception as exc:  # a failing cell must never take the matrix down
             result, error = _empty_result(cell), describe_error(exc)
             print(error, file=log)

@@ -17,7 +17,7 @@ import click
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-from rich.table import Table
+from rich.table import Column, Table
 from typer.core import TyperCommand, TyperGroup
 
 from harness.config import MAX_CELLS
@@ -327,6 +327,106 @@ def _print_failed_logs(store, cell_ids: list[str]) -> None:
         console.print(f"... and {len(cell_ids) - LOGS_SHOWN} more failed cells; their logs are in {store.root}/logs/")
 
 
+class Protocol(StrEnum):
+    defaults = "defaults"
+    equal = "equal"
+    qmc = "qmc"
+
+
+class Sampler(StrEnum):
+    tpe = "tpe"
+    qmc = "qmc"
+
+
+class Pruner(StrEnum):
+    median = "median"
+    halving = "halving"
+    none = "none"
+
+
+@app.command(cls=_Command)
+@guarded
+def tune(
+    spec_path: Annotated[Path, typer.Argument(metavar="SPEC.yaml", help="Benchmark file; its tune: section.")],
+    trials: Annotated[int, typer.Option("--trials", min=1, help="Trials per study, the same for every study.")] = 8,
+    results: ResultsOption = Path("results"),
+    protocol: Annotated[
+        Protocol, typer.Option("--protocol", help="defaults: no tuning; equal: N trials each; qmc: quasi-random.")
+    ] = Protocol.equal,
+    sampler: Annotated[
+        Sampler | None, typer.Option("--sampler", help="tpe (seeded, multivariate, constant liar) or qmc (Sobol).")
+    ] = None,
+    pruner: Annotated[
+        Pruner,
+        typer.Option("--pruner", help="On the per-epoch validation curve once a trial is back: saves no compute."),
+    ] = Pruner.none,
+    storage: Annotated[
+        str | None, typer.Option("--storage", help="Optuna RDB URL (default: results/tuning/<name>.journal).")
+    ] = None,
+    plugin: PluginOption = None,
+    address: AddressOption = None,
+    max_parallel: Annotated[
+        int | None, typer.Option("--max-parallel", min=1, help="At most this many trials at once.")
+    ] = None,
+    max_retries: Annotated[int, typer.Option("--max-retries", min=0, help="Retries of a trial whose worker died.")] = 3,
+) -> None:
+    """Tune every method with the same budget on VALIDATION data; write results/tuned/<name>.yaml to run."""
+    spec, _ = _load_cells(spec_path, plugin)
+    chosen = sampler.value if sampler else ("qmc" if protocol is Protocol.qmc else "tpe")
+    if protocol is Protocol.qmc and chosen != "qmc":
+        raise _fail_input(f"--protocol qmc searches quasi-randomly; --sampler {chosen} contradicts it (allowed: qmc)")
+
+    from harness.runner import SchedulingError
+    from harness.tuning.driver import Settings, StorageError, summary
+    from harness.tuning.driver import tune as run_tune
+
+    settings = Settings(trials, protocol.value, chosen, pruner.value, storage, address, max_parallel, max_retries)
+    if plugin:
+        spec = spec.model_copy(update={"plugins": tuple(plugin) + spec.plugins})
+
+    def on_trial(outcome) -> None:
+        study, value = outcome.study, "—" if outcome.value is None else f"{outcome.value:.4f}"
+        line = f"{study.base.method} s={study.base.sparsity:g} {study.base.model}/{study.base.dataset}"
+        error = f": {(outcome.error or '').splitlines()[0]}" if outcome.error else ""
+        text = f"trial {outcome.number} {outcome.state} val_top1={value} {line}{error}"
+        console.print(text, highlight=False, markup=False, soft_wrap=True)
+
+    try:
+        result = run_tune(spec, spec_path.read_text(), spec_path, results, settings, on_trial)
+    except (SchedulingError, StorageError) as exc:
+        raise _fail_input(str(exc)) from None
+    except KeyboardInterrupt:
+        again = f"harness tune {spec_path} --trials {trials} --results {results} --protocol {settings.protocol}"
+        again += f" --sampler {chosen} --pruner {settings.pruner}" + (f" --storage {storage}" if storage else "")
+        errors.print(f"interrupted; finished trials are kept. Resume with: {again}", soft_wrap=True)
+        raise typer.Exit(130) from None
+    rows = summary(result.studies, trials)
+    if rows:
+        table = Table(
+            Column("method", overflow="fold"),
+            "studies",
+            "trials",
+            "complete",
+            "pruned",
+            "failed",
+            "epochs",
+            "best val top-1 (mean)",
+            title=f"{spec.name}: {settings.protocol}, {trials} trials per study",
+        )
+        for row in rows:
+            best = "—" if row["best_val_top1"] is None else f"{row['best_val_top1']:.4f}"
+            table.add_row(
+                *(str(row[k]) for k in ("method", "studies", "trials", "complete", "pruned", "failed", "epochs")), best
+            )
+        console.print(table)
+    console.print(
+        f"ran {result.ran} trials; tuned spec: {result.tuned_spec}\n"
+        f"measure it on test data: harness run {result.tuned_spec} --results {results}",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
 @app.command(cls=_Command)
 @guarded
 def status(
@@ -505,11 +605,11 @@ class Format(StrEnum):
 @app.command(cls=_Command)
 @guarded
 def query(
-    sql: Annotated[str, typer.Argument(help="DuckDB SQL over the views cells, epochs, layers.")],
+    sql: Annotated[str, typer.Argument(help="DuckDB SQL over the views cells, epochs, layers, trials.")],
     results: ResultsOption = Path("results"),
     format: Annotated[Format, typer.Option("--format")] = Format.table,
 ) -> None:
-    """Run read-only SQL over the results views (cells, epochs, layers); columns: docs/reference/columns.md."""
+    """Run read-only SQL over the results views (cells, epochs, layers, trials); columns: docs/reference/columns.md."""
     import duckdb
 
     from harness.results import ReadOnlyError

@@ -1,4 +1,4 @@
-"""Reading results: DuckDB views ``cells``, ``epochs``, ``layers`` over the store's Parquet files.
+"""Reading results: DuckDB views ``cells``, ``epochs``, ``layers``, ``trials`` over the store's Parquet files.
 
 ``connect`` gives a connection with the views registered, ``load`` a pandas frame, and ``query``
 runs a user's SQL read-only: one or more SELECT statements, and no file outside the results folder
@@ -23,7 +23,7 @@ class ReadOnlyError(ValueError):
 
 
 def connect(results_dir: str | os.PathLike = "results", read_only: bool = False) -> duckdb.DuckDBPyConnection:
-    """An in-memory DuckDB connection with the views ``cells``, ``epochs`` and ``layers``.
+    """An in-memory DuckDB connection with the views ``cells``, ``epochs``, ``layers`` and ``trials``.
 
     Each view has the schema's core columns first, in order (NULL where no file has one yet), then
     any other column some file has. The views are a snapshot of the files present now. With

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 import ray
 import torch
 
-from harness.cell import DenseCheckpoint, execute_cell, failed_result, pretrain
+from harness.cell import DenseCheckpoint, SplitView, all_splits, execute_cell, failed_result, pretrain
 from harness.config import CellSpec, Resources
 from harness.methods import method_provenance
 from harness.schema import CellResult
@@ -106,12 +106,12 @@ def ray_session(address: str | None = None, runtime_env: dict | None = None) -> 
         ray.shutdown()
 
 
-def _pretrain_task(cell: CellSpec) -> bytes:
-    return pretrain(cell).to_bytes()
+def _pretrain_task(cell: CellSpec, view: SplitView = all_splits) -> bytes:
+    return pretrain(cell, view).to_bytes()
 
 
-def _cell_task(cell: CellSpec, dense: bytes) -> CellResult:
-    result = execute_cell(cell, dense)
+def _cell_task(cell: CellSpec, dense: bytes, view: SplitView = all_splits) -> CellResult:
+    result = execute_cell(cell, dense, view)
     context = ray.get_runtime_context()
     placement = {"ray_node_id": context.get_node_id(), "gpu_ids": ",".join(context.get_accelerator_ids()["GPU"])}
     for row in result.rows:

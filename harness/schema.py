@@ -1,4 +1,4 @@
-"""The results schema: the core columns of the ``cells``, ``epochs`` and ``layers`` views.
+"""The results schema: the core columns of the ``cells``, ``epochs``, ``layers`` and ``trials`` views.
 
 This is the documented contract readers rely on (docs/reference/columns.md is generated from it). The store casts every
 core column it writes to the type declared here, so files written months apart still union cleanly;
@@ -128,8 +128,32 @@ LAYERS = (
     Column("max_layer_sparsity", pa.float64(), "the method's cap on this layer's sparsity, when it set one"),
 )
 
-COLUMNS: dict[str, tuple[Column, ...]] = {"cells": CELLS, "epochs": EPOCHS, "layers": LAYERS}
+TRIALS = (  # written by `harness tune`, one file per study (never compacted: a study is rewritten whole)
+    _VERSION,
+    Column("benchmark", pa.string(), "the benchmark (spec `name`) that was tuned"),
+    Column("study", pa.string(), "the Optuna study: hash of the base cell, search space, sampler, pruner and cap"),
+    Column("method", pa.string(), "registered method name"),
+    Column("model", pa.string(), "registered model name"),
+    Column("dataset", pa.string(), "registered data-set name"),
+    Column("method_params", pa.string(), "the spec's own parameters of the method (canonical JSON)"),
+    Column("sparsity", pa.float64(), "the study's target sparsity"),
+    Column("search_seed", pa.int64(), "seed the study searched with (pretraining, pruning, fine-tuning)"),
+    Column("protocol", pa.string(), "`equal` or `qmc`"),
+    Column("sampler", pa.string(), "`tpe` or `qmc`"),
+    Column("trial", pa.int64(), "Optuna's trial number within the study"),
+    Column("state", pa.string(), "`COMPLETE`, `PRUNED`, `FAIL` or `RUNNING`"),
+    Column("counted", pa.bool_(), "counts against the study's budget (false only for a trial cut off by Ctrl-C)"),
+    Column("value", pa.float64(), "VALIDATION top-1 after fine-tuning (never test); the curve's value if pruned"),
+    Column("params", pa.string(), "the sampled point as canonical JSON"),
+    Column("epochs", pa.int64(), "training epochs the trial ran (its per-epoch curve's length)"),
+    Column("seconds", pa.float64(), "wall seconds from submission to result"),
+    Column("cell_id", pa.string(), "id of the cell the trial ran (its sampled recipe and parameters)"),
+    Column("error", pa.string(), "why a failed trial failed (its log: tuning/logs/<study>-<trial>.log), else null"),
+)
+
+COLUMNS: dict[str, tuple[Column, ...]] = {"cells": CELLS, "epochs": EPOCHS, "layers": LAYERS, "trials": TRIALS}
 VIEWS = tuple(COLUMNS)
+CELL_VIEWS = ("cells", "epochs", "layers")  # the views a cell result writes, one file per cell
 
 
 class SchemaError(ValueError):

@@ -41,7 +41,7 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from harness.schema import VIEWS, CellResult, empty_select, to_arrow
+from harness.schema import CELL_VIEWS, CellResult, empty_select, to_arrow
 
 FRESH_LIMIT = 64  # fresh cell files in a partition that trigger a compaction
 FANOUT = 8  # segments of equal span merged into one
@@ -184,10 +184,15 @@ class ResultsStore:
         return sum(1 for e in os.scandir(self.partition_dir("cells", benchmark)) if e.name.startswith("cell-"))
 
     def _compact(self, benchmark: str) -> None:
-        for view in VIEWS:
+        for view in CELL_VIEWS:
             folder = self.partition_dir(view, benchmark)
             if folder.is_dir():
                 _compact_partition(Partition.scan(folder))
+
+    def write_trials(self, benchmark: str, study: str, rows: list[dict]) -> None:
+        """Replace one study's rows of the ``trials`` view (written by ``harness tune``, never compacted)."""
+        name = f"cell-{quote(study, safe='')}.parquet"  # the fresh-file name readers list
+        _atomic_write_table(self.partition_dir("trials", benchmark) / name, to_arrow("trials", rows))
 
     # -- reading ------------------------------------------------------------------------------
 

@@ -46,6 +46,13 @@ class DataSplits:
     num_classes: int
 
 
+def validation_only(data: DataSplits) -> DataSplits:
+    """What a tuning trial sees: the validation split stands in for test, so every number a trial
+    reports (and the objective it is chosen by) is validation accuracy; the test split is dropped
+    unread, so no choice made while tuning can depend on it."""
+    return DataSplits(data.train, data.val, data.val, data.input_shape, data.num_classes)
+
+
 class Dataset:
     """Base of every data set: its shape is known without reading any file."""
 

@@ -154,6 +154,8 @@ class Method:
     # True for methods whose sparsity follows from their own definition (N:M, learned masks): the
     # spec's sparsity axis does not apply, so they get one cell per (model, dataset, seed).
     sets_own_sparsity: ClassVar[bool] = False
+    # Parameters `harness tune` searches by default, as {param: {low, high, log} or {choices}} (tuning/space.py).
+    tunable: ClassVar[dict[str, dict[str, Any]]] = {}
 
     class Params(BaseModel):
         model_config = ConfigDict(extra="forbid", frozen=True)

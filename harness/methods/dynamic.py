@@ -373,6 +373,7 @@ class SparseFromScratch(Method):
 
     family = "dynamic-sparse"
     regrow: ClassVar[Literal["random", "gradient"]]
+    tunable = {"drop_fraction": {"low": 0.1, "high": 0.5}}
 
     class Params(Method.Params):
         update_every: int = Field(100, ge=1)  # ΔT, in steps

@@ -115,6 +115,7 @@ class Iterative(Method):
 
     family = "schedule"
     reference = f"{HAN}; {FRANKLE_CARBIN}; {RENDA}"
+    tunable = {"rate": {"low": 0.1, "high": 0.5}}
 
     class Params(Method.Params):
         score: str = "global_magnitude"  # any registered pruning method
