@@ -14,10 +14,13 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
+from rich.text import Text
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.split(":")[0])
-console = Console()
-errors = Console(stderr=True)
+# Names, parameters, paths and errors come from users: nothing printed is read as Rich markup
+# (``glob[al]_magnitude`` prints as is, ``[/x]`` cannot raise); colour comes from Text styles only.
+console = Console(markup=False)
+errors = Console(stderr=True, markup=False)
 
 ResultsOption = Annotated[Path, typer.Option("--results", help="Results folder.")]
 PluginOption = Annotated[
@@ -30,7 +33,7 @@ AddressOption = Annotated[
 
 
 def _fail_input(message: str) -> typer.Exit:
-    errors.print(f"[red]error:[/red] {message}", highlight=False, markup=True, soft_wrap=True)
+    errors.print(Text.assemble(("error:", "red"), f" {message}"), highlight=False, soft_wrap=True)
     return typer.Exit(2)
 
 
@@ -62,8 +65,11 @@ def run(
     store = ResultsStore(results)
     todo = plan(cells, store, retry_failed)
     console.print(
-        f"[bold]{spec.name}[/bold]: {len(cells)} cells — {len(todo.done)} done, "
-        f"{len(todo.failed_before)} failed before, {len(todo.todo)} to run"
+        Text.assemble(
+            (spec.name, "bold"),
+            f": {len(cells)} cells — {len(todo.done)} done, "
+            f"{len(todo.failed_before)} failed before, {len(todo.todo)} to run",
+        )
     )
     if dry_run:
         _print_cells(cells, {c.cell_id for c in todo.done}, {c.cell_id for c in todo.failed_before})
@@ -109,12 +115,12 @@ def _run_with_progress(
     matrix = MatrixRun.start(uri, spec.name, results, {"cells": len(cells), "spec": spec.model_dump_json()})
     cells = [cell.model_copy(update={"plugins": tuple(plugins) + cell.plugins}) for cell in cells]
     columns = (
-        TextColumn("[progress.description]{task.description}"),
+        TextColumn("{task.description}", style="progress.description", markup=False),
         BarColumn(),
         MofNCompleteColumn(),
-        TextColumn("running {task.fields[running]} · failed {task.fields[failed]}"),
+        TextColumn("running {task.fields[running]} · failed {task.fields[failed]}", markup=False),
         TimeElapsedColumn(),
-        TextColumn("ETA"),
+        TextColumn("ETA", markup=False),
         TimeRemainingColumn(),
     )
     failed: list[str] = []
@@ -131,11 +137,7 @@ def _run_with_progress(
             if not result.ok:
                 failed.append(cell.cell_id)
                 error = (result.rows[0]["error"] or "").splitlines()[0]
-                bar.console.print(
-                    f"[red]failed[/red] {cell.cell_id} {cell.method} s={cell.sparsity:g} seed={cell.seed}: {error}",
-                    highlight=False,
-                    soft_wrap=True,
-                )
+                bar.console.print(_failed_line(cell, f": {error}"), highlight=False, soft_wrap=True)
 
         try:
             progress = run_matrix(cells, store, matrix, on_result=on_result, on_progress=on_progress, **scheduling)
@@ -153,6 +155,11 @@ def _run_with_progress(
     return counts
 
 
+def _failed_line(cell, detail: str) -> Text:
+    where = f" {cell.cell_id} {cell.method} s={cell.sparsity:g} seed={cell.seed}"
+    return Text.assemble(("failed", "red"), where + detail)
+
+
 LOG_TAIL_LINES = 15
 LOGS_SHOWN = 3
 
@@ -164,7 +171,7 @@ def _print_failed_logs(store, cell_ids: list[str]) -> None:
         if path.exists():
             tail = path.read_text(errors="replace").splitlines()[-LOG_TAIL_LINES:]
             console.rule(f"log of failed cell {cell_id} (last {len(tail)} lines; all of it: {path})")
-            console.print("\n".join(tail), highlight=False, markup=False)
+            console.print("\n".join(tail), highlight=False)
     if len(cell_ids) > LOGS_SHOWN:
         console.print(f"... and {len(cell_ids) - LOGS_SHOWN} more failed cells; their logs are in {store.root}/logs/")
 
@@ -202,8 +209,8 @@ def status(
     table.add_row("all", "", str(len(todo.done)), str(len(todo.failed_before)), str(len(todo.todo)))
     console.print(table)
     for cell in todo.failed_before:
-        console.print(f"[red]failed[/red] {cell.cell_id} {cell.method} s={cell.sparsity:g} seed={cell.seed}", end="")
-        console.print(f": log {store.log_path(cell.cell_id)}" if store.log_path(cell.cell_id).exists() else "")
+        log = store.log_path(cell.cell_id)
+        console.print(_failed_line(cell, f": log {log}" if log.exists() else ""), highlight=False, soft_wrap=True)
     if todo.failed_before:
         console.print(f"rerun only these with: harness run {spec_path} --results {results} --retry-failed")
 
@@ -393,8 +400,6 @@ def query(
     elif format is Format.json:
         sys.stdout.write(frame.to_json(orient="records", date_format="iso") + "\n")
     else:
-        from rich.text import Text
-
         table = Table(*map(str, frame.columns))
         for row in frame.itertuples(index=False):  # Text: a value is shown as it is, never read as markup
             table.add_row(*(Text(f"{v:.4g}" if isinstance(v, float) else str(v)) for v in row))

@@ -245,7 +245,8 @@ def run_matrix(
 
     ``max_parallel`` bounds the tasks in flight (default: as many as the cluster takes). On
     ``KeyboardInterrupt`` the tasks in flight are cancelled, the results already back are written,
-    and the interrupt propagates. ``on_result`` is called from the thread that writes results.
+    and the interrupt propagates. ``on_result`` is called from the thread that writes results; what it
+    raises is a warning, and the matrix goes on.
     """
     tracking = TrackingWriter(matrix) if matrix else None  # it starts up while Ray does
     try:
@@ -416,7 +417,10 @@ class _Scheduler:
             self.progress.ok += 1
         else:
             self.progress.failed += 1
-        self.on_result(cell, result)
+        try:
+            self.on_result(cell, result)
+        except Exception as exc:  # showing one result must not stop the matrix: its rows are written already
+            warnings.warn(f"cell {cell.cell_id} is saved, but showing it failed: {_error_text(exc)}", stacklevel=1)
 
     def _check_writes(self, wait: bool = False) -> None:
         """Raise a write's error in the driver's loop (a full disk must stop the matrix)."""
