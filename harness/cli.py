@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sys
 from collections import Counter
@@ -63,31 +64,43 @@ def run(
     from harness.store import ResultsStore
 
     store = ResultsStore(results)
-    todo = plan(cells, store, retry_failed)
-    console.print(
-        Text.assemble(
-            (spec.name, "bold"),
-            f": {len(cells)} cells — {len(todo.done)} done, "
-            f"{len(todo.failed_before)} failed before, {len(todo.todo)} to run",
+    with contextlib.ExitStack() as held:
+        if not dry_run:  # one driver per results folder, for as long as this one runs; readers need no lock
+            _lock_results(store, held)
+        todo = plan(cells, store, retry_failed)
+        console.print(
+            Text.assemble(
+                (spec.name, "bold"),
+                f": {len(cells)} cells — {len(todo.done)} done, "
+                f"{len(todo.failed_before)} failed before, {len(todo.todo)} to run",
+            )
         )
-    )
-    if dry_run:
-        _print_cells(cells, {c.cell_id for c in todo.done}, {c.cell_id for c in todo.failed_before})
-        return
-    counts = {"ok": 0, "failed": 0}
-    if todo.todo:
-        store.save_spec(spec.name, spec_path.read_text())  # the report links every result to its benchmark file
-        resume = f"harness run {spec_path} --results {results}" + (f" --address {address}" if address else "")
-        runtime_env = {"working_dir": str(working_dir), "excludes": WORKING_DIR_EXCLUDES} if working_dir else None
-        scheduling = {"address": address, "runtime_env": runtime_env, "max_parallel": max_parallel}
-        counts = _run_with_progress(
-            spec, todo.todo, store, results, plugin or [], resume, scheduling | {"max_retries": max_retries}
-        )
-    _print_summary(spec.name, results, counts)
-    failed_still = counts["failed"] + len(todo.failed_before)
-    if failed_still and not counts["failed"]:
-        errors.print(f"{failed_still} cells failed in an earlier run; rerun them with --retry-failed")
-    raise typer.Exit(1 if failed_still else 0)  # 0 only when every cell of the matrix succeeded
+        if dry_run:
+            _print_cells(cells, {c.cell_id for c in todo.done}, {c.cell_id for c in todo.failed_before})
+            return
+        counts = {"ok": 0, "failed": 0}
+        if todo.todo:
+            store.save_spec(spec.name, spec_path.read_text())  # the report links every result to its benchmark file
+            resume = f"harness run {spec_path} --results {results}" + (f" --address {address}" if address else "")
+            runtime_env = {"working_dir": str(working_dir), "excludes": WORKING_DIR_EXCLUDES} if working_dir else None
+            scheduling = {"address": address, "runtime_env": runtime_env, "max_parallel": max_parallel}
+            counts = _run_with_progress(
+                spec, todo.todo, store, results, plugin or [], resume, scheduling | {"max_retries": max_retries}
+            )
+        _print_summary(spec.name, results, counts)
+        failed_still = counts["failed"] + len(todo.failed_before)
+        if failed_still and not counts["failed"]:
+            errors.print(f"{failed_still} cells failed in an earlier run; rerun them with --retry-failed")
+        raise typer.Exit(1 if failed_still else 0)  # 0 only when every cell of the matrix succeeded
+
+
+def _lock_results(store, held: contextlib.ExitStack) -> None:
+    from harness.store import ResultsLocked
+
+    try:
+        held.enter_context(store.locked())
+    except ResultsLocked as exc:
+        raise _fail_input(str(exc)) from None
 
 
 def _load_cells(spec_path: Path, plugins: list[str] | None):
