@@ -195,7 +195,7 @@ def status(
     results: ResultsOption = Path("results"),
     plugin: PluginOption = None,
 ) -> None:
-    """Show done / failed / pending per axis of a benchmark, without running anything."""
+    """Show done / failed / pending per axis of a benchmark; runs no cell, but imports the spec's plugins."""
     spec, cells = _load_cells(spec_path, plugin)
 
     from harness.runner import plan

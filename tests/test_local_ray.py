@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -76,9 +75,11 @@ def test_a_local_ray_listens_on_loopback_only_and_refuses_a_driver_without_its_t
         assert os.environ["RAY_AUTH_MODE"] == "token" and len(token) == 64
         assert ray.get(ray.remote(lambda: os.environ.get("RAY_AUTH_TOKEN")).remote()) == token
         gcs = ray.get_runtime_context().gcs_address
-        members = set(reaper.members(session))
-        assert len(members) >= 3, "the GCS, the raylet and a worker carry the session's marker"
-        sockets = listening(members | {os.getpid()})
+        time.sleep(2)  # the raylet's agents are up
+        during = reaper.members(session)
+        names = {Path(f"/proc/{pid}/comm").read_text().strip() for pid, _ in during}
+        assert {"gcs_server", "raylet", "ray::DashboardA", "ray::RuntimeEnv"} <= names, names
+        sockets = listening({pid for pid, _ in during} | {os.getpid()})
         assert gcs in sockets
         assert all(address.startswith("127.0.0.1:") for address in sockets), sockets
 
@@ -92,22 +93,41 @@ def test_a_local_ray_listens_on_loopback_only_and_refuses_a_driver_without_its_t
 
     assert (os.environ["RAY_AUTH_MODE"], os.environ.get("RAY_AUTH_TOKEN")) == ("disabled", None)
     assert reaper.MARKER not in os.environ
-    assert reaper.members(session) == [], "nothing of the instance outlives the session"
+    assert [p for p in during if reaper.alive(p)] == [], "nothing of the instance outlives the session"
     assert not (Path(os.environ["HOME"]) / ".ray").exists(), "no token file in the home folder"
 
 
-def processes_with(variable: str) -> dict[int, str]:
-    """This user's processes whose environment holds ``variable`` (NAME=value), with their names."""
-    needle = variable.encode()
-    found = {}
+def descendants(root: int) -> dict[tuple[int, str], str]:
+    """Every process below ``root`` as {(pid, start time): name}, read from /proc."""
+    parents, names = {}, {}
     for entry in os.scandir("/proc"):
         if entry.name.isdigit():
             try:
-                if needle in Path(entry.path, "environ").read_bytes().split(b"\0"):
-                    found[int(entry.name)] = Path(entry.path, "comm").read_text().strip()
+                stat = Path(entry.path, "stat").read_text()
             except OSError:
                 continue
+            fields = stat[stat.rindex(")") + 2 :].split()
+            key = (int(entry.name), fields[19])
+            parents[key], names[key] = int(fields[1]), stat[stat.index("(") + 1 : stat.rindex(")")]
+    found, frontier = {}, {root}
+    while frontier:
+        children = {key for key, parent in parents.items() if parent in frontier and key not in found}
+        found.update({key: names[key] for key in children})
+        frontier = {pid for pid, _ in children}
     return found
+
+
+def still_alive(processes: dict[tuple[int, str], str]) -> dict[tuple[int, str], str]:
+    left = {}
+    for (pid, started), name in processes.items():
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        if fields[19] == started and fields[0] != "Z":
+            left[(pid, started)] = name
+    return left
 
 
 def test_sigkill_of_the_driver_ends_every_process_of_its_ray(write_spec, results_dir, tmp_path) -> None:
@@ -123,24 +143,19 @@ seeds: [0]
 pretrain: {{epochs: 1, lr: 0.05, batch_size: 64}}
 finetune: {{epochs: 0}}
 """)
-    ray_tmp = tempfile.mkdtemp(prefix="k", dir="/tmp")  # only this run's processes have it in their environment
-    env = os.environ | {"RAY_TMPDIR": ray_tmp}
     driver = subprocess.Popen(
-        [HARNESS, "run", str(spec), "--results", str(results_dir)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        [HARNESS, "run", str(spec), "--results", str(results_dir)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     deadline = time.monotonic() + 120
     while not arrived.is_dir():  # a cell is running: Ray is fully up
         assert driver.poll() is None and time.monotonic() < deadline, "the cell never started"
         time.sleep(0.2)
-    time.sleep(1)
-    running = processes_with(f"RAY_TMPDIR={ray_tmp}")
-    assert {"gcs_server", "raylet"} <= set(running.values()), running
+    time.sleep(2)
+    running = descendants(driver.pid)
+    assert {"gcs_server", "raylet", "ray::DashboardA", "ray::RuntimeEnv"} <= set(running.values()), running
     driver.send_signal(signal.SIGKILL)
     driver.wait()
     deadline = time.monotonic() + reaper.SWEEP_SECONDS
-    while (left := processes_with(f"RAY_TMPDIR={ray_tmp}")) and time.monotonic() < deadline:
+    while (left := still_alive(running)) and time.monotonic() < deadline:
         time.sleep(0.5)
     assert left == {}, f"processes of the killed run survive: {left}"
