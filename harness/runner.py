@@ -99,11 +99,11 @@ def _local_ray(runtime_env: dict | None) -> Iterator[None]:
 
     Whatever the caller's environment says, Ray's token authentication is on, with a fresh random
     token that only this process and its children hold (in their environment, never in a file),
-    so a process that finds the ports cannot join. What Ray lets us bind is on loopback: node
-    address, dashboard agent, metrics; the GCS, raylet and worker gRPC servers of Ray 2.60 always
-    listen on every interface and refuse any caller without the token. No dashboard, no usage
-    report. The reaper (see :mod:`harness.reaper`) ends every process of the instance when this
-    one ends, also by SIGKILL.
+    so another process cannot join. Every server listens on 127.0.0.1 only: Ray's single-machine
+    mode (its default on macOS) makes the node's address loopback, which the GCS, raylet, workers,
+    agents and metrics bind to (``_node_ip_address`` alone is turned back into the machine's IP).
+    No dashboard, no usage report. The reaper (see :mod:`harness.reaper`) ends every process of the
+    instance when this one ends, also by SIGKILL.
     """
     session = secrets.token_hex(8)
     keeper = reaper.start(session)
@@ -116,8 +116,8 @@ def _local_ray(runtime_env: dict | None) -> Iterator[None]:
             reaper.MARKER: session,
         }
     )
-    loopback = ray_constants.ENABLE_RAY_CLUSTER
-    ray_constants.ENABLE_RAY_CLUSTER = False  # Ray's single-machine mode (its default on macOS): the node is 127.0.0.1
+    cluster_mode = ray_constants.ENABLE_RAY_CLUSTER
+    ray_constants.ENABLE_RAY_CLUSTER = False  # read by Ray when it picks the node's address
     try:
         _reload_ray_auth()
         ray.init(
@@ -131,7 +131,7 @@ def _local_ray(runtime_env: dict | None) -> Iterator[None]:
         yield
     finally:
         ray.shutdown()
-        ray_constants.ENABLE_RAY_CLUSTER = loopback
+        ray_constants.ENABLE_RAY_CLUSTER = cluster_mode
         for name, value in saved.items():
             if value is None:
                 os.environ.pop(name, None)
