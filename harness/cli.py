@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import json
 import os
@@ -18,6 +19,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Column, Table
+from rich.text import Text
 from typer.core import TyperCommand, TyperGroup
 
 from harness.config import MAX_CELLS
@@ -51,8 +53,10 @@ class _Group(_FlagsAsFlags, TyperGroup):
 
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=HELP, cls=_Group)
-console = Console()
-errors = Console(stderr=True)
+# Names, parameters, paths and errors come from users: nothing printed is read as Rich markup
+# (``glob[al]_magnitude`` prints as is, ``[/x]`` cannot raise); colour comes from Text styles only.
+console = Console(markup=False)
+errors = Console(stderr=True, markup=False)
 
 ResultsOption = Annotated[Path, typer.Option("--results", help="Results folder.")]
 PluginOption = Annotated[
@@ -76,8 +80,7 @@ def _print_version(value: bool) -> None:
 
 
 def _fail_input(message: str) -> typer.Exit:
-    errors.print("[red]error:[/red] ", end="", highlight=False)
-    errors.print(message, highlight=False, markup=False, soft_wrap=True)
+    errors.print(Text.assemble(("error:", "red"), f" {message}"), highlight=False, soft_wrap=True)
     return typer.Exit(2)
 
 
@@ -167,33 +170,50 @@ def run(
     from harness.store import ResultsStore
 
     store = ResultsStore(results)
-    todo = plan(cells, store, retry_failed, force)
-    console.print(
-        f"[bold]{spec.name}[/bold]: {len(cells)} cells — {len(todo.done)} done, "
-        f"{len(todo.failed_before)} failed before, {len(todo.todo)} to run"
-    )
-    _print_other_code(todo.other_code, f"harness run {spec_path} --results {results}", force)
-    if dry_run:
-        _print_cells(cells, {c.cell_id for c in todo.done}, {c.cell_id for c in todo.failed_before})
-        return
-    counts = {"ok": 0, "failed": 0}
-    if todo.todo:
-        _check_before_start(spec_path, spec, todo.todo, results, address)
-        store.save_spec(spec.name, spec_path.read_text())  # the report links every result to its benchmark file
-        resume = f"harness run {spec_path} --results {results}" + (f" --address {address}" if address else "")
-        runtime_env = {"working_dir": str(working_dir), "excludes": WORKING_DIR_EXCLUDES} if working_dir else None
-        scheduling = {"address": address, "runtime_env": runtime_env, "max_parallel": max_parallel}
-        from harness.methods import frozen_registries
-
-        with frozen_registries():  # what the run started with is what it ends with
-            counts = _run_with_progress(
-                spec, todo.todo, store, results, plugin or [], resume, scheduling | {"max_retries": max_retries}
+    with contextlib.ExitStack() as held:
+        if not dry_run:
+            pending = plan(cells, store, retry_failed, force).todo
+            if pending:  # before anything is written, the lock file included
+                _check_before_start(spec_path, spec, pending, results, address)
+            _lock_results(store, held)  # one driver per results folder, for as long as this one runs
+        todo = plan(cells, store, retry_failed, force)  # under the lock: cells another driver finished are done
+        console.print(
+            Text.assemble(
+                (spec.name, "bold"),
+                f": {len(cells)} cells — {len(todo.done)} done, "
+                f"{len(todo.failed_before)} failed before, {len(todo.todo)} to run",
             )
-    _print_summary(spec.name, results, counts)
-    failed_still = counts["failed"] + len(todo.failed_before)
-    if failed_still and not counts["failed"]:
-        errors.print(f"{failed_still} cells failed in an earlier run; rerun them with --retry-failed")
-    raise typer.Exit(1 if failed_still else 0)  # 0 only when every cell of the matrix succeeded
+        )
+        _print_other_code(todo.other_code, f"harness run {spec_path} --results {results}", force)
+        if dry_run:
+            _print_cells(cells, {c.cell_id for c in todo.done}, {c.cell_id for c in todo.failed_before})
+            return
+        counts = {"ok": 0, "failed": 0}
+        if todo.todo:
+            store.save_spec(spec.name, spec_path.read_text())  # the report links every result to its benchmark file
+            resume = f"harness run {spec_path} --results {results}" + (f" --address {address}" if address else "")
+            runtime_env = {"working_dir": str(working_dir), "excludes": WORKING_DIR_EXCLUDES} if working_dir else None
+            scheduling = {"address": address, "runtime_env": runtime_env, "max_parallel": max_parallel}
+            from harness.methods import frozen_registries
+
+            with frozen_registries():  # what the run started with is what it ends with
+                counts = _run_with_progress(
+                    spec, todo.todo, store, results, plugin or [], resume, scheduling | {"max_retries": max_retries}
+                )
+        _print_summary(spec.name, results, counts)
+        failed_still = counts["failed"] + len(todo.failed_before)
+        if failed_still and not counts["failed"]:
+            errors.print(f"{failed_still} cells failed in an earlier run; rerun them with --retry-failed")
+        raise typer.Exit(1 if failed_still else 0)  # 0 only when every cell of the matrix succeeded
+
+
+def _lock_results(store, held: contextlib.ExitStack) -> None:
+    from harness.store import ResultsLocked
+
+    try:
+        held.enter_context(store.locked())
+    except ResultsLocked as exc:
+        raise _fail_input(str(exc)) from None
 
 
 ONLY_FIELDS = ("method", "model", "dataset", "seed", "sparsity", "cell_id")
@@ -267,12 +287,12 @@ def _run_with_progress(
     matrix = MatrixRun.start(uri, spec.name, results, {"cells": len(cells), "spec": spec.model_dump_json()})
     cells = [cell.model_copy(update={"plugins": tuple(plugins) + cell.plugins}) for cell in cells]
     columns = (
-        TextColumn("[progress.description]{task.description}"),
+        TextColumn("{task.description}", style="progress.description", markup=False),
         BarColumn(),
         MofNCompleteColumn(),
-        TextColumn("running {task.fields[running]} · failed {task.fields[failed]}"),
+        TextColumn("running {task.fields[running]} · failed {task.fields[failed]}", markup=False),
         TimeElapsedColumn(),
-        TextColumn("ETA"),
+        TextColumn("ETA", markup=False),
         TimeRemainingColumn(),
     )
     failed: list[str] = []
@@ -289,11 +309,7 @@ def _run_with_progress(
             if not result.ok:
                 failed.append(cell.cell_id)
                 error = (result.rows[0]["error"] or "").splitlines()[0]
-                bar.console.print(
-                    f"[red]failed[/red] {cell.cell_id} {cell.method} s={cell.sparsity:g} seed={cell.seed}: {error}",
-                    highlight=False,
-                    soft_wrap=True,
-                )
+                bar.console.print(_failed_line(cell, f": {error}"), highlight=False, soft_wrap=True)
 
         try:
             progress = run_matrix(cells, store, matrix, on_result=on_result, on_progress=on_progress, **scheduling)
@@ -311,6 +327,11 @@ def _run_with_progress(
     return counts
 
 
+def _failed_line(cell, detail: str) -> Text:
+    where = f" {cell.cell_id} {cell.method} s={cell.sparsity:g} seed={cell.seed}"
+    return Text.assemble(("failed", "red"), where + detail)
+
+
 LOG_TAIL_LINES = 15
 LOGS_SHOWN = 3
 
@@ -322,7 +343,7 @@ def _print_failed_logs(store, cell_ids: list[str]) -> None:
         if path.exists():
             tail = path.read_text(errors="replace").splitlines()[-LOG_TAIL_LINES:]
             console.rule(f"log of failed cell {cell_id} (last {len(tail)} lines; all of it: {path})")
-            console.print("\n".join(tail), highlight=False, markup=False)
+            console.print("\n".join(tail), highlight=False)
     if len(cell_ids) > LOGS_SHOWN:
         console.print(f"... and {len(cell_ids) - LOGS_SHOWN} more failed cells; their logs are in {store.root}/logs/")
 
@@ -435,7 +456,7 @@ def status(
     plugin: PluginOption = None,
     max_cells: MaxCellsOption = MAX_CELLS,
 ) -> None:
-    """Show done / failed / pending per axis of a benchmark, without running anything."""
+    """Show done / failed / pending per axis of a benchmark; runs no cell, but imports the spec's plugins."""
     spec, cells = _load_cells(spec_path, plugin, max_cells)
     _results_folder(results)
 
@@ -464,8 +485,8 @@ def status(
     table.add_row("all", "", str(len(todo.done)), str(len(todo.failed_before)), str(len(todo.todo)))
     console.print(table)
     for cell in todo.failed_before:
-        console.print(f"[red]failed[/red] {cell.cell_id} {cell.method} s={cell.sparsity:g} seed={cell.seed}", end="")
-        console.print(f": log {store.log_path(cell.cell_id)}" if store.log_path(cell.cell_id).exists() else "")
+        log = store.log_path(cell.cell_id)
+        console.print(_failed_line(cell, f": log {log}" if log.exists() else ""), highlight=False, soft_wrap=True)
     if todo.failed_before:
         console.print(f"rerun only these with: harness run {spec_path} --results {results} --retry-failed")
 
@@ -629,8 +650,6 @@ def query(
     elif format is Format.json:
         sys.stdout.write(frame.to_json(orient="records", date_format="iso") + "\n")
     else:
-        from rich.text import Text
-
         table = Table(*map(str, frame.columns))
         for row in frame.itertuples(index=False):  # Text: a value is shown as it is, never read as markup
             table.add_row(*(Text(f"{v:.4g}" if isinstance(v, float) else str(v)) for v in row))

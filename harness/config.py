@@ -139,7 +139,8 @@ class BenchmarkSpec(_Frozen):
     tracking_uri: str | None = None
     """MLflow tracking URI (null: $MLFLOW_TRACKING_URI, else sqlite:///RESULTS/mlflow.db)."""
     plugins: tuple[str, ...] = ()
-    """Plugin modules (importable names or .py paths) loaded before the names are checked."""
+    """Plugin modules (importable names or .py paths) loaded before the names are checked: their code runs as
+    you, also for `status` and `--dry-run`."""
     tune: TuneSection | None = None
     """What `harness tune` searches: the space, the epoch cap, the sampler (harness/tuning/space.py)."""
     tuned: Tuned | None = None

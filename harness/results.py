@@ -9,13 +9,15 @@ and the configuration is locked so the query cannot turn it back on).
 from __future__ import annotations
 
 import os
+import secrets
+import tempfile
 from pathlib import Path
 
 import duckdb
 import pandas as pd
 
 from harness.schema import VIEWS, core_first
-from harness.store import ResultsStore, read_retrying
+from harness.store import ResultsStore, read_retrying, sql_string
 
 
 class ReadOnlyError(ValueError):
@@ -35,6 +37,10 @@ def connect(results_dir: str | os.PathLike = "results", read_only: bool = False)
     store = ResultsStore(root)
     con = duckdb.connect()
     con.execute("SET enable_progress_bar = false")
+    # DuckDB spills to <cwd>/.tmp by default, and a read-only query could read what lies there: its
+    # spill folder is a fresh unguessable path instead, created only if needed and removed on close
+    spill = Path(tempfile.gettempdir()) / f"harness-duckdb-{secrets.token_hex(8)}"
+    con.execute(f"SET temp_directory = {sql_string(spill)}")
     con.execute("SET parquet_metadata_cache = true")  # each file's footer is read once, not at every bind
     for view in VIEWS:
         files = store.view_sql(view)

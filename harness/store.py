@@ -10,11 +10,16 @@ Layout::
       logs/<cell_id>.log                              each cell's captured log
       specs/<name>/<hash>.yaml                        every benchmark file that was run
       mlflow.db                                       embedded tracking store
+      .lock                                           held by the one driver writing here (its PID inside)
 
 Every file is written under a temporary name and renamed into place, so a crash never leaves a
 half-written file. A cell's fresh file is keyed by its id, so a rerun replaces rather than
 duplicates; a fresh file also hides that cell's rows in the segments (the latest write wins), and a
 cell with no rows in a view still gets an empty fresh file there, so stale rows cannot survive.
+
+A driver holds ``.lock`` (``flock``) for as long as it writes, so two drivers never share a folder;
+readers need no lock, since every file they see is complete. The lock's holder also removes the
+temporary files of writers that were killed mid-write.
 
 One file per cell makes a large table slow to scan, so when a benchmark's partition holds
 ``fresh_limit`` fresh files they are compacted into a new segment, and ``FANOUT`` segments of equal
@@ -26,12 +31,15 @@ range another one covers, and those are ignored by readers and deleted by the ne
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import os
 import re
+import socket
 import tempfile
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -52,12 +60,24 @@ T = TypeVar("T")
 _PARTITION = "benchmark="
 _FRESH = re.compile(r"^cell-(.+)\.parquet$")
 _SEGMENT = re.compile(r"^seg-(\d+)-(\d+)\.parquet$")
+_TEMPORARY = ".*.tmp"  # the names atomic writes use until their rename
+WRITTEN = ("cells", "epochs", "layers", "checkpoints", "logs", "specs")  # the folders the driver writes
+
+
+class ResultsLocked(RuntimeError):
+    """Another driver is writing to this results folder."""
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write under a temporary name, then rename: readers see the old file or the whole new one.
+
+    The file gets the mode any new file would (0666 less the umask), not mkstemp's private 0600,
+    so a site or a results folder can be shared as the user's umask says.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~current_umask())
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -66,6 +86,16 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def current_umask() -> int:
+    """The process's umask, read without changing it where Linux allows (``os.umask`` sets it to read it)."""
+    with contextlib.suppress(OSError, StopIteration, ValueError):
+        status = Path("/proc/self/status").read_text()
+        return int(next(line for line in status.splitlines() if line.startswith("Umask:")).split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _atomic_write_table(path: Path, table: pa.Table) -> None:
@@ -84,13 +114,13 @@ def read_retrying(read: Callable[[], T]) -> T:
     return read()
 
 
-def _sql_string(value: str | Path) -> str:
+def sql_string(value: str | Path) -> str:
     return "'" + str(value).replace("'", "''") + "'"
 
 
 def _read_parquet(files: list[Path], filename: bool = False) -> str:
     """``read_parquet`` over exact files; columns come from the files, never from the folder names."""
-    listed = ", ".join(map(_sql_string, files))
+    listed = ", ".join(map(sql_string, files))
     return f"read_parquet([{listed}], union_by_name = true, hive_partitioning = false, filename = {filename})"
 
 
@@ -155,6 +185,39 @@ class ResultsStore:
 
     # -- writing ------------------------------------------------------------------------------
 
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold the folder's lock while writing; raise :class:`ResultsLocked` at once if a driver holds it.
+
+        ``flock`` ends with its holder however it ends, SIGKILL included, so a lock never goes
+        stale; the holder's PID and host are written inside so that the message can name it.
+        """
+        self.root.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.root / ".lock", os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "a process that is starting"
+                raise ResultsLocked(
+                    f"results folder {self.root} is in use by another harness run ({holder}); "
+                    "wait for it to finish or pass another --results folder"
+                ) from None
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+            self._remove_temporary_files()
+            yield
+            os.ftruncate(fd, 0)
+        finally:
+            os.close(fd)  # releases the lock
+
+    def _remove_temporary_files(self) -> None:
+        """Files of writers killed before their rename: no reader ever looks at them (held lock only)."""
+        for folder in WRITTEN:
+            for path in (self.root / folder).rglob(_TEMPORARY):
+                if path.is_file() and not path.is_symlink():
+                    path.unlink(missing_ok=True)
+
     def write(self, result: CellResult) -> None:
         """Write a cell's three tables, the ``cells`` file last since its presence means done."""
         benchmark = result.rows[0].get("benchmark") if result.rows else None
@@ -206,7 +269,7 @@ class ResultsStore:
         if segments:
             select = f"SELECT * FROM {_read_parquet(segments)}"
             if rewritten:
-                values = ", ".join(f"({_sql_string(b)}, {_sql_string(c)})" for b, c in rewritten)
+                values = ", ".join(f"({sql_string(b)}, {sql_string(c)})" for b, c in rewritten)
                 select += f" ANTI JOIN (VALUES {values}) AS rewritten(benchmark, cell_id) USING (benchmark, cell_id)"
             selects.append(select)
         if fresh:
@@ -278,9 +341,19 @@ class ResultsStore:
         return path
 
     def specs(self, benchmark: str) -> list[Path]:
-        """The benchmark files run under ``benchmark``, oldest first."""
+        """The benchmark files run under ``benchmark``, oldest first: regular files inside the folder
+        only, so a results folder from someone else cannot point a report at a file elsewhere."""
         folder = self.root / "specs" / quote(benchmark, safe="")
-        return sorted(folder.glob("*.yaml"), key=lambda p: p.stat().st_mtime) if folder.is_dir() else []
+        if not folder.is_dir():
+            return []
+        root = self.root.resolve()
+        inside = [p for p in folder.glob("*.yaml") if _regular_file_inside(p, root)]
+        return sorted(inside, key=lambda p: p.stat().st_mtime)
+
+
+def _regular_file_inside(path: Path, root: Path) -> bool:
+    """A plain file (not a link to one) whose real location is under ``root``."""
+    return path.is_file() and not path.is_symlink() and path.resolve().is_relative_to(root)
 
 
 # -- compaction --------------------------------------------------------------------------------
@@ -314,7 +387,7 @@ def _compact_partition(partition: Partition) -> None:
 
 def _drop_cells(con: duckdb.DuckDBPyConnection, segments: list[Segment], cell_ids: list[str]) -> None:
     """Rewrite the segments that hold an older write of ``cell_ids`` without those rows."""
-    listed = ", ".join(map(_sql_string, cell_ids))
+    listed = ", ".join(map(sql_string, cell_ids))
     holding = con.execute(
         f"SELECT DISTINCT filename FROM {_read_parquet([s.path for s in segments], filename=True)} "
         f"WHERE cell_id IN ({listed})"
@@ -328,7 +401,7 @@ def _copy_atomic(con: duckdb.DuckDBPyConnection, select: str, path: Path) -> Non
     tmp = path.parent / f".{path.name}.tmp"
     try:
         con.execute(
-            f"COPY ({select}) TO {_sql_string(tmp)} (FORMAT parquet, COMPRESSION zstd, ROW_GROUP_SIZE {ROW_GROUP_SIZE})"
+            f"COPY ({select}) TO {sql_string(tmp)} (FORMAT parquet, COMPRESSION zstd, ROW_GROUP_SIZE {ROW_GROUP_SIZE})"
         )
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())

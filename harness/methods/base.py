@@ -183,6 +183,7 @@ class Method:
 
     @classmethod
     def summary(cls) -> str:
+        """The first line of the class docstring: what `harness list methods` and the reference show."""
         return (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
 
     def source_files(self) -> set[Path]:
