@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import json
 import os
+import signal
 import sys
 from collections import Counter
 from collections.abc import Callable
@@ -16,11 +18,10 @@ from typing import Annotated, TypeVar
 import click
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-from rich.table import Table
 from typer.core import TyperCommand, TyperGroup
 
 from harness.config import MAX_CELLS
+from harness.output import SECTION, ProgressReport, print_table
 
 HELP = (
     "Benchmark neural-network pruning and compression methods so they can be compared.\n\n"
@@ -128,12 +129,25 @@ def _results_folder(results: Path, writing: bool = False) -> None:
             raise _fail_input(f"--results {results}: {folder} is not a folder this user can write")
 
 
+class PlanFormat(StrEnum):
+    summary = "summary"
+    table = "table"
+    csv = "csv"
+    json = "json"
+
+
 @app.command(cls=_Command)
 @guarded
 def run(
     spec_path: Annotated[Path, typer.Argument(metavar="SPEC.yaml", help="Benchmark file.")],
     results: ResultsOption = Path("results"),
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the cells and what is done; run nothing.")] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print what is done, failed and pending per axis; run nothing.")
+    ] = False,
+    format: Annotated[
+        PlanFormat,
+        typer.Option("--format", help="With --dry-run: counts per axis (summary), or every cell as table, csv, json."),
+    ] = PlanFormat.summary,
     retry_failed: Annotated[bool, typer.Option("--retry-failed", help="Run the failed cells again.")] = False,
     plugin: PluginOption = None,
     address: AddressOption = None,
@@ -158,12 +172,16 @@ def run(
 
     store = ResultsStore(results)
     todo = plan(cells, store, retry_failed)
-    console.print(
+    machine_readable = dry_run and format in (PlanFormat.csv, PlanFormat.json)  # stdout holds the list alone
+    (errors if machine_readable else console).print(
         f"[bold]{spec.name}[/bold]: {len(cells)} cells — {len(todo.done)} done, "
         f"{len(todo.failed_before)} failed before, {len(todo.todo)} to run"
     )
     if dry_run:
-        _print_cells(cells, {c.cell_id for c in todo.done}, {c.cell_id for c in todo.failed_before})
+        if format is PlanFormat.summary:
+            _print_axes(f"{spec.name} in {results}/ (--format csv lists every cell)", cells, todo)
+        else:
+            _print_cells(cells, todo, format)
         return
     counts = {"ok": 0, "failed": 0}
     if todo.todo:
@@ -221,47 +239,37 @@ def _run_with_progress(
 
     results.mkdir(parents=True, exist_ok=True)
     uri = resolve_tracking_uri(spec.tracking_uri, results)
-    matrix = MatrixRun.start(uri, spec.name, results, {"cells": len(cells), "spec": spec.model_dump_json()})
     cells = [cell.model_copy(update={"plugins": tuple(plugins) + cell.plugins}) for cell in cells]
-    columns = (
-        TextColumn("[progress.description]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("running {task.fields[running]} · failed {task.fields[failed]}"),
-        TimeElapsedColumn(),
-        TextColumn("ETA"),
-        TimeRemainingColumn(),
-    )
     failed: list[str] = []
     counts = {"ok": 0, "failed": 0}
-    with Progress(*columns, console=console, transient=False) as bar:
-        task = bar.add_task("cells", total=len(cells), running=0, failed=0)
+    matrix = None
+    try:
+        matrix = MatrixRun.start(uri, spec.name, results, {"cells": len(cells), "spec": spec.model_dump_json()})
+        with ProgressReport(console, len(cells)) as report:
 
-        def on_progress(p) -> None:
-            counts.update(ok=p.ok, failed=p.failed)
-            description = f"pretraining {p.pretraining}" if p.pretraining else "cells"
-            bar.update(task, completed=p.finished, running=p.running, failed=p.failed, description=description)
+            def on_progress(p) -> None:
+                counts.update(ok=p.ok, failed=p.failed)
+                description = f"pretraining {p.pretraining}" if p.pretraining else "cells"
+                report.update(p.finished, p.failed, p.running, description)
 
-        def on_result(cell, result) -> None:
-            if not result.ok:
-                failed.append(cell.cell_id)
-                error = (result.rows[0]["error"] or "").splitlines()[0]
-                bar.console.print(
-                    f"[red]failed[/red] {cell.cell_id} {cell.method} s={cell.sparsity:g} seed={cell.seed}: {error}",
-                    highlight=False,
-                    soft_wrap=True,
-                )
+            def on_result(cell, result) -> None:
+                if not result.ok:
+                    failed.append(cell.cell_id)
+                    error = (result.rows[0]["error"] or "").splitlines()[0]
+                    report.print(f"failed {cell.cell_id} {cell.method} s={cell.sparsity:g} seed={cell.seed}: {error}")
 
-        try:
             progress = run_matrix(cells, store, matrix, on_result=on_result, on_progress=on_progress, **scheduling)
-        except SchedulingError as exc:
-            matrix.finish(counts, interrupted=True)
-            raise _fail_input(str(exc)) from None
-        except KeyboardInterrupt:
-            matrix.finish(counts, interrupted=True)
-            errors.print(f"interrupted; finished cells are saved. Resume with: {resume}", soft_wrap=True)
-            raise typer.Exit(130) from None
-        on_progress(progress)  # the last writes land after the loop's last report
+            on_progress(progress)  # the last writes land after the loop's last report
+    except SchedulingError as exc:
+        matrix.finish(counts, interrupted=True)
+        raise _fail_input(str(exc)) from None
+    except KeyboardInterrupt:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the bookkeeping short
+        if matrix:
+            with contextlib.suppress(Exception):  # the next run marks the parent run KILLED if this fails
+                matrix.finish(counts, interrupted=True)
+        errors.print(f"interrupted; finished cells are saved. Resume with: {resume}", soft_wrap=True, markup=False)
+        raise typer.Exit(130) from None
     matrix.finish(counts | {"pretrained": progress.pretrained, "reused": progress.reused})
     console.print(f"dense models: {progress.pretrained} trained, {progress.reused} reused from {results}/checkpoints")
     _print_failed_logs(store, failed)
@@ -301,24 +309,7 @@ def status(
 
     store = ResultsStore(results)
     todo = plan(cells, store)
-    state = {c.cell_id: "done" for c in todo.done} | {c.cell_id: "failed" for c in todo.failed_before}
-    table = Table("axis", "value", "done", "failed", "pending", title=f"{spec.name} in {results}/")
-    axes = {
-        "model": lambda c: c.model,
-        "dataset": lambda c: c.dataset,
-        "method": lambda c: c.method + (json.dumps(c.method_params) if c.method_params else ""),
-        "sparsity": lambda c: f"{c.sparsity:g}",
-        "seed": lambda c: str(c.seed),
-    }
-    for axis, value_of in axes.items():
-        counts: dict[str, Counter] = {}
-        for cell in cells:
-            counts.setdefault(value_of(cell), Counter())[state.get(cell.cell_id, "pending")] += 1
-        for value, count in counts.items():
-            table.add_row(axis, value, str(count["done"]), str(count["failed"]), str(count["pending"]))
-        table.add_section()
-    table.add_row("all", "", str(len(todo.done)), str(len(todo.failed_before)), str(len(todo.todo)))
-    console.print(table)
+    _print_axes(f"{spec.name} in {results}/", cells, todo)
     for cell in todo.failed_before:
         console.print(f"[red]failed[/red] {cell.cell_id} {cell.method} s={cell.sparsity:g} seed={cell.seed}", end="")
         console.print(f": log {store.log_path(cell.cell_id)}" if store.log_path(cell.cell_id).exists() else "")
@@ -394,17 +385,74 @@ async def _print_job_logs(client, job_id: str) -> None:
         sys.stdout.flush()
 
 
-def _print_cells(cells, done: set[str], failed: set[str]) -> None:
-    table = Table()
-    for column in ("cell_id", "model", "dataset", "method", "params", "sparsity", "seed", "state"):
-        # wrap a long name rather than cut it: a narrow terminal or a pipe must still show every id and method
-        table.add_column(column, no_wrap=column in ("cell_id", "state"), overflow="fold")
-    for c in cells:
-        state = "done" if c.cell_id in done else "failed" if c.cell_id in failed else "pending"
-        table.add_row(
-            c.cell_id, c.model, c.dataset, c.method, json.dumps(c.method_params), f"{c.sparsity:g}", str(c.seed), state
+def _states(todo) -> dict[str, str]:
+    return {c.cell_id: "done" for c in todo.done} | {c.cell_id: "failed" for c in todo.failed_before}
+
+
+def _print_axes(title: str, cells, todo) -> None:
+    """Done / failed / pending per value of each axis: a few dozen lines however many cells there are."""
+    state = _states(todo)
+    method_labels: dict[str, str] = {}  # one json.dumps per distinct parameter set, not per cell
+    axes = {
+        "model": lambda c: c.model,
+        "dataset": lambda c: c.dataset,
+        "method": lambda c: c.method + _params_label(c.method_params, method_labels),
+        "sparsity": lambda c: f"{c.sparsity:g}",
+        "seed": lambda c: str(c.seed),
+    }
+    rows: list = []
+    for axis, value_of in axes.items():
+        counts: dict[str, Counter] = {}
+        for cell in cells:
+            counts.setdefault(value_of(cell), Counter())[state.get(cell.cell_id, "pending")] += 1
+        for value, count in counts.items():
+            rows.append((axis, value, str(count["done"]), str(count["failed"]), str(count["pending"])))
+        rows.append(SECTION)
+    rows.append(("all", "", str(len(todo.done)), str(len(todo.failed_before)), str(len(todo.todo))))
+    print_table(
+        console, ("axis", "value", "done", "failed", "pending"), rows, title, right=("done", "failed", "pending")
+    )
+
+
+def _params_label(params: dict, labels: dict[str, str]) -> str:
+    if not params:
+        return ""
+    key = repr(sorted(params.items()))
+    if key not in labels:
+        labels[key] = json.dumps(params)
+    return labels[key]
+
+
+CELL_COLUMNS = ("cell_id", "model", "dataset", "method", "params", "sparsity", "seed", "state")
+
+
+def _print_cells(cells, todo, format: PlanFormat) -> None:
+    """Every cell, one line each: a whole table, CSV or JSON lines (for scripts)."""
+    import csv
+
+    state = _states(todo)
+    rows = (
+        (
+            c.cell_id,
+            c.model,
+            c.dataset,
+            c.method,
+            json.dumps(c.method_params),
+            f"{c.sparsity:g}",
+            str(c.seed),
+            state.get(c.cell_id, "pending"),
         )
-    console.print(table)
+        for c in cells
+    )
+    if format is PlanFormat.table:
+        print_table(console, CELL_COLUMNS, rows)
+    elif format is PlanFormat.csv:
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerow(CELL_COLUMNS)
+        writer.writerows(rows)
+    else:
+        for row in rows:
+            sys.stdout.write(json.dumps(dict(zip(CELL_COLUMNS, row, strict=True))) + "\n")
 
 
 def _print_summary(benchmark: str, results: Path, counts: dict[str, int]) -> None:
@@ -446,10 +494,7 @@ def list_(
     if markdown:
         sys.stdout.write(markdown_table(columns, rows))
     else:
-        table = Table(*columns)
-        for row in rows:
-            table.add_row(*row)
-        console.print(table)
+        print_table(console, columns, rows)
 
 
 class Format(StrEnum):
@@ -485,12 +530,8 @@ def query(
     elif format is Format.json:
         sys.stdout.write(frame.to_json(orient="records", date_format="iso") + "\n")
     else:
-        from rich.text import Text
-
-        table = Table(*map(str, frame.columns))
-        for row in frame.itertuples(index=False):  # Text: a value is shown as it is, never read as markup
-            table.add_row(*(Text(f"{v:.4g}" if isinstance(v, float) else str(v)) for v in row))
-        console.print(table)
+        rows = ((f"{v:.4g}" if isinstance(v, float) else str(v) for v in row) for row in frame.itertuples(index=False))
+        print_table(console, list(map(str, frame.columns)), [tuple(row) for row in rows])
 
 
 class ReportFormat(StrEnum):

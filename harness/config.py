@@ -14,7 +14,8 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from typing import Annotated, Any, Literal
+from functools import cache, cached_property
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
@@ -37,6 +38,18 @@ Seed = Annotated[int, BeforeValidator(_seed_in_range), Field(ge=0, le=SEED_MAX)]
 class _Frozen(BaseModel):
     # a docstring under a field is its description: docs/reference/spec.md is generated from them
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False, use_attribute_docstrings=True)
+
+    @cached_property
+    def identity(self) -> dict[str, Any]:
+        """The fields that differ from their defaults, computed once (a recipe is shared by many cells)."""
+        return non_default(self)
+
+    def model_copy(self, *, update: dict[str, Any] | None = None, deep: bool = False) -> Any:
+        """A copy; with ``update``, without the values cached from the old fields (ids, ``identity``)."""
+        copy = super().model_copy(update=update, deep=deep)
+        for name in [key for key in copy.__dict__ if key not in type(copy).model_fields] if update else ():
+            del copy.__dict__[name]
+        return copy
 
 
 class Recipe(_Frozen):
@@ -207,17 +220,20 @@ class CellSpec(_Frozen):
     resources: Resources = Resources()
     plugins: tuple[str, ...] = ()
 
-    _NOT_IDENTITY = frozenset({"benchmark", "data_root", "resources", "plugins", "compression"})
+    # ClassVar: an underscore name would otherwise be a private attribute, deep-copied into every cell
+    _NOT_IDENTITY: ClassVar[frozenset[str]] = frozenset(
+        {"benchmark", "data_root", "resources", "plugins", "compression"}
+    )
 
-    @property
+    @cached_property  # computed once per cell: planning 100,000 cells asks for each id ~4 times
     def cell_id(self) -> str:
         return content_hash(non_default(self, exclude=self._NOT_IDENTITY))
 
-    @property
+    @cached_property
     def pretrain_key(self) -> str:
         """Cells with the same key share one dense pretraining."""
         return content_hash(
-            {"model": self.model, "dataset": self.dataset, "seed": self.seed, "pretrain": non_default(self.pretrain)}
+            {"model": self.model, "dataset": self.dataset, "seed": self.seed, "pretrain": self.pretrain.identity}
         )
 
 
@@ -229,12 +245,25 @@ def content_hash(value: Any) -> str:
 def non_default(model: BaseModel, exclude: frozenset[str] = frozenset()) -> dict[str, Any]:
     """The fields of ``model`` that differ from their defaults (nested models likewise)."""
     out = {}
-    for name, field in type(model).model_fields.items():
+    defaults = _defaults(type(model))
+    for name in type(model).model_fields:
         value = getattr(model, name)
-        if name in exclude or (not field.is_required() and value == field.get_default(call_default_factory=True)):
+        if name in exclude or (name in defaults and value == defaults[name]):
             continue
-        out[name] = non_default(value) if isinstance(value, BaseModel) else value
+        if isinstance(value, BaseModel):
+            value = value.identity if isinstance(value, _Frozen) else non_default(value)
+        out[name] = value
     return out
+
+
+@cache
+def _defaults(cls: type[BaseModel]) -> dict[str, Any]:
+    """Each optional field's default, made once per class (``get_default`` deep-copies it on every call)."""
+    return {
+        name: field.get_default(call_default_factory=True)
+        for name, field in cls.model_fields.items()
+        if not field.is_required()
+    }
 
 
 SHOWN_CHARACTERS = 80  # of a user's value inside a message: a message never grows with the input

@@ -7,8 +7,8 @@ import json
 import duckdb
 import pandas as pd
 from rich.console import Console
-from rich.table import Table
-from rich.text import Text
+
+from harness.output import print_table
 
 LEADERBOARD_SQL = """
 WITH final_level AS (  -- a join, not a window over all rows: 7x faster on a 1M-row table
@@ -44,18 +44,19 @@ def method_label(method: str, method_params: str | None) -> str:
 
 
 def print_leaderboard(frame: pd.DataFrame, console: Console) -> None:
+    """One table per (dataset, model); in a pipe or a log, plain text with every method name whole."""
+    columns = ("method", "sparsity", "top1 % (mean ± std)", "seeds", "compression", "speedup")
     for (dataset, model), group in frame.groupby(["dataset", "model"], sort=False):
         dense = group["dense_top1"].mean()
-        table = Table(title=f"{dataset} / {model}  (dense top1 {100 * dense:.2f}%)", title_justify="left")
-        for column in ("method", "sparsity", "top1 % (mean ± std)", "seeds", "compression", "speedup"):
-            table.add_column(column, justify="left" if column == "method" else "right")
-        for row in group.itertuples():
-            table.add_row(
-                Text(method_label(row.method, row.method_params)),  # a name is never markup
+        rows = [
+            (
+                method_label(row.method, row.method_params),
                 f"{row.sparsity:g}",
                 f"{100 * row.top1_mean:.2f} ± {100 * row.top1_std:.2f}",
                 str(row.seeds),
                 f"{row.compression_ratio:.2f}x",
                 f"{row.theoretical_speedup:.2f}x",
             )
-        console.print(table)
+            for row in group.itertuples()
+        ]
+        print_table(console, columns, rows, f"{dataset} / {model}  (dense top1 {100 * dense:.2f}%)", right=columns[1:])
