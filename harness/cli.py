@@ -184,6 +184,10 @@ def run(
             _print_cells(cells, todo, format)
         return
     counts = {"ok": 0, "failed": 0}
+    if not todo.todo and results.is_dir():
+        from harness.tracking import mark_killed_run
+
+        mark_killed_run(results)  # a driver killed after its last cell still leaves its MLflow run RUNNING
     if todo.todo:
         _check_before_start(spec_path, spec, todo.todo, results, address)
         store.save_spec(spec.name, spec_path.read_text())  # the report links every result to its benchmark file
@@ -215,7 +219,7 @@ def _load_cells(spec_path: Path, plugins: list[str] | None, max_cells: int = MAX
 
 def _check_before_start(spec_path: Path, spec, cells, results: Path, address: str | None) -> None:
     """What would fail only after Ray, mlflow.db or the spec copy exist: the folder, the resources, MLflow."""
-    from harness.runner import SchedulingError, check_local_resources
+    from harness.runner import SchedulingError, check_cluster_address, check_local_resources
     from harness.tracking import check_tracking_uri, resolve_tracking_uri
 
     _results_folder(results, writing=True)
@@ -223,6 +227,10 @@ def _check_before_start(spec_path: Path, spec, cells, results: Path, address: st
         check_local_resources(cells, address)
     except SchedulingError as exc:
         raise _fail_input(f"{spec_path}: resources: {exc}") from None
+    try:
+        check_cluster_address(address)
+    except SchedulingError as exc:
+        raise _fail_input(str(exc)) from None
     uri = resolve_tracking_uri(spec.tracking_uri, results)
     try:
         check_tracking_uri(uri)
@@ -361,7 +369,13 @@ def submit(
 
     from ray.job_submission import JobStatus, JobSubmissionClient
 
-    client = JobSubmissionClient(address)
+    try:
+        client = JobSubmissionClient(address)
+    except ConnectionError:  # Ray's message names only the address
+        raise _fail_input(
+            f"no Ray dashboard answers at --address {address}; start the cluster (its head serves the dashboard "
+            "on port 8265), forward the port (kubectl port-forward, ray dashboard), or fix --address"
+        ) from None
     runtime_env = {"working_dir": str(working_dir), "excludes": WORKING_DIR_EXCLUDES}
     job_id = client.submit_job(entrypoint=shlex.join(command), runtime_env=runtime_env)
     console.print(f"submitted job {job_id}: {shlex.join(command)}", highlight=False)
