@@ -197,7 +197,7 @@ def run(
         counts = _run_with_progress(
             spec, todo.todo, store, results, plugin or [], resume, scheduling | {"max_retries": max_retries}
         )
-    _print_summary(spec.name, results, counts)
+    _print_summary(spec.name, results, counts, {cell.cell_id for cell in cells}, spec_path)
     failed_still = counts["failed"] + len(todo.failed_before)
     if failed_still and not counts["failed"]:
         errors.print(f"{failed_still} cells failed in an earlier run; rerun them with --retry-failed")
@@ -469,17 +469,46 @@ def _print_cells(cells, todo, format: PlanFormat) -> None:
             sys.stdout.write(json.dumps(dict(zip(CELL_COLUMNS, row, strict=True))) + "\n")
 
 
-def _print_summary(benchmark: str, results: Path, counts: dict[str, int]) -> None:
-    from harness.leaderboard import leaderboard, print_leaderboard
+def _print_summary(benchmark: str, results: Path, counts: dict[str, int], cell_ids: set[str], spec_path: Path) -> None:
+    from harness.leaderboard import cells_pooled, leaderboard, print_leaderboard
     from harness.results import connect
 
-    frame = leaderboard(connect(results), benchmark) if (results / "cells").exists() else None
-    if frame is not None and len(frame):
-        print_leaderboard(frame, console)
+    if (results / "cells").exists():
+        con = connect(results)
+        frame = leaderboard(con, benchmark)
+        if len(frame):
+            print_leaderboard(frame, console)
+            _print_pooled(benchmark, results, cells_pooled(con, benchmark), cell_ids, spec_path)
     console.print(
         f"ran {counts['ok'] + counts['failed']} cells: {counts['ok']} ok, {counts['failed']} failed; "
         f"results in {results}/"
     )
+
+
+def _print_pooled(benchmark: str, results: Path, pooled: set[str], cell_ids: set[str], spec_path: Path) -> None:
+    """Say what the leaderboard averages over: a benchmark's name pools every file ever run under it."""
+    from harness.store import ResultsStore
+
+    text = spec_path.read_text()
+    copies = [
+        f"{path}{' (this file)' if path.read_text() == text else ''}" for path in ResultsStore(results).specs(benchmark)
+    ]
+    others = len(pooled - cell_ids)
+    console.print(
+        f"leaderboard of {len(pooled)} ok cells of benchmark {benchmark!r} from {len(copies)} benchmark "
+        f"file{'s' if len(copies) != 1 else ''}: {', '.join(copies) or spec_path}",
+        highlight=False,
+        markup=False,
+        soft_wrap=True,
+    )
+    if others:
+        errors.print(
+            f"warning: {others} of those cells are not in {spec_path}: they came from another benchmark file "
+            f"named {benchmark!r}; give this one its own name to rank it alone",
+            highlight=False,
+            markup=False,
+            soft_wrap=True,
+        )
 
 
 class Registered(StrEnum):

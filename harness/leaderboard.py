@@ -35,6 +35,12 @@ def leaderboard(con: duckdb.DuckDBPyConnection, benchmark: str) -> pd.DataFrame:
     return con.execute(LEADERBOARD_SQL, {"benchmark": benchmark}).df()
 
 
+def cells_pooled(con: duckdb.DuckDBPyConnection, benchmark: str) -> set[str]:
+    """The ids of the ok cells the leaderboard of ``benchmark`` averages over (any spec file of that name)."""
+    rows = con.execute("SELECT DISTINCT cell_id FROM cells WHERE status = 'ok' AND benchmark = $b", {"b": benchmark})
+    return {cell_id for (cell_id,) in rows.fetchall()}
+
+
 def method_label(method: str, method_params: str | None) -> str:
     """``method`` or ``method(k=v, …)``: two parameterisations of a method are two entries."""
     params = json.loads(method_params) if method_params else {}

@@ -132,3 +132,25 @@ def test_progress_off_a_terminal_is_a_log_line_with_rate_and_eta(capsys: pytest.
     assert len(lines) == 2  # one when it starts, one when it ends
     assert lines[0].endswith("cells 0/20 done, 0 failed, 0 running, 0.00 cells/s, elapsed 0:00:00, ETA unknown")
     assert lines[1].endswith("cells 5/20 done, 1 failed, 2 running, 0.50 cells/s, elapsed 0:00:10, ETA 0:00:30")
+
+
+def test_the_leaderboard_names_the_files_it_pools_and_warns_of_cells_from_another(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    from harness.cli import _print_summary
+
+    store = write_benchmark(tmp_path, methods=("random",), sparsities=(0.5,), seeds=(0, 1), spec_text="name: demo\n")
+    other = store.save_spec("demo", "name: demo\n# another file of the same name\n")
+    mine = tmp_path / "demo.yaml"
+    mine.write_text("name: demo\n")
+    ids = sorted(connect(tmp_path).execute("SELECT cell_id FROM cells").df().cell_id)
+    _print_summary("demo", tmp_path, {"ok": 1, "failed": 0}, {ids[0]}, mine)
+    out, err = capsys.readouterr()
+    [pooled] = [line for line in out.splitlines() if line.startswith("leaderboard of")]
+    assert pooled.startswith("leaderboard of 2 ok cells of benchmark 'demo' from 2 benchmark files: ")
+    assert f"{other}" in pooled and "(this file)" in pooled
+    assert err.strip() == (
+        f"warning: 1 of those cells are not in {mine}: they came from another benchmark file named 'demo'; "
+        "give this one its own name to rank it alone"
+    )
+    assert len(ids) == 2
