@@ -94,7 +94,8 @@ class WeightSnapshots(Callback):
 
 
 def pretrain(cell: CellSpec) -> DenseCheckpoint:
-    """Train the dense model once; every cell with the same ``pretrain_key`` reuses it."""
+    """Train the dense model once (or load the spec's ``pretrained`` weights); every cell with the same
+    ``pretrain_key`` reuses it. θ0 is the seed's initialisation either way."""
     load_plugins(cell.plugins)  # a plugin may register the model or data set
     seed_everything(cell.seed)
     data = load_splits(cell.dataset, cell.data_root, cell.seed)
@@ -102,9 +103,13 @@ def pretrain(cell: CellSpec) -> DenseCheckpoint:
     init_state = _state(model)
     snapshots = WeightSnapshots(cell.pretrain.save_epochs)
     with Stopwatch() as clock:
-        epochs = train(
-            model, data.train, data.val, cell.pretrain, seed=cell.seed, phase="pretrain", callbacks=[snapshots]
-        )
+        if cell.pretrained:  # the spec's weights instead of training; checked against the model at spec load
+            model.load_state_dict(torch.load(cell.pretrained, map_location="cpu", weights_only=True))
+            epochs = []
+        else:
+            epochs = train(
+                model, data.train, data.val, cell.pretrain, seed=cell.seed, phase="pretrain", callbacks=[snapshots]
+            )
     dense = evaluate(model, data.test)
     metrics = {f"dense_{k}": v for k, v in dense.items()} | {"pretrain_seconds": clock.seconds}
     return DenseCheckpoint(cell.pretrain_key, init_state, _state(model), metrics, epochs, snapshots.states)

@@ -212,7 +212,7 @@ def _load_cells(spec_path: Path, plugins: list[str] | None, max_cells: int = MAX
     try:
         import_plugins(plugins or [])
         spec = load_spec(spec_path, max_cells)
-        return spec, expand(spec)
+        return spec, expand(spec, spec_path)
     except (SpecError, RegistryError) as exc:
         raise _fail_input(str(exc)) from None
 
