@@ -406,19 +406,20 @@ def _states(todo) -> dict[str, str]:
 def _print_axes(title: str, cells, todo) -> None:
     """Done / failed / pending per value of each axis: a few dozen lines however many cells there are."""
     state = _states(todo)
-    method_labels: dict[str, str] = {}  # one json.dumps per distinct parameter set, not per cell
+    states = [state.get(cell.cell_id, "pending") for cell in cells]
+    labels: dict[tuple[str, int], str] = {}  # a method's params are one dict shared by its cells: one label each
     axes = {
-        "model": lambda c: c.model,
-        "dataset": lambda c: c.dataset,
-        "method": lambda c: c.method + _params_label(c.method_params, method_labels),
-        "sparsity": lambda c: f"{c.sparsity:g}",
-        "seed": lambda c: str(c.seed),
+        "model": (c.model for c in cells),
+        "dataset": (c.dataset for c in cells),
+        "method": (_method_label(c, labels) for c in cells),
+        "sparsity": (f"{c.sparsity:g}" for c in cells),
+        "seed": (str(c.seed) for c in cells),
     }
     rows: list = []
-    for axis, value_of in axes.items():
+    for axis, values in axes.items():
         counts: dict[str, Counter] = {}
-        for cell in cells:
-            counts.setdefault(value_of(cell), Counter())[state.get(cell.cell_id, "pending")] += 1
+        for value, cell_state in zip(values, states, strict=True):
+            counts.setdefault(value, Counter())[cell_state] += 1
         for value, count in counts.items():
             rows.append((axis, value, str(count["done"]), str(count["failed"]), str(count["pending"])))
         rows.append(SECTION)
@@ -428,12 +429,10 @@ def _print_axes(title: str, cells, todo) -> None:
     )
 
 
-def _params_label(params: dict, labels: dict[str, str]) -> str:
-    if not params:
-        return ""
-    key = repr(sorted(params.items()))
+def _method_label(cell, labels: dict[tuple[str, int], str]) -> str:
+    key = (cell.method, id(cell.method_params))  # the cells hold the dicts: no id is reused meanwhile
     if key not in labels:
-        labels[key] = json.dumps(params)
+        labels[key] = cell.method + (json.dumps(cell.method_params) if cell.method_params else "")
     return labels[key]
 
 

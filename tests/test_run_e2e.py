@@ -120,8 +120,8 @@ def spec_text(methods: list, data_root: Path) -> str:
 
 def harness(*args: str, cwd: Path, pythonpath: Path | None = None) -> subprocess.CompletedProcess:
     env = {**os.environ, "COLUMNS": "1000"}  # rich wraps tables at 80 columns when not on a terminal
-    if pythonpath:
-        env["PYTHONPATH"] = str(pythonpath)
+    if pythonpath:  # in front of the caller's: the harness under test stays the one imported
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(pythonpath), os.environ.get("PYTHONPATH")]))
     return subprocess.run([str(HARNESS), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
 
 
