@@ -38,19 +38,22 @@ def spec_text() -> str:
     ).replace("'", "")
 
 
-def dry_run(folder: Path) -> tuple[float, float, str]:
-    """(seconds, peak RSS in GB, stdout) of one dry run in a child process."""
+def dry_run(folder: Path) -> tuple[float, float, float, str]:
+    """(wall seconds, CPU seconds, peak RSS in GB, stdout) of one dry run in a child process."""
     spec = folder / "plan.yaml"
     spec.write_text(spec_text())
     command = [sys.executable, "-m", "harness.cli", "run", str(spec), "--dry-run", "--results", str(folder / "r")]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     out, err = child.communicate()
     seconds = time.perf_counter() - start
     if child.returncode != 0:
         raise SystemExit(f"the dry run failed ({child.returncode}): {err.strip()[-2000:]}")
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20  # the largest child so far; KB -> GB
-    return seconds, peak, out
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+    peak = after.ru_maxrss / 2**20  # the largest child so far; KB -> GB
+    return seconds, cpu, peak, out
 
 
 def main() -> None:
@@ -62,16 +65,18 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         for _ in range(args.repeats):
             runs.append(dry_run(Path(folder)))
-    seconds = min(r[0] for r in runs)
-    peak = max(r[1] for r in runs)
-    summary_lines = len(runs[0][2].splitlines())
-    if f"{CELLS:,}" not in runs[0][2] and str(CELLS) not in runs[0][2]:
+    seconds, cpu = min(r[0] for r in runs), min(r[1] for r in runs)
+    peak = max(r[2] for r in runs)
+    output = runs[0][3]
+    if f"{CELLS} cells" not in output:
         raise SystemExit("the dry run's output does not count the 100,000 cells")
     print(
-        f"plan: {seconds:.1f} s = {seconds / TIME_TARGET:.2f}x of the {TIME_TARGET:.0f} s target, "
+        f"plan: {seconds:.1f} s = {seconds / TIME_TARGET:.2f}x of the {TIME_TARGET:.0f} s target "
+        f"({cpu:.1f} s of CPU: the wall time on an idle core), "
         f"peak {peak:.2f} GB = {peak / MEMORY_TARGET:.2f}x of the {MEMORY_TARGET:.0f} GB target — "
         f"`harness run --dry-run` of {CELLS:,} cells ({len(MODELS)} models × {len(DATASETS)} data sets × "
-        f"{len(METHODS)} methods × {len(SPARSITIES)} sparsities × {len(SEEDS)} seeds), {summary_lines} lines printed"
+        f"{len(METHODS)} methods × {len(SPARSITIES)} sparsities × {len(SEEDS)} seeds), "
+        f"{len(output.splitlines())} lines printed"
     )
 
 
