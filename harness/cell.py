@@ -35,7 +35,7 @@ from harness.masks import Masks, apply_masks, prunable_weights
 from harness.methods import create_method, load_plugins
 from harness.methods.base import PruningContext
 from harness.metrics import model_metrics
-from harness.models import create_model
+from harness.models import create_model, from_torchvision
 from harness.schema import CellResult
 from harness.training import MaskingCallback, Stopwatch, device_for_cell, evaluate, train
 
@@ -104,7 +104,8 @@ def pretrain(cell: CellSpec) -> DenseCheckpoint:
     snapshots = WeightSnapshots(cell.pretrain.save_epochs)
     with Stopwatch() as clock:
         if cell.pretrained:  # the spec's weights instead of training; checked against the model at spec load
-            model.load_state_dict(torch.load(cell.pretrained, map_location="cpu", weights_only=True))
+            state = torch.load(cell.pretrained, map_location="cpu", weights_only=True)
+            model.load_state_dict(from_torchvision(cell.model, state))
             epochs = []
         else:
             epochs = train(

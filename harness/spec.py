@@ -39,7 +39,7 @@ from harness.config import (
 )
 from harness.data import DATASETS
 from harness.methods import METHODS, load_plugins
-from harness.models import MODELS, IncompatibleInput, create_model
+from harness.models import MODELS, IncompatibleInput, create_model, from_torchvision
 from harness.registry import RegistryError
 from harness.validation import SpecError, clip, describe
 
@@ -278,7 +278,7 @@ def _check_pretrained(path: Path, model: str, dataset: str, given: str, pretrain
     where = f"pretrained.{model}"
     if pretrain.save_epochs:
         raise SpecError(f"{path}: {where}: pretrained weights have no pretraining epochs to keep; drop save_epochs")
-    state = _read_state_dict(path, where, pretrained_path(path, given))
+    state = from_torchvision(model, _read_state_dict(path, where, pretrained_path(path, given)))
     expected = {name: tuple(t.shape) for name, t in _meta_model(model, dataset).state_dict().items()}
     found = {name: tuple(t.shape) for name, t in state.items()}
     missing, unexpected = sorted(expected.keys() - found.keys()), sorted(found.keys() - expected.keys())

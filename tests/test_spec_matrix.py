@@ -144,3 +144,62 @@ def test_pretrained_files_that_do_not_fit_are_refused_before_anything_runs(tmp_p
 
     message = refused(write(tmp_path, **fields, pretrained={"lenet5": "absent.pt"}))
     assert "pretrained.lenet5: not a model of this benchmark; allowed: lenet_300_100" in message
+
+
+TORCHVISION_RESNET18_KEYS = [  # torchvision.models.resnet18().state_dict(): 122 entries, in this order
+    *(f"{module}.{t}" for module in ["conv1"] for t in ["weight"]),
+    *(f"bn1.{t}" for t in ["weight", "bias", "running_mean", "running_var", "num_batches_tracked"]),
+    *(
+        key
+        for stage in (1, 2, 3, 4)
+        for block in (0, 1)
+        for key in [
+            f"layer{stage}.{block}.conv1.weight",
+            *(
+                f"layer{stage}.{block}.bn1.{t}"
+                for t in ["weight", "bias", "running_mean", "running_var", "num_batches_tracked"]
+            ),
+            f"layer{stage}.{block}.conv2.weight",
+            *(
+                f"layer{stage}.{block}.bn2.{t}"
+                for t in ["weight", "bias", "running_mean", "running_var", "num_batches_tracked"]
+            ),
+            *(
+                [f"layer{stage}.0.downsample.0.weight"]
+                + [
+                    f"layer{stage}.0.downsample.1.{t}"
+                    for t in ["weight", "bias", "running_mean", "running_var", "num_batches_tracked"]
+                ]
+                if stage > 1 and block == 0
+                else []
+            ),
+        ]
+    ),
+    "fc.weight",
+    "fc.bias",
+]
+
+
+def test_a_torchvision_resnet18_file_loads_under_torchvisions_names(tmp_path: Path) -> None:
+    torch.manual_seed(5)
+    ours = create_model("resnet18", (3, 32, 32), 10).state_dict()
+    assert len(TORCHVISION_RESNET18_KEYS) == len(ours) == 122
+    # torchvision's module order is this model's: the i-th tensor of one is the i-th of the other
+    as_torchvision = dict(zip(TORCHVISION_RESNET18_KEYS, ours.values(), strict=True))
+    torch.save(as_torchvision, tmp_path / "resnet18-torchvision.pth")
+    path = write(
+        tmp_path, models=["resnet18"], datasets=["cifar10"], pretrained={"resnet18": "resnet18-torchvision.pth"}
+    )
+    [cell, *_] = cells_of(path)
+    assert (
+        cell.pretrained_sha256 == hashlib.sha256((tmp_path / "resnet18-torchvision.pth").read_bytes()).hexdigest()[:16]
+    )
+
+    shuffled = dict(zip(TORCHVISION_RESNET18_KEYS, ours.values(), strict=True))
+    shuffled["layer1.0.conv1.weight"], shuffled["layer1.0.conv2.weight"] = (
+        torch.zeros(1),
+        shuffled["layer1.0.conv2.weight"],
+    )
+    torch.save(shuffled, tmp_path / "resnet18-torchvision.pth")
+    message = refused(path)
+    assert "other shapes for stage1.0.residual.0.weight" in message
