@@ -2,8 +2,9 @@
 
 On a terminal a table is drawn by rich and progress is a live bar. Anywhere else (``| less``,
 ``> file``, an sbatch or Ray job log) a table prints whole as aligned plain text, never cut to a
-width, and progress is one log line on stderr every ``$HARNESS_PROGRESS_SECONDS`` (30 s) with
-done, failed, running, rate and ETA: a live bar there shows nothing until the run ends.
+width, and progress is one log line on stderr every ``$HARNESS_PROGRESS_SECONDS`` (30 s), and
+every ``$HARNESS_PROGRESS_CELLS`` finished cells if set, with done, failed, running, rate and ETA:
+a live bar there shows nothing until the run ends.
 """
 
 from __future__ import annotations
@@ -78,12 +79,14 @@ def plain_table(
 class ProgressReport:
     """A matrix's progress: a live bar on a terminal, a log line every ``seconds`` on stderr otherwise."""
 
-    def __init__(self, console: Console, total: int, seconds: float | None = None) -> None:
+    def __init__(self, console: Console, total: int, seconds: float | None = None, cells: int | None = None) -> None:
         self.console = console
         self.total = total
-        self.seconds = seconds if seconds is not None else progress_seconds()
+        self.seconds = seconds if seconds is not None else _setting("HARNESS_PROGRESS_SECONDS", PROGRESS_SECONDS)
+        self.cells = cells if cells is not None else int(_setting("HARNESS_PROGRESS_CELLS", 0))  # 0: by time only
         self.start = time.monotonic()
         self.last_line = -math.inf
+        self.last_finished = 0
         self.state = {"finished": 0, "failed": 0, "running": 0, "description": "cells"}
         self.bar: Progress | None = None
         if console.is_terminal:
@@ -116,7 +119,7 @@ class ProgressReport:
         self.state = {"finished": finished, "failed": failed, "running": running, "description": description}
         if self.bar:
             self.bar.update(self.task, completed=finished, running=running, failed=failed, description=description)
-        elif time.monotonic() - self.last_line >= self.seconds:
+        elif time.monotonic() - self.last_line >= self.seconds or 0 < self.cells <= finished - self.last_finished:
             self._log()
 
     def print(self, message: str) -> None:
@@ -142,18 +145,18 @@ class ProgressReport:
 
     def _log(self) -> None:
         self.last_line = time.monotonic()
+        self.last_finished = self.state["finished"]
         stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         sys.stderr.write(f"{stamp} {self.line()}\n")
         sys.stderr.flush()
 
 
-def progress_seconds() -> float:
-    """``$HARNESS_PROGRESS_SECONDS``: how often a log gets a progress line (default 30)."""
-    value = os.environ.get("HARNESS_PROGRESS_SECONDS", "")
+def _setting(variable: str, default: float) -> float:
+    """A non-negative number from the environment; unset or unreadable: ``default``."""
     try:
-        return max(float(value), 0.0) if value else PROGRESS_SECONDS
-    except ValueError:
-        return PROGRESS_SECONDS
+        return max(float(os.environ[variable]), 0.0)
+    except (KeyError, ValueError):
+        return default
 
 
 def _duration(seconds: float) -> str:

@@ -154,3 +154,11 @@ def test_the_leaderboard_names_the_files_it_pools_and_warns_of_cells_from_anothe
         "give this one its own name to rank it alone"
     )
     assert len(ids) == 2
+
+
+def test_progress_can_also_be_a_line_every_n_cells(capsys: pytest.CaptureFixture) -> None:
+    with ProgressReport(Console(file=io.StringIO()), total=10, seconds=3600, cells=4) as report:
+        for finished in range(1, 11):
+            report.update(finished=finished, failed=0, running=1)
+    done = [line.split(" cells ")[1].split(" done")[0] for line in capsys.readouterr().err.splitlines()]
+    assert done == ["0/10", "4/10", "8/10", "10/10"]  # the start, every 4 cells, the end
