@@ -135,3 +135,32 @@ def test_ctrl_c_ends_with_the_resume_hint_and_a_sigkilled_run_is_marked_killed_n
     progress = [line for line in (tmp_path / "err.txt").read_text().splitlines() if " cells " in line]
     assert progress[0].endswith("cells 0/4 done, 0 failed, 0 running, 0.00 cells/s, elapsed 0:00:00, ETA unknown")
     assert " cells 4/4 done, 0 failed, " in progress[-1] and progress[-1].endswith("ETA 0:00:00")
+
+
+def test_the_note_of_a_live_driver_is_left_alone_and_a_dead_ones_run_is_marked_killed(tmp_path: Path) -> None:
+    import json
+
+    from mlflow.tracking import MlflowClient
+
+    from harness.tracking import RUNNING_FILE, MatrixRun, mark_killed_run
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    matrix = MatrixRun.start(uri, "faults", tmp_path, {"cells": 1})
+    note = json.loads((tmp_path / RUNNING_FILE).read_text())
+    assert (note["run_id"], note["pid"]) == (matrix.run_id, os.getpid())
+
+    assert mark_killed_run(tmp_path) is None  # its driver (this process) is alive: another run in progress
+    assert client.get_run(matrix.run_id).info.status == "RUNNING"
+
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # a pid no process has any more
+    (tmp_path / RUNNING_FILE).write_text(json.dumps(note | {"pid": gone.pid}))
+    assert mark_killed_run(tmp_path) == matrix.run_id
+    assert client.get_run(matrix.run_id).info.status == "KILLED"
+    assert not (tmp_path / RUNNING_FILE).exists()
+
+    second = MatrixRun.start(uri, "faults", tmp_path, {"cells": 1})
+    second.finish({"ok": 1, "failed": 0})
+    assert client.get_run(second.run_id).info.status == "FINISHED"
+    assert not (tmp_path / RUNNING_FILE).exists()  # a run that ends removes its note
