@@ -12,6 +12,7 @@ import contextlib
 import io
 import json
 import logging
+import os
 import subprocess
 import traceback
 from collections.abc import Iterator
@@ -332,7 +333,7 @@ def identity_columns(cell: CellSpec) -> dict[str, Any]:
 
 @cache
 def provenance() -> dict[str, str | None]:
-    """Versions and the git commit of the harness that produced a row."""
+    """Versions and the git commit of the harness that produced a row (``$HARNESS_GIT_COMMIT`` outside a checkout)."""
     try:
         commit = (
             subprocess.run(
@@ -346,6 +347,7 @@ def provenance() -> dict[str, str | None]:
         )
     except (OSError, subprocess.SubprocessError):
         commit = None
+    commit = commit or os.environ.get("HARNESS_GIT_COMMIT") or None  # an image built without .git (Dockerfile)
     return {"harness_version": harness.__version__, "torch_version": torch.__version__, "git_commit": commit}
 
 
