@@ -67,8 +67,12 @@ def live_inputs(model: nn.Module, example_input: torch.Tensor) -> tuple[dict[str
     it is nonzero and 0 where it is zero, the input is all ones, and each Conv/Linear output is
     reduced to the same 0/1 pattern. Every activation is then >= 0 and a sum of nonnegative terms,
     so it is 0 exactly when it is 0 for every input. BatchNorm (eval mode: an affine map per
-    channel) becomes x·[scale ≠ 0] + [shift ≠ 0]. Assumes activations send positives to positives
-    (ReLU, GELU, tanh, sigmoid, pooling); where they do not, inputs are reported live, never dead.
+    channel) becomes x·[scale ≠ 0] + [shift ≠ 0]. A norm that normalises over a group of entries
+    (LayerNorm over its shape, GroupNorm over a group of channels, InstanceNorm over a channel's
+    positions) makes an entry nonzero wherever any entry of its group is: the output is
+    [γ ≠ 0]·[group has a nonzero entry] + [β ≠ 0] (see :func:`_group_pattern`).
+    Assumes activations send positives to positives (ReLU, GELU, tanh, sigmoid, pooling); where
+    they do not, inputs are reported live, never dead.
     Returns ``{layer: bool per input channel or feature}`` and ``{layer: output positions}``
     (spatial positions for Conv, positions besides the feature dimension for Linear).
     """
@@ -92,8 +96,12 @@ def live_inputs(model: nn.Module, example_input: torch.Tensor) -> tuple[dict[str
     for name, module in model.named_modules():
         if isinstance(module, PRUNABLE_LAYERS):
             handles.append(module.register_forward_hook(on_layer(name)))
-        elif isinstance(module, nn.modules.batchnorm._BatchNorm):
+        elif isinstance(module, nn.modules.batchnorm._BatchNorm) or (
+            isinstance(module, nn.modules.instancenorm._InstanceNorm) and module.track_running_stats
+        ):  # eval mode: a fixed affine map per channel
             handles.append(module.register_forward_hook(_affine_pattern(module)))
+        elif isinstance(module, (nn.LayerNorm, nn.GroupNorm, nn.modules.instancenorm._InstanceNorm)):
+            handles.append(module.register_forward_hook(_group_pattern))
     pattern = {name: (p != 0).to(p.dtype) for name, p in model.named_parameters()}
     was_training = model.training
     try:
@@ -121,6 +129,26 @@ def _affine_pattern(bn: nn.modules.batchnorm._BatchNorm):
         return inputs[0] * scale.to(inputs[0]).view(shape) + shift.to(inputs[0]).view(shape)
 
     return hook
+
+
+def _group_pattern(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> torch.Tensor:
+    """A forward hook replacing a normalising layer's output by its zero pattern: [γ ≠ 0]·[any of the
+    entry's normalisation group nonzero] + [β ≠ 0]. Inside a group with one nonzero entry every entry
+    is (x − μ)/σ, nonzero for some input; a group that is zero for every input normalises to 0."""
+    x = inputs[0] != 0
+    if isinstance(module, nn.LayerNorm):
+        dims = tuple(range(x.dim() - len(module.normalized_shape), x.dim()))
+        live = x.any(dim=dims, keepdim=True).expand_as(x)
+        shape = module.normalized_shape
+    else:
+        groups = module.num_groups if isinstance(module, nn.GroupNorm) else module.num_features
+        per_group = x.reshape(x.shape[0], groups, -1).any(dim=2, keepdim=True)
+        live = per_group.expand(x.shape[0], groups, x[0].numel() // groups).reshape(x.shape)
+        shape = (x.shape[1], *[1] * (x.dim() - 2))
+    weight, bias = getattr(module, "weight", None), getattr(module, "bias", None)
+    scale = torch.ones(shape, dtype=torch.bool, device=x.device) if weight is None else (weight != 0).view(shape)
+    shift = torch.zeros(shape, dtype=torch.bool, device=x.device) if bias is None else (bias != 0).view(shape)
+    return ((live & scale) | shift).to(output.dtype)
 
 
 def _reads_live_input(module: nn.Module, live: torch.Tensor) -> torch.Tensor:

@@ -12,9 +12,10 @@ import pytest
 import torch
 from torch import nn
 
-from harness.masks import prunable_weights
+from harness.masks import apply_masks, prunable_weights
 from harness.methods import create_method
 from harness.methods.base import PruningContext
+from harness.metrics import model_metrics
 from harness.models import create_model
 from harness.testing import check_pruning_method
 
@@ -82,3 +83,80 @@ def test_grasp_scores_resnet20_as_theta_times_hessian_gradient_and_keeps_its_sta
 def test_grasp_runs_a_cell_on_batchnorm_models(model: str) -> None:
     levels = check_pruning_method("grasp", model=model, sparsity=0.5)
     assert levels[-1].row["sparsity_achieved"] == pytest.approx(0.5, abs=1e-3)
+
+
+# -- filter pruning through BatchNorm ------------------------------------------------------------------
+
+
+def hand_counted_resnet20_macs(model: nn.Module, keep: dict[str, torch.Tensor]) -> tuple[int, int]:
+    """(dense, pruned) multiply-adds of ResNet-20 on 8x8 inputs, walked by hand from its definition.
+
+    Stem 3x3 conv at 8x8; stages of 16/32/64 channels at 8x8, 4x4, 2x2; each block's output
+    channel is live if its second conv keeps it or the option-A shortcut carries a live channel
+    (zero-padded channels carry none); fc reads the pooled live channels. ``keep``: the kept
+    output channels of each conv.
+    """
+    def conv(cin_live: int, cout_live: int, positions: int) -> int:
+        return cin_live * cout_live * 9 * positions
+
+    dense = conv(1, 16, 64)
+    pruned = conv(1, int(keep["stem.0"].sum()), 64)
+    live = keep["stem.0"]
+    width, side = 16, 8
+    for stage, stage_width in enumerate((16, 32, 64), start=1):
+        for block in range(3):
+            prefix = f"stage{stage}.{block}.residual"
+            if stage_width != width:
+                side //= 2
+            positions = side * side
+            dense += conv(width, stage_width, positions) + conv(stage_width, stage_width, positions)
+            inner = keep[f"{prefix}.0"]
+            pruned += conv(int(live.sum()), int(inner.sum()), positions)
+            pruned += conv(int(inner.sum()), int(keep[f"{prefix}.3"].sum()), positions)
+            shortcut = torch.cat([live, torch.zeros(stage_width - width, dtype=torch.bool)])
+            live = keep[f"{prefix}.3"] | shortcut
+            width = stage_width
+    dense += 64 * 10
+    pruned += int(live.sum()) * 10
+    return dense, pruned
+
+
+def test_filter_l1_on_resnet20_removes_the_batchnorm_channel_and_the_next_layers_work() -> None:
+    torch.manual_seed(0)
+    model = create_model("resnet20", (1, 8, 8), 10)
+    ctx = PruningContext(model, prunable_weights(model), {}, lambda: None, lambda: {}, 0, (1, 8, 8))
+    masks = create_method("filter_l1").masks(ctx, 0.5)
+    keep = {name.removesuffix(".weight"): m.flatten(1).any(dim=1) for name, m in masks.items() if m.dim() == 4}
+    # every conv is followed by its BatchNorm (the next module); its γ and β go with the channel
+    modules = dict(model.named_modules())
+    for layer, kept in keep.items():
+        parent, _, index = layer.rpartition(".")
+        norm = f"{parent}.{int(index) + 1}"
+        assert isinstance(modules[norm], nn.BatchNorm2d)
+        assert masks[f"{norm}.weight"].tolist() == masks[f"{norm}.bias"].tolist() == kept.tolist()
+    apply_masks(model, masks)
+
+    outputs = {}
+    for layer in keep:
+        parent, _, index = layer.rpartition(".")
+        norm = modules[f"{parent}.{int(index) + 1}"]
+        norm.register_forward_hook(lambda m, i, out, layer=layer: outputs.__setitem__(layer, out.detach()))
+    for mode in ("train", "eval"):  # batch statistics or running ones: the removed channel is exactly zero
+        model.train(mode == "train")
+        with torch.no_grad():
+            model(torch.randn(16, 1, 8, 8))
+        for layer, kept in keep.items():
+            assert not outputs[layer][:, ~kept].any(), (mode, layer)
+
+    row, _ = model_metrics(model, prunable_weights(model), torch.zeros(1, 1, 8, 8))
+    dense, pruned = hand_counted_resnet20_macs(model, keep)
+    assert row["flops_dense"] == dense
+    assert row["flops_nonzero"] == pruned
+    assert row["theoretical_speedup"] >= 3.0  # 1.999 when the BatchNorm channel stayed alive
+
+
+def test_filter_l2_cell_on_resnet20_keeps_removed_channels_zero_through_fine_tuning() -> None:
+    levels = check_pruning_method("filter_l2", model="resnet20", sparsity=0.5, granularity="channel")
+    row = levels[-1].row
+    assert any(name.endswith(".1.weight") and "residual" in name for name in levels[-1].masks)  # BN γ masked
+    assert row["theoretical_speedup"] >= 3.0
