@@ -172,8 +172,10 @@ class LearnedSupermask(Method):
     """Learn a mask over frozen random weights: m ~ Bernoulli(σ(s)), straight-through gradient to s.
 
     Zhou et al. §5. Every parameter stays at θ0 (or signed constants, ``weights``); only the scores
-    s train, with the PRETRAIN recipe at learning rate ``lr`` (scores see gradients |w| times
-    smaller than weights do, so with SGD they need a rate of order 100). The recorded network is
+    s train, for the PRETRAIN recipe's epochs, batch size and schedule but with their own optimiser,
+    as in the paper: SGD with momentum ``momentum`` at learning rate ``lr``, no weight decay, whatever
+    optimiser the recipe names (scores see gradients |w| times smaller than weights do, so they need
+    a rate of order 100; an Adam recipe's rate would leave the mask at chance). The recorded network is
     the frozen weights times one final mask: one draw seeded by the cell (``eval_mask: sample``, as
     in training) or m = [σ(s) > 1/2] (``mode``). The sparsity is learned, not the cell's target: the row's
     ``sparsity`` is the final mask's, over the masked weights (the classifier is masked too by
@@ -189,6 +191,7 @@ class LearnedSupermask(Method):
         weights: Literal["init", "signed_constant"] = "init"
         initial_keep: float = Field(0.5, gt=0, lt=1)  # σ(s) at the start, the same for every weight
         lr: float = Field(100.0, gt=0)  # SGD on the scores; Zhou et al. use rates of this order (unverified)
+        momentum: float = Field(0.9, ge=0, lt=1)
         eval_mask: Literal["sample", "mode"] = "sample"
         prune_classifier: bool = True
 
@@ -200,7 +203,8 @@ class LearnedSupermask(Method):
         _load_initial(job, treat_kept(kept, initial, everywhere, job.cell.seed, fresh_init=job.fresh_init))
 
         layers = _attach_masks(job.model, initial, p.initial_keep, p.eval_mask)
-        recipe = job.cell.pretrain.model_copy(update={"lr": p.lr})
+        scores_optimizer = {"optimizer": "sgd", "lr": p.lr, "momentum": p.momentum, "nesterov": False}
+        recipe = job.cell.pretrain.model_copy(update={**scores_optimizer, "weight_decay": 0.0})
         try:
             job.finetune(recipe=recipe, finish=False)
         finally:
