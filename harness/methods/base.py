@@ -169,8 +169,12 @@ class PruningContext:
 
     @cached_property
     def activations(self) -> dict[str, torch.Tensor]:
-        """L2 norm of each layer's input over :attr:`batch`, per input feature (Linear) or channel (Conv).
+        """ShrinkBench's input-activation importance of each layer, per input feature (Linear) or channel (Conv).
 
+        The layer's input over :attr:`batch` is averaged over the batch first (signed), then its
+        absolute value averaged over the positions of the channel (Conv) or taken as is (Linear):
+        ``a_c = mean_positions |mean_batch x_c|``. A mean, not a norm, so neither the batch size nor
+        a conv's map size changes the scale, and one global threshold compares layers fairly.
         Shaped to broadcast against the weight: ``[1, in]`` for Linear, ``[1, in, 1, ...]`` for Conv.
         """
         modules = dict(self.model.named_modules())
@@ -180,11 +184,11 @@ class PruningContext:
             module = modules[name.removesuffix(".weight")]
 
             def record(mod: nn.Module, inputs: tuple[torch.Tensor, ...], _: Any, name: str = name, w=weight) -> None:
-                x = inputs[0].detach()
+                x = inputs[0].detach().mean(dim=0).abs()  # the batch mean, then its magnitude
                 if isinstance(mod, nn.Linear):
-                    norm = x.reshape(-1, x.shape[-1]).norm(dim=0).view(1, -1)
+                    norm = x.reshape(-1, x.shape[-1]).mean(dim=0).view(1, -1)
                 else:
-                    per_channel = x.transpose(0, 1).reshape(x.shape[1], -1).norm(dim=1)
+                    per_channel = x.reshape(x.shape[0], -1).mean(dim=1)
                     norm = per_channel.view(1, -1, *([1] * (w.dim() - 2)))
                     if mod.groups > 1:  # weight has Cin/groups input channels: take each group's own
                         norm = norm.view(mod.groups, -1, *norm.shape[2:]).repeat_interleave(
