@@ -4,10 +4,13 @@ remaining criteria and treatments, checked on hand-made weights and a tiny real 
 from __future__ import annotations
 
 import pytest
+import torch
 
 from harness.cell import CellJob, pretrain
 from harness.data import load_splits
+from harness.masks import masks_from_scores
 from harness.methods import create_method
+from harness.methods.lottery import criterion_scores, rescale_kept, treat_kept
 from harness.spec import CellSpec, Recipe
 
 ADAM = Recipe(epochs=10, optimizer="adam", lr=1e-3, batch_size=64, weight_decay=1e-4)
@@ -33,3 +36,78 @@ def test_learned_supermask_under_an_adam_recipe_trains_its_scores_with_sgd_far_a
     assert 0.0 < row["sparsity"] < 1.0
     adam_epochs = [e for e in job.epochs if e["phase"].startswith("finetune")]
     assert len(adam_epochs) == ADAM.epochs and all(e["lr"] == 100.0 for e in adam_epochs)  # the scores' SGD rate
+
+
+# -- Zhou et al.'s anatomy on hand-made weights ---------------------------------------------------------
+# One layer of four weights, keep two. Init is on a smaller scale than final (as after training), so
+# min(|wi|, |wf|) is min |wi| and would pick large_init's pair; the paper intersects percentiles.
+WI = {"w": torch.tensor([0.01, 0.04, 0.03, 0.02])}
+WF = {"w": torch.tensor([0.9, 0.1, 0.8, 0.5])}
+
+
+def kept(criterion: str, initial=WI, final=WF, sparsity: float = 0.5) -> list[int]:
+    masks = masks_from_scores(criterion_scores(criterion, initial, final, seed=0), sparsity, "layer")
+    return torch.nonzero(masks["w"]).flatten().tolist()
+
+
+def test_large_init_large_final_intersects_the_same_percentile_of_each() -> None:
+    # top-2 |wi| = {1, 2}, top-2 |wf| = {0, 2}: only {2}; top-3: {1, 2, 3} ∩ {0, 2, 3} = {2, 3}
+    assert kept("large_init_large_final") == [2, 3]
+    assert kept("large_init") == [1, 2]  # what thresholding min(|wi|, |wf|) keeps here
+    # at 75 % sparsity one weight stays: the top-2 intersection {2}
+    assert kept("large_init_large_final", sparsity=0.75) == [2]
+
+
+def test_small_init_small_final_intersects_the_bottom_percentiles() -> None:
+    # bottom-2 |wi| = {0, 3}, bottom-2 |wf| = {1, 3}: {3}; bottom-3: {0, 2, 3} ∩ {1, 2, 3} = {2, 3}
+    assert kept("small_init_small_final") == [2, 3]
+    assert kept("small_init_small_final", sparsity=0.75) == [3]
+
+
+def test_large_final_same_sign_keeps_the_largest_weights_that_kept_their_sign() -> None:
+    initial = {"w": torch.tensor([0.1, -0.2, 0.3, -0.4, 0.5])}
+    final = {"w": torch.tensor([-0.9, -0.5, 0.2, 0.1, 0.05])}  # flipped: 0 and 3
+    assert kept("large_final", initial, final, sparsity=0.6) == [0, 1]
+    assert kept("large_final_same_sign", initial, final, sparsity=0.6) == [1, 2]
+    # more kept than there are same-sign weights: the flipped ones follow, largest |wf| first
+    assert kept("large_final_same_sign", initial, final, sparsity=0.2) == [0, 1, 2, 4]
+
+
+INIT = {"w": torch.tensor([0.5, -0.25, 0.125, -1.0, 2.0])}
+MASK = {"w": torch.tensor([True, True, False, True, True])}
+FRESH = {"w": torch.tensor([-3.0, 4.0, 7.0, -5.0, -6.0]), "other": torch.zeros(1)}
+
+
+def test_signed_reinit_takes_the_fresh_magnitudes_and_the_initial_signs() -> None:
+    start = treat_kept("signed_reinit", INIT, MASK, seed=0, fresh_init=lambda: FRESH)
+    assert start["w"].tolist() == [3.0, -4.0, 0.125, -5.0, 6.0]  # pruned entry 2 stays at θ0
+    plain = treat_kept("reinit", INIT, MASK, seed=0, fresh_init=lambda: FRESH)
+    assert plain["w"].tolist() == [-3.0, 4.0, 0.125, -5.0, -6.0]
+
+
+def test_signed_reshuffle_permutes_the_magnitudes_and_keeps_each_positions_sign() -> None:
+    start = treat_kept("signed_reshuffle", INIT, MASK, seed=0, fresh_init=lambda: FRESH)["w"]
+    assert torch.equal(start.sign(), INIT["w"].sign())
+    assert sorted(start[MASK["w"]].abs().tolist()) == [0.25, 0.5, 1.0, 2.0]
+    assert start[2] == 0.125
+    reshuffled = treat_kept("reshuffle", INIT, MASK, seed=0, fresh_init=lambda: FRESH)["w"]
+    assert torch.equal(start.abs(), reshuffled.abs())  # the same permutation, signs put back
+
+
+def test_rescaling_multiplies_kept_weights_by_the_layers_size_over_its_kept_count() -> None:
+    scaled = rescale_kept(INIT, MASK)["w"]
+    assert scaled.tolist() == [0.625, -0.3125, 0.125, -1.25, 2.5]  # × 5/4 where kept
+
+
+def test_anatomy_rescale_starts_the_supermask_from_rescaled_survivors(data, dense_adam) -> None:
+    untrained = ADAM.model_copy(update={"epochs": 0})  # the ticket as it starts
+    cell = CellSpec(**{**CELL, "sparsity": 0.75}, method="lottery_anatomy", pretrain=untrained)
+    job = CellJob(cell, data, dense_adam)
+    create_method("lottery_anatomy", {"kept": "signed_reinit", "rescale": True}).apply(job)
+    weights = dict(job.model.named_parameters())
+    for name, mask in job.masks.items():
+        init = dense_adam.init_state[name]
+        kept_values = weights[name].detach()[mask]
+        assert torch.equal(kept_values.sign(), init[mask].sign())
+        fresh = job.fresh_init()[name][mask].abs() * 4  # 4 = weights / kept weights at 75 % sparsity
+        assert torch.allclose(kept_values.abs(), fresh, rtol=1e-3)
