@@ -215,7 +215,13 @@ class CellJob:
             final = evaluate(self.model, self.data.test)
             # the classifier counts toward sparsity_achieved when the method may prune it, as in the spec's targets
             prunable = prunable_weights(self.model, bool(self.cell.method_params.get("prune_classifier")))
-            sizes, layers = model_metrics(self.model, prunable, self._example.to(device_for_cell()))
+            # a quantiser's zeros are rounding, not pruning: its weights are kept wherever no mask removed them
+            quantized_kept = {
+                name: self.masks.get(name, torch.ones(codes.codes.shape, dtype=torch.bool))
+                for name, codes in self.storage.quantized.items()
+            }
+            example = self._example.to(device_for_cell())
+            sizes, layers = model_metrics(self.model, prunable, example, quantized_kept)
         encoded = self.storage.encode(self.model)
         self.rows.append(
             {

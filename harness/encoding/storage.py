@@ -81,11 +81,13 @@ def encode_model(
 
 
 def size_columns(encoded: Encoded, params_total: int) -> dict[str, Any]:
-    """``size_bytes`` as stored, ``size_bytes_dense`` as float32, and bits per parameter."""
+    """``size_bytes`` as stored, ``size_bytes_dense`` as float32, their ratio, and bits per parameter."""
+    dense = FLOAT32_BYTES * params_total
     return {
         "storage_format": encoded.format,
         "size_bytes": encoded.size_bytes,
-        "size_bytes_dense": FLOAT32_BYTES * params_total,
+        "size_bytes_dense": dense,
+        "storage_compression": dense / encoded.size_bytes if encoded.size_bytes else np.inf,
         "bits_per_weight": 8 * encoded.size_bytes / params_total if params_total else np.nan,
         **encoded.columns,
     }
