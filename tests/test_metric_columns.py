@@ -8,12 +8,15 @@ import io
 import pandas as pd
 import pytest
 import torch
+from results_factory import write_benchmark
 from rich.console import Console
 from torch import nn
 
 from harness.leaderboard import print_leaderboard
 from harness.masks import prunable_weights
 from harness.metrics import model_metrics
+from harness.report.checklist import checklist
+from harness.report.data import load_report_data, sources_from
 from harness.schema import CELLS
 from harness.testing import run_method
 
@@ -161,3 +164,12 @@ def test_the_schema_documents_the_new_columns() -> None:
     assert "params_total / params_nonzero" in documented["compression_ratio"]
     assert "pruning" in documented["sparsity_achieved"] and "rounded" in documented["zero_fraction"]
     assert "99 %" in documented["layer_collapse"]
+
+
+def test_the_report_checklist_names_the_points_whose_layer_collapsed(results_dir) -> None:
+    write_benchmark(results_dir, methods=("global_magnitude", "random"), sparsities=(0.5, 0.995), seeds=(0,))
+    data = load_report_data(sources_from([results_dir]))
+    check = {c.item: c for c in checklist(data.cells, data.points)}["no layer collapse (a layer ≥ 99 % pruned)"]
+    assert check.passed is False
+    expected = "digits/lenet_300_100 global_magnitude at 0.995, digits/lenet_300_100 random at 0.995"
+    assert check.detail == f"collapsed: {expected}"
