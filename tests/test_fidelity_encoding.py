@@ -1,0 +1,41 @@
+"""Encoding details: the Huffman codebook costs what its present symbols need; the symmetric zero point."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from harness.encoding import huffman
+from harness.methods.quantization import qparams
+
+
+def test_a_sixteen_bit_alphabet_with_few_symbols_gets_a_sparse_codebook() -> None:
+    rng = np.random.default_rng(0)
+    symbols = rng.choice([3, 70, 1000, 65535], size=500, p=[0.7, 0.1, 0.1, 0.1])
+    data = huffman.encode(symbols, 1 << 16)
+    assert np.array_equal(huffman.decode(data, 1 << 16), symbols)
+    lengths = huffman.code_lengths(np.bincount(symbols, minlength=1 << 16))
+    payload = -(-int(lengths[symbols].sum()) // 8)
+    # count, k, 4 symbols as uint16, 4 lengths, payload: 4 + 4 + 8 + 4 — not 65,536 bytes of table
+    assert len(data) == 4 + 4 + 4 * 2 + 4 + payload
+
+
+@pytest.mark.parametrize("alphabet", [(1 << 16) + 1, 1 << 20])
+def test_alphabets_past_sixteen_bits_store_symbols_as_uint32(alphabet: int) -> None:
+    symbols = np.array([0, alphabet - 1, alphabet - 1, 5])
+    data = huffman.encode(symbols, alphabet)
+    assert huffman.decode(data, alphabet).tolist() == symbols.tolist()
+    assert len(data) == 4 + 4 + 3 * 4 + 3 + 1  # payload: lengths 2, 1, 1, 2 → 6 bits → 1 byte
+
+
+def test_a_dense_codebook_stays_where_it_is_smaller() -> None:
+    symbols = np.arange(16).repeat(3)
+    assert len(huffman.encode(symbols, 16)) == 4 + 16 + 3 * 16 * 4 // 8  # one length byte per symbol
+
+
+@pytest.mark.parametrize("bits", [2, 4, 8])
+def test_the_symmetric_zero_point_is_two_to_the_bits_minus_one_minus_one(bits: int) -> None:
+    scale, zero_point = qparams(torch.tensor([-1.0]), torch.tensor([0.5]), bits, symmetric=True)
+    assert int(zero_point) == 2 ** (bits - 1) - 1  # (2**b − 1) // 2: codes 0 … 2**b − 2 are symmetric around it
+    assert float(scale) == pytest.approx(1.0 / ((2**bits - 1) / 2))
