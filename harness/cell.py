@@ -232,6 +232,7 @@ class CellJob:
                 **sizes,
                 **size_columns(encoded, sizes["params_total"]),
                 **self._latency.columns(self.model),
+                "train_epochs": len(self.epochs),  # every epoch this cell trained so far: equal-budget comparisons
                 **self._level,
                 "eval_seconds": clock.seconds,
                 **extra,

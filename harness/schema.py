@@ -14,7 +14,7 @@ from typing import Any
 
 import pyarrow as pa
 
-# 2: pruning counted apart from quantisation zeros; zero_fraction, storage_compression, layer_collapse
+# 2: pruning counted apart from quantisation zeros; zero_fraction, storage_compression, layer_collapse, train_epochs
 SCHEMA_VERSION = 2
 
 
@@ -81,6 +81,11 @@ CELLS = (
     Column("dense_top1", pa.float64(), "test top-1 of the shared dense model before pruning"),
     Column("dense_top5", pa.float64(), "test top-5 of the shared dense model"),
     Column("dense_loss", pa.float64(), "test loss of the shared dense model"),
+    Column(
+        "train_epochs",
+        pa.int64(),
+        "epochs this cell trained up to this level, every phase after the shared dense pretraining (tickets too)",
+    ),
     Column("pretrain_seconds", pa.float64(), "wall seconds of the dense pretraining"),
     Column("prune_seconds", pa.float64(), "wall seconds spent choosing and applying masks in this level"),
     Column("finetune_seconds", pa.float64(), "wall seconds of this level's fine-tuning"),

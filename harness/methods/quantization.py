@@ -193,12 +193,18 @@ def quantize_model(
 
 @register_method("ptq")
 class PostTrainingQuantization(CompressionMethod):
-    """Round weights (and optionally layer inputs) to b-bit uniform grids set from data; no retraining."""
+    """Round weights (and optionally layer inputs) to b-bit uniform grids set from data; no retraining.
+
+    ``float_finetune``: first fine-tune the float model with the FINETUNE recipe (masks fixed), the
+    training QAT and k-means fine-tuning get: the equal-budget baseline they should be compared to
+    (the rows' ``train_epochs`` then match).
+    """
 
     family = "quantization"
     reference = NAGEL
 
     class Params(UniformParams):
+        float_finetune: bool = False
         weight_range: Literal["minmax", "mse"] = "minmax"
         activation_bits: int | None = Field(None, ge=2, le=16)  # None: activations stay float
         activation_range: Literal["minmax", "mse", "percentile"] = "minmax"
@@ -207,6 +213,8 @@ class PostTrainingQuantization(CompressionMethod):
 
     def compress(self, job: CellJob) -> None:
         p = self.params
+        if p.float_finetune:
+            job.finetune(finish=False)
         if p.activation_bits is not None:  # ranges come from the float model, as observers see it
             inputs = layer_inputs(job.model, calibration_inputs(job, p.calibration_batches))
         job.storage.quantized = quantize_model(job.model, p, p.weight_range)
