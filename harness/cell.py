@@ -9,6 +9,7 @@ prune / fine-tune levels it passes through, and every level becomes a row.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import json
 import logging
@@ -169,10 +170,15 @@ class CellJob:
         device = device_for_cell()
         return torch.stack(x).to(device), torch.stack(y).to(device)
 
-    def fresh_init(self) -> dict[str, torch.Tensor]:
-        """The model's state drawn again from its initialiser with a seed θ0 did not use (re-init controls)."""
+    def fresh_init(self, draw: int = 0) -> dict[str, torch.Tensor]:
+        """The model's state drawn again from its initialiser (re-init controls), the ``draw``-th time.
+
+        Seeded from a hash of (seed, draw) at or above 2**63: never the seed of any cell's θ0 (seed+1
+        would be the next seed's θ0), and a new draw for each level that asks for one.
+        """
+        digest = hashlib.sha256(f"fresh-init/{self.cell.seed}/{draw}".encode()).digest()
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.cell.seed + 1)
+            torch.manual_seed((1 << 63) | int.from_bytes(digest[:8], "little") >> 1)
             model = create_model(self.cell.model, self.data.input_shape, self.data.num_classes)
         return model.state_dict()
 

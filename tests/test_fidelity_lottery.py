@@ -11,6 +11,7 @@ from harness.data import load_splits
 from harness.masks import masks_from_scores
 from harness.methods import create_method
 from harness.methods.lottery import criterion_scores, rescale_kept, treat_kept
+from harness.models import create_model
 from harness.spec import CellSpec, Recipe
 
 ADAM = Recipe(epochs=10, optimizer="adam", lr=1e-3, batch_size=64, weight_decay=1e-4)
@@ -111,3 +112,15 @@ def test_anatomy_rescale_starts_the_supermask_from_rescaled_survivors(data, dens
         assert torch.equal(kept_values.sign(), init[mask].sign())
         fresh = job.fresh_init()[name][mask].abs() * 4  # 4 = weights / kept weights at 75 % sparsity
         assert torch.allclose(kept_values.abs(), fresh, rtol=1e-3)
+
+
+def test_each_reinit_is_a_new_draw_unlike_any_cells_initialisation(data, dense_adam) -> None:
+    job = CellJob(CellSpec(**CELL, method="imp", pretrain=ADAM), data, dense_adam)
+    draws = [job.fresh_init(draw=k) for k in range(2)]
+    torch.manual_seed(1)  # θ0 of the cell with seed 1, as pretrain draws it
+    theta0_seed1 = create_model("lenet_300_100", (1, 8, 8), 10).state_dict()
+    for name in ("1.weight", "3.weight"):
+        assert not torch.equal(draws[0][name], draws[1][name])
+        assert not torch.equal(draws[0][name], theta0_seed1[name])
+        assert not torch.equal(draws[0][name], dense_adam.init_state[name])
+        assert torch.equal(job.fresh_init(draw=1)[name], draws[1][name])  # reproducible

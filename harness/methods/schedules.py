@@ -14,7 +14,7 @@ its ``rewind`` point:
 
 Every round is one row whose ``sparsity`` is that round's target, so one run yields the whole
 sparsity curve. Controls (Frankle & Carbin): ``reinit`` trains each round's ticket mask from a
-fresh random initialisation, ``random_mask`` trains a random mask with the ticket's per-layer
+fresh random initialisation (a new draw per round, from a seed no cell's θ0 uses), ``random_mask`` trains a random mask with the ticket's per-layer
 sparsity from the ticket's starting point. The ticket itself must still be trained to find the
 next mask, so a control costs twice the training; the ticket's epochs have phase ``ticket-<level>``.
 """
@@ -164,7 +164,6 @@ class Iterative(Method):
         else:
             recipe, callbacks = replay_from(job.cell.pretrain, rewind_epoch)
         rewind_state = job.dense.weights_at(rewind_epoch) if kind in ("init", "epoch") else None
-        fresh_state = job.fresh_init() if p.control == "reinit" else None
         classifier_rate = p.classifier_rate or p.rate / 2
 
         ticket: Masks = {}
@@ -176,7 +175,7 @@ class Iterative(Method):
             if p.control != "none":
                 trained_ticket = self.train_ticket(job, start, ticket, recipe, callbacks, index)
                 if p.control == "reinit":
-                    start = fresh_state
+                    start = job.fresh_init(draw=index)  # every ticket its own random initialisation
                 else:
                     generator = torch.Generator().manual_seed(job.cell.seed)  # same draw every round: nested masks
                     density = {name: int(mask.sum()) / mask.numel() for name, mask in ticket.items()}
