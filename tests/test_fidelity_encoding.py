@@ -8,6 +8,7 @@ import torch
 
 from harness.encoding import huffman
 from harness.methods.quantization import qparams
+from harness.testing import run_method
 
 
 def test_a_sixteen_bit_alphabet_with_few_symbols_gets_a_sparse_codebook() -> None:
@@ -39,3 +40,21 @@ def test_the_symmetric_zero_point_is_two_to_the_bits_minus_one_minus_one(bits: i
     scale, zero_point = qparams(torch.tensor([-1.0]), torch.tensor([0.5]), bits, symmetric=True)
     assert int(zero_point) == 2 ** (bits - 1) - 1  # (2**b − 1) // 2: codes 0 … 2**b − 2 are symmetric around it
     assert float(scale) == pytest.approx(1.0 / ((2**bits - 1) / 2))
+
+
+def test_deep_compression_prunes_every_layer_and_shares_8_bits_in_conv_5_in_fc() -> None:
+    job = run_method("deep_compression", {"rate": 0.5}, sparsity=0.5, model="lenet5")
+    codes = job.storage.quantized
+    assert {name: q.bits for name, q in codes.items()} == {
+        "features.0.weight": 8,
+        "features.3.weight": 8,
+        "classifier.1.weight": 5,
+        "classifier.3.weight": 5,
+        "classifier.5.weight": 5,  # the classifier, pruned too
+    }
+    pruning = next(level for level in job.levels if level.row["stage"] == "iterative")
+    classifier = pruning.masks["classifier.5.weight"]
+    assert int((~classifier).sum()) == round(0.25 * classifier.numel())  # half the rate, as Han et al.
+    for name in ("features.0.weight", "classifier.1.weight"):  # layer by layer, each at the cell's 50 %
+        assert int((~pruning.masks[name]).sum()) == round(0.5 * pruning.masks[name].numel())
+    assert job.levels[-1].row["storage_format"] == "huffman"

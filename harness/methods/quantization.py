@@ -344,19 +344,35 @@ def refit_centroids(weight: torch.Tensor, shared: SharedCodes) -> SharedCodes:
 
 @register_method("kmeans")
 class KMeansWeightSharing(CompressionMethod):
-    """Share 2^b values per layer (1-D k-means over the nonzero weights), then fine-tune the centroids."""
+    """Share 2^b values per layer (1-D k-means over the nonzero weights), then fine-tune the centroids.
+
+    ``bits`` per layer, or ``conv_bits`` for Conv layers where given (Deep Compression: 8 conv, 5 FC).
+    """
 
     family = "quantization"
     reference = DEEP_COMPRESSION
 
     class Params(Method.Params):
         bits: int = Field(5, ge=1, le=8)
+        conv_bits: int | None = Field(None, ge=1, le=8)  # None: ``bits`` for every layer
         iterations: int = Field(100, ge=0)  # Lloyd iterations after the linear initialisation
         centroid_gradient: Literal["sum", "mean"] = "sum"  # the paper sums the members' gradients
 
+    def layer_bits(self, model: nn.Module) -> dict[str, int]:
+        """The code width of each quantised weight: ``conv_bits`` for Conv layers where given, else ``bits``."""
+        modules = dict(model.named_modules())
+        conv = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+        return {
+            name: self.params.conv_bits
+            if self.params.conv_bits is not None and isinstance(modules[name.removesuffix(".weight")], conv)
+            else self.params.bits
+            for name in quantized_weights(model)
+        }
+
     def compress(self, job: CellJob) -> None:
         p = self.params
-        codes = {name: share_weights(w, p.bits, p.iterations) for name, w in quantized_weights(job.model).items()}
+        bits = self.layer_bits(job.model)
+        codes = {name: share_weights(w, bits[name], p.iterations) for name, w in quantized_weights(job.model).items()}
         load_decoded(job.model, codes)
         if job.cell.finetune.epochs:
             job.finetune(callbacks=[SharedGradients(codes, p.centroid_gradient)], finish=False)

@@ -14,9 +14,10 @@ its ``rewind`` point:
 
 Every round is one row whose ``sparsity`` is that round's target, so one run yields the whole
 sparsity curve. Controls (Frankle & Carbin): ``reinit`` trains each round's ticket mask from a
-fresh random initialisation (a new draw per round, from a seed no cell's θ0 uses), ``random_mask`` trains a random mask with the ticket's per-layer
-sparsity from the ticket's starting point. The ticket itself must still be trained to find the
-next mask, so a control costs twice the training; the ticket's epochs have phase ``ticket-<level>``.
+fresh random initialisation (a new draw per round, from a seed no cell's θ0 uses),
+``random_mask`` trains a random mask with the ticket's per-layer sparsity from the ticket's
+starting point. The ticket itself must still be trained to find the next mask, so a control costs
+twice the training; the ticket's epochs have phase ``ticket-<level>``.
 """
 
 from __future__ import annotations
