@@ -1,13 +1,16 @@
-"""Encoding details: the Huffman codebook costs what its present symbols need; the symmetric zero point."""
+"""Encoding details: the Huffman codebook costs what its present symbols need; every weight names its layout
+and bit width; the symmetric zero point; Deep Compression's per-layer bits and classifier pruning."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
-from harness.encoding import huffman
-from harness.methods.quantization import qparams
+from harness.encoding import encode_model, formats, huffman
+from harness.encoding.storage import LAYOUTS, OTHER_LAYOUT
+from harness.methods.quantization import qparams, uniform_quantize
 from harness.testing import run_method
 
 
@@ -58,3 +61,18 @@ def test_deep_compression_prunes_every_layer_and_shares_8_bits_in_conv_5_in_fc()
     for name in ("features.0.weight", "classifier.1.weight"):  # layer by layer, each at the cell's 50 %
         assert int((~pruning.masks[name]).sum()) == round(0.5 * pruning.masks[name].numel())
     assert job.levels[-1].row["storage_format"] == "huffman"
+
+
+def test_every_stored_weight_names_its_layout_and_bit_width() -> None:
+    model = nn.Sequential(nn.Linear(8, 4), nn.ReLU(), nn.Linear(4, 2))
+    with torch.no_grad():
+        model[0].weight[:, :6] = 0.0  # 24 of 32 zero: the bitmask layout is smaller
+    codes = {"2.weight": uniform_quantize(model[2].weight.detach(), bits=3, symmetric=True, per_channel=True)}
+    encoded = encode_model(model, codes, formats.auto, "auto")
+    assert encoded.payloads["0.weight"]["layout"] == bytes([LAYOUTS["bitmask"], 0])
+    assert encoded.payloads["2.weight"]["layout"] == bytes([LAYOUTS["dense"], 3])
+    assert "layout" not in encoded.payloads["0.bias"]  # float32 parameters have one layout
+    huffman_coded = encode_model(model, codes, lambda w, q: formats.huffman_coded(w, q, 4), "huffman")
+    assert huffman_coded.payloads["2.weight"]["layout"] == bytes([LAYOUTS["huffman"], 3])
+    plugin = encode_model(model, {}, formats.dense, "zlib_float16")
+    assert plugin.payloads["0.weight"]["layout"] == bytes([OTHER_LAYOUT, 0])
