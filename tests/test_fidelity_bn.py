@@ -17,7 +17,7 @@ from harness.methods import create_method
 from harness.methods.base import PruningContext
 from harness.metrics import model_metrics
 from harness.models import create_model
-from harness.testing import check_pruning_method
+from harness.testing import check_pruning_method, run_method
 
 
 def context(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> PruningContext:
@@ -160,3 +160,10 @@ def test_filter_l2_cell_on_resnet20_keeps_removed_channels_zero_through_fine_tun
     row = levels[-1].row
     assert any(name.endswith(".1.weight") and "residual" in name for name in levels[-1].masks)  # BN γ masked
     assert row["theoretical_speedup"] >= 3.0
+
+
+def test_filter_pruning_then_a_bloomier_filter_encodes_only_the_weights() -> None:
+    """The structured masks name biases and BatchNorm parameters too; the encoder stores weights only."""
+    levels = run_method("pipeline", {"stages": ["filter_l1", "bloomier"]}, model="resnet20", sparsity=0.5).levels
+    assert levels[-1].row["storage_format"] == "bloomier"
+    assert levels[-1].row["theoretical_speedup"] >= 3.0
