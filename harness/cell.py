@@ -50,6 +50,7 @@ class DenseCheckpoint:
     metrics: dict[str, float]  # dense_top1, dense_top5, dense_loss, pretrain_seconds
     epochs: list[dict[str, Any]] = field(default_factory=list)
     snapshots: dict[int, dict[str, torch.Tensor]] = field(default_factory=dict)  # pretrain recipe's save_epochs
+    iteration_snapshots: dict[int, dict[str, torch.Tensor]] = field(default_factory=dict)  # its save_iterations
 
     def weights_at(self, epoch: int) -> dict[str, torch.Tensor]:
         """The dense model's state after ``epoch`` epochs of pretraining (0: θ0), for weight rewinding."""
@@ -61,6 +62,16 @@ class DenseCheckpoint:
                 f"{sorted(self.snapshots) or 'none'}); add it to the spec's pretrain recipe: save_epochs: [{epoch}]"
             )
         return self.snapshots[epoch]
+
+    def weights_at_iteration(self, iteration: int) -> dict[str, torch.Tensor]:
+        """The dense model's state after ``iteration`` optimiser steps of pretraining (Frankle et al.'s rewinding)."""
+        if iteration not in self.iteration_snapshots:
+            raise KeyError(
+                f"the dense checkpoint {self.pretrain_key} kept no weights at iteration {iteration} (kept: "
+                f"{sorted(self.iteration_snapshots) or 'none'}); add it to the spec's pretrain recipe: "
+                f"save_iterations: [{iteration}]"
+            )
+        return self.iteration_snapshots[iteration]
 
     def to_bytes(self) -> bytes:
         buffer = io.BytesIO()
@@ -97,15 +108,22 @@ def _state(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 class WeightSnapshots(Callback):
-    """Keeps the model's state after each of the given epochs (``{epoch: state}``, epochs from 1)."""
+    """Keeps the model's state after each of the given epochs (``states``, epochs from 1) and after each of
+    the given optimiser steps (``iteration_states``, steps from 1)."""
 
-    def __init__(self, epochs: tuple[int, ...]) -> None:
+    def __init__(self, epochs: tuple[int, ...], iterations: tuple[int, ...] = ()) -> None:
         self.epochs = set(epochs)
+        self.iterations = set(iterations)
         self.states: dict[int, dict[str, torch.Tensor]] = {}
+        self.iteration_states: dict[int, dict[str, torch.Tensor]] = {}
 
     def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         if trainer.current_epoch + 1 in self.epochs:
             self.states[trainer.current_epoch + 1] = _state(module.model)
+
+    def on_train_batch_end(self, trainer: L.Trainer, module: L.LightningModule, *args: Any) -> None:
+        if trainer.global_step in self.iterations:  # global_step counts the steps taken, this one included
+            self.iteration_states[trainer.global_step] = _state(module.model)
 
 
 def pretrain(cell: CellSpec) -> DenseCheckpoint:
@@ -115,14 +133,16 @@ def pretrain(cell: CellSpec) -> DenseCheckpoint:
     data = load_splits(cell.dataset, cell.data_root, cell.seed)
     model = create_model(cell.model, data.input_shape, data.num_classes).to(device_for_cell())
     init_state = _state(model)
-    snapshots = WeightSnapshots(cell.pretrain.save_epochs)
+    snapshots = WeightSnapshots(cell.pretrain.save_epochs, cell.pretrain.save_iterations)
     with Stopwatch() as clock:
         epochs = train(
             model, data.train, data.val, cell.pretrain, seed=cell.seed, phase="pretrain", callbacks=[snapshots]
         )
     dense = evaluate(model, data.test)
     metrics = {f"dense_{k}": v for k, v in dense.items()} | {"pretrain_seconds": clock.seconds}
-    return DenseCheckpoint(cell.pretrain_key, init_state, _state(model), metrics, epochs, snapshots.states)
+    return DenseCheckpoint(
+        cell.pretrain_key, init_state, _state(model), metrics, epochs, snapshots.states, snapshots.iteration_states
+    )
 
 
 class CellJob:

@@ -47,8 +47,9 @@ class Recipe(_Frozen):
     schedule: Literal["constant", "cosine", "step"] = "constant"
     milestones: tuple[int, ...] = ()  # epochs at which "step" multiplies the lr by gamma
     gamma: float = Field(0.1, gt=0)
-    # pretrain only: keep the weights after these epochs in the dense checkpoint (weight rewinding)
+    # pretrain only: keep the weights after these epochs / optimiser steps in the dense checkpoint (rewinding)
     save_epochs: tuple[int, ...] = ()
+    save_iterations: tuple[int, ...] = ()
 
     @model_validator(mode="after")
     def _save_epochs_in_range(self) -> Recipe:
@@ -57,6 +58,11 @@ class Recipe(_Frozen):
             raise ValueError(
                 f"save_epochs {outside} outside 1..epochs ({self.epochs}): epoch k keeps the weights after k "
                 "epochs of pretraining (θ0 is always kept)"
+            )
+        if any(k < 1 for k in self.save_iterations):
+            raise ValueError(
+                f"save_iterations {list(self.save_iterations)}: iteration k keeps the weights after k optimiser "
+                "steps of pretraining, so k >= 1 (θ0 is always kept)"
             )
         return self
 
@@ -129,7 +135,7 @@ class BenchmarkSpec(_Frozen):
 
     @property
     def finetune_recipe(self) -> Recipe:
-        return Recipe(**{**self.pretrain.model_dump(exclude={"save_epochs"}), **self.finetune})
+        return Recipe(**{**self.pretrain.model_dump(exclude={"save_epochs", "save_iterations"}), **self.finetune})
 
 
 class CellSpec(_Frozen):

@@ -13,6 +13,7 @@ from harness.methods import create_method
 from harness.methods.lottery import criterion_scores, rescale_kept, treat_kept
 from harness.models import create_model
 from harness.spec import CellSpec, Recipe
+from harness.testing import run_method
 
 ADAM = Recipe(epochs=10, optimizer="adam", lr=1e-3, batch_size=64, weight_decay=1e-4)
 CELL = dict(benchmark="t", model="lenet_300_100", dataset="digits", seed=0, sparsity=0.5)
@@ -124,3 +125,33 @@ def test_each_reinit_is_a_new_draw_unlike_any_cells_initialisation(data, dense_a
         assert not torch.equal(draws[0][name], theta0_seed1[name])
         assert not torch.equal(draws[0][name], dense_adam.init_state[name])
         assert torch.equal(job.fresh_init(draw=1)[name], draws[1][name])  # reproducible
+
+
+# -- rewinding to an iteration (Frankle et al. 2020) ----------------------------------------------------
+
+
+def test_rewinding_to_iteration_k_starts_from_the_weights_after_k_steps(data) -> None:
+    steps_per_epoch = -(-len(data.train) // 256)
+    recipe = Recipe(epochs=2, lr=0.05, batch_size=256, save_epochs=(1,), save_iterations=(2, steps_per_epoch))
+    dense = pretrain(CellSpec(**CELL, method="iterative", pretrain=recipe))
+    # the weights after one epoch's steps are the weights after epoch 1: an independent check of the counting
+    after_epoch = dense.weights_at(1)
+    after_steps = dense.weights_at_iteration(steps_per_epoch)
+    assert all(torch.equal(after_steps[name], after_epoch[name]) for name in after_epoch)
+    assert not torch.equal(dense.weights_at_iteration(2)["1.weight"], after_epoch["1.weight"])
+
+    job = run_method("iterative", {"rate": 0.5, "rewind": "iter:2"}, dense=dense, sparsity=0.5, pretrain_recipe=recipe)
+    [level] = job.levels
+    start = dense.weights_at_iteration(2)
+    for name, value in start.items():
+        assert torch.equal(level.pruned_state[name], value * level.masks.get(name, torch.ones_like(value))), name
+    # step 2 falls in epoch 0: the whole pretrain schedule is replayed from there
+    assert len([e for e in job.epochs if e["phase"] == "finetune-0"]) == recipe.epochs
+
+
+def test_rewinding_to_an_iteration_the_recipe_did_not_keep_is_refused() -> None:
+    method = create_method("iterative", {"rewind": "iter:7"})
+    with pytest.raises(ValueError, match=r"save_iterations: \[7\]"):
+        method.check_recipes(method.params, Recipe(epochs=1), Recipe(epochs=1))
+    with pytest.raises(ValueError, match="k >= 1"):
+        Recipe(save_iterations=(0,))

@@ -9,6 +9,9 @@ its ``rewind`` point:
 - ``epoch:k``: survivors back to the weights after k epochs of pretraining, then the PRETRAIN
   schedule from epoch k on (weight rewinding); the spec's pretrain recipe must keep them:
   ``save_epochs: [k]``;
+- ``iter:k``: survivors back to the weights after k optimiser steps of pretraining (Frankle et al.
+  2020), then the PRETRAIN schedule from the epoch step k falls in, its remaining whole epochs
+  (so up to one epoch more than the paper's remaining steps); needs ``save_iterations: [k]``;
 - ``lr`` or ``lr:k``: keep the trained weights, replay the PRETRAIN learning-rate schedule from
   epoch k on (default 0: all of it) — learning-rate rewinding (Renda et al. 2020).
 
@@ -45,7 +48,7 @@ HAN = "Han et al. 2015, Learning both Weights and Connections for Efficient Neur
 FRANKLE_CARBIN = "Frankle & Carbin 2019, The Lottery Ticket Hypothesis"
 RENDA = "Renda et al. 2020, Comparing Rewinding and Fine-tuning in Neural Network Pruning"
 
-RewindPoint = Annotated[str, Field(pattern=r"^(none|init|lr|lr:\d+|epoch:\d+)$")]
+RewindPoint = Annotated[str, Field(pattern=r"^(none|init|lr|lr:\d+|epoch:\d+|iter:\d+)$")]
 
 
 def level_targets(sparsity: float, rate: float, rounds: int | None = None) -> list[float]:
@@ -154,17 +157,25 @@ class Iterative(Method):
                 f"rewind {params.rewind!r} needs the weights after pretraining epoch {epoch}: "
                 f"add save_epochs: [{epoch}] to the pretrain recipe"
             )
+        if kind == "iter" and int(epoch) not in pretrain.save_iterations:
+            raise ValueError(
+                f"rewind {params.rewind!r} needs the weights after pretraining iteration {epoch}: "
+                f"add save_iterations: [{epoch}] to the pretrain recipe"
+            )
 
     def apply(self, job: CellJob) -> None:
         p = self.params
         score: PruningMethod = create_method(p.score, p.score_params)
-        kind, _, epoch = p.rewind.partition(":")
-        rewind_epoch = int(epoch or 0)
+        kind, _, point = p.rewind.partition(":")
+        rewind_epoch = int(point or 0)
+        rewind_state = job.dense.weights_at(rewind_epoch) if kind in ("init", "epoch") else None
+        if kind == "iter":  # resume the schedule in the epoch the step falls in
+            rewind_state = job.dense.weights_at_iteration(int(point))
+            rewind_epoch = int(point) // math.ceil(len(job.data.train) / job.cell.pretrain.batch_size)
         if kind == "none":
             recipe, callbacks = job.cell.finetune, []
         else:
             recipe, callbacks = replay_from(job.cell.pretrain, rewind_epoch)
-        rewind_state = job.dense.weights_at(rewind_epoch) if kind in ("init", "epoch") else None
         classifier_rate = p.classifier_rate or p.rate / 2
 
         ticket: Masks = {}
