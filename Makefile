@@ -1,4 +1,5 @@
 # Two commands matter: `make run` (set up + quick-start benchmark) and `make test` (set up + tests).
+# Also: `make test-fast` (the edit loop), `make docs` (regenerate docs/reference), `make perf`, `make report`.
 PYTHON ?= python3.11
 VENV   ?= .venv
 BIN    := $(VENV)/bin
@@ -7,7 +8,7 @@ TORCH  ?= torch==2.13.0
 TORCH_INDEX ?=
 RESULTS ?= results
 
-.PHONY: setup browser run test lint perf report mlflow-ui mlflow-server clean
+.PHONY: setup browser run test test-fast docs lint perf report mlflow-ui mlflow-server clean
 
 setup: $(VENV)/.installed
 
@@ -31,6 +32,15 @@ browser:
 test: setup browser
 	$(BIN)/ruff check harness tests benchmarks
 	$(BIN)/python -m pytest -q
+
+# The edit loop: the suite without the slow end-to-end, Ray and browser tests (markers in pyproject.toml).
+test-fast: setup
+	$(BIN)/ruff check harness tests benchmarks
+	$(BIN)/python -m pytest -q -m "not slow and not ray and not browser"
+
+# docs/reference/*.md from the registries, the spec models and harness/schema.py; tests/test_docs.py checks them.
+docs: setup
+	$(BIN)/python -m harness.docs
 
 perf: setup
 	@for script in benchmarks/perf_*.py; do echo "== $$script"; $(BIN)/python $$script || exit 1; done

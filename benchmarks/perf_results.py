@@ -16,9 +16,9 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from harness.cell import CellResult
 from harness.leaderboard import leaderboard
 from harness.results import connect
+from harness.schema import CellResult
 from harness.store import ResultsStore
 
 TARGET_SECONDS = 1.0

@@ -15,12 +15,12 @@ import json
 import logging
 import subprocess
 import traceback
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import lightning as L
 import torch
@@ -28,16 +28,20 @@ from lightning.pytorch.callbacks import Callback
 from torch import nn
 
 import harness
+from harness.config import CellSpec, Recipe
 from harness.data import DataSplits, load_splits
 from harness.encoding import Storage, size_columns
 from harness.latency import LatencyMeter, latency_batch
 from harness.masks import Masks, apply_masks, prunable_weights
-from harness.methods import create_method, load_plugins
-from harness.methods.base import PruningContext
+from harness.methods import create_method, load_plugins, method_provenance
+from harness.methods.base import PluginError, PruningContext, WeightsAt, check_tensors, excluded
 from harness.metrics import model_metrics
 from harness.models import create_model
-from harness.spec import CellSpec, Recipe
+from harness.schema import CellResult
 from harness.training import MaskingCallback, Stopwatch, device_for_cell, evaluate, train
+
+if TYPE_CHECKING:
+    from harness.encoding import Encoded, QuantizedWeight
 
 
 @dataclass
@@ -81,21 +85,6 @@ class DenseCheckpoint:
     @classmethod
     def from_bytes(cls, data: bytes) -> DenseCheckpoint:
         return cls(**torch.load(io.BytesIO(data), weights_only=True, map_location="cpu"))
-
-
-@dataclass
-class CellResult:
-    """What a cell hands back: one row per level, its epoch curves, its per-layer table and its log."""
-
-    cell_id: str
-    rows: list[dict[str, Any]]
-    epochs: list[dict[str, Any]] = field(default_factory=list)
-    layers: list[dict[str, Any]] = field(default_factory=list)
-    log: str = ""
-
-    @property
-    def ok(self) -> bool:
-        return all(row["status"] == "ok" for row in self.rows)
 
 
 def seed_everything(seed: int) -> None:
@@ -146,23 +135,28 @@ def pretrain(cell: CellSpec) -> DenseCheckpoint:
 
 
 class CellJob:
-    """The verbs a method uses on a cell: ``context``, ``prune``, ``finetune``, ``finish_level``."""
+    """The harness's side of :class:`~harness.methods.base.Job`: one cell's model, masks, levels and rows.
+
+    A method sees only the protocol's members; ``cell``, ``data``, ``dense``, ``storage`` and the
+    recorded ``rows`` / ``epochs`` / ``layers`` are the harness's (and tests') view of the same job.
+    """
 
     def __init__(self, cell: CellSpec, data: DataSplits, dense: DenseCheckpoint) -> None:
         self.cell = cell
         self.data = data
         self.dense = dense
-        self.model = create_model(cell.model, data.input_shape, data.num_classes)
-        self.model.load_state_dict(dense.trained_state)
-        self.model.to(device_for_cell())
-        self.masks: Masks = {}
+        self._model = create_model(cell.model, data.input_shape, data.num_classes)
+        self._model.load_state_dict(dense.trained_state)
+        self._model.to(device_for_cell())
+        self._masks: Masks = {}
         self.rows: list[dict[str, Any]] = []
         self.epochs: list[dict[str, Any]] = []
         self.layers: list[dict[str, Any]] = []
         self._level: dict[str, Any] = {}
         self._example = data.test[0][0].unsqueeze(0)
         self.storage = Storage()  # how the model is stored (quantised codes, encoding): sets size_bytes
-        self.stage = cell.method  # a pipeline names the stage that records each level
+        self._stage = cell.method  # a pipeline names the stage that records each level
+        self._layer_options: dict[str, Any] = {}  # what the last pruning context allowed: the layers table's columns
         self._latency = LatencyMeter(self._dense_model, latency_batch(data.test, device_for_cell()))
 
     def _dense_model(self) -> nn.Module:
@@ -170,25 +164,47 @@ class CellJob:
         model.load_state_dict(self.dense.trained_state)
         return model.to(device_for_cell())
 
-    def context(self, include_classifier: bool = False) -> PruningContext:
-        """What a score may look at, for the model as it is now."""
-        return PruningContext(
-            model=self.model,
-            weights=prunable_weights(self.model, include_classifier),
-            masks=self.masks,
-            calibration_batch=self.calibration_batch,
-            initial_state=lambda: self.dense.init_state,
-            seed=self.cell.seed,
-            input_shape=self.data.input_shape,
-        )
+    # -- read-only context -----------------------------------------------------------------------
+    @property
+    def model(self) -> nn.Module:
+        return self._model
 
-    def calibration_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
-        generator = torch.Generator().manual_seed(self.cell.seed)
-        size = min(self.cell.finetune.batch_size, len(self.data.train))
-        index = torch.randperm(len(self.data.train), generator=generator)[:size]
-        x, y = zip(*(self.data.train[int(i)] for i in index), strict=True)
-        device = device_for_cell()
-        return torch.stack(x).to(device), torch.stack(y).to(device)
+    @property
+    def masks(self) -> Masks:
+        return self._masks
+
+    @property
+    def sparsity(self) -> float:
+        return self.cell.sparsity
+
+    @property
+    def seed(self) -> int:
+        return self.cell.seed
+
+    @property
+    def pretrain_recipe(self) -> Recipe:
+        return self.cell.pretrain
+
+    @property
+    def finetune_recipe(self) -> Recipe:
+        return self.cell.finetune
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.data.input_shape)
+
+    @property
+    def quantized(self) -> dict[str, QuantizedWeight]:
+        return self.storage.quantized
+
+    def weights(self, at: WeightsAt) -> dict[str, torch.Tensor]:
+        if at == "init":
+            return self.dense.init_state
+        if at == "trained":
+            return self.dense.trained_state
+        if isinstance(at, str) and at.startswith("iter:"):
+            return self.dense.weights_at_iteration(int(at.removeprefix("iter:")))
+        return self.dense.weights_at(at)
 
     def fresh_init(self, draw: int = 0) -> dict[str, torch.Tensor]:
         """The model's state drawn again from its initialiser (re-init controls), the ``draw``-th time.
@@ -202,62 +218,137 @@ class CellJob:
             model = create_model(self.cell.model, self.data.input_shape, self.data.num_classes)
         return model.state_dict()
 
+    def train_batches(self, count: int = 1) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        generator = torch.Generator().manual_seed(self.cell.seed)
+        order = torch.randperm(len(self.data.train), generator=generator)
+        size = self.cell.finetune.batch_size
+        device = device_for_cell()
+        batches = []
+        for start in range(0, min(count * size, len(order)), size):
+            x, y = zip(*(self.data.train[int(i)] for i in order[start : start + size]), strict=True)
+            batches.append((torch.stack(x).to(device), torch.stack(y).to(device)))
+        return batches
+
+    def val_batch(self, size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+        x, y = zip(*(self.data.val[i] for i in range(min(size, len(self.data.val)))), strict=True)
+        return torch.stack(x), torch.stack(y)
+
+    def evaluate(self, split: Literal["val", "test"] = "test") -> dict[str, float]:
+        return evaluate(self._model, self.data.val if split == "val" else self.data.test)
+
+    def split_size(self, split: Literal["train", "val", "test"]) -> int:
+        return len(getattr(self.data, split))
+
+    def context(
+        self, include_classifier: bool = False, exclude: Sequence[str] = (), max_layer_sparsity: float | None = None
+    ) -> PruningContext:
+        weights = {
+            name: w
+            for name, w in prunable_weights(self._model, include_classifier).items()
+            if not excluded(name, exclude)
+        }
+        self._layer_options = {"prunable": set(weights), "max_layer_sparsity": max_layer_sparsity}
+        return PruningContext(
+            model=self._model,
+            weights=weights,
+            masks=self._masks,
+            calibration_batch=lambda: self.train_batches(1)[0],
+            initial_state=lambda: self.dense.init_state,
+            seed=self.cell.seed,
+            input_shape=self.data.input_shape,
+            max_layer_sparsity=max_layer_sparsity,
+        )
+
+    # -- verbs -----------------------------------------------------------------------------------
     def prune(self, masks: Masks) -> None:
-        """Apply ``masks`` (they replace the current ones) and record the accuracy before fine-tuning."""
+        shapes = {name: p.shape for name, p in self._model.named_parameters()}
+        check_tensors(f"method {self._stage!r}: job.prune()", "mask", masks, shapes, complete=False)
         with Stopwatch() as clock:
-            self.masks = {name: mask.detach().bool() for name, mask in masks.items()}
-            apply_masks(self.model, self.masks)
+            self._masks = {name: mask.detach().bool() for name, mask in masks.items()}
+            apply_masks(self._model, self._masks)
             self.storage = Storage()  # the weights changed: earlier codes and encodings no longer hold
-        pruned = evaluate(self.model, self.data.test)
+        pruned = evaluate(self._model, self.data.test)
         self._level["prune_seconds"] = self._level.get("prune_seconds", 0.0) + clock.seconds
         self._level.update(top1_pruned=pruned["top1"], top5_pruned=pruned["top5"])
 
-    def finetune(self, recipe: Recipe | None = None, callbacks: list | tuple = (), finish: bool = True) -> None:
-        """Train with the masks fixed (callbacks may change them); by default this ends a level."""
-        level = len(self.rows)
+    def finetune(self, recipe: Recipe | None = None, callbacks: Sequence[Any] = (), finish: bool = True) -> None:
         self.storage = Storage()  # training changes the weights; a quantiser that trains sets its codes again
         with Stopwatch() as clock:
-            self.epochs += train(
-                self.model,
-                self.data.train,
-                self.data.val,
-                recipe or self.cell.finetune,
-                seed=self.cell.seed + 1000 * level,
-                phase=f"finetune-{level}",
-                masks=self.masks,
-                callbacks=callbacks,
-            )
+            self._train(recipe or self.cell.finetune, self._masks, callbacks, "finetune")
         for callback in callbacks:  # a callback that changed the masks while training hands them back
             if isinstance(callback, MaskingCallback):
-                self.masks = callback.masks
+                self._masks = callback.masks
         self._level["finetune_seconds"] = self._level.get("finetune_seconds", 0.0) + clock.seconds
         if finish:
             self.finish_level()
 
+    def train(self, recipe: Recipe, masks: Masks, callbacks: Sequence[Any] = (), phase: str = "aside") -> None:
+        self.storage = Storage()
+        self._train(recipe, masks, callbacks, phase)
+
+    def _train(self, recipe: Recipe, masks: Masks, callbacks: Sequence[Any], phase: str) -> None:
+        level = len(self.rows)
+        self.epochs += train(
+            self._model,
+            self.data.train,
+            self.data.val,
+            recipe,
+            seed=self.cell.seed + 1000 * level,
+            phase=f"{phase}-{level}",
+            masks=masks,
+            callbacks=list(callbacks),
+        )
+
+    def load_weights(self, state: dict[str, torch.Tensor], partial: bool = False) -> None:
+        known = self._model.state_dict()
+        unknown = [name for name in state if name not in known]
+        if unknown:
+            raise PluginError(f"method {self._stage!r}: job.load_weights() got {unknown[0]!r}, not in the model")
+        if partial:
+            with torch.no_grad():
+                for name, value in state.items():
+                    known[name].copy_(value)
+        else:
+            self._model.load_state_dict(state)
+        self.storage = Storage()
+
+    def set_storage(self, quantized: dict[str, QuantizedWeight] | None = None, encoded: Encoded | None = None) -> None:
+        if quantized is not None:
+            self.storage.quantized = quantized
+        if encoded is not None:
+            self.storage.encoded = encoded
+
+    @contextlib.contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        previous, self._stage = self._stage, name
+        try:
+            yield
+        finally:
+            self._stage = previous
+
     def finish_level(self, sparsity: float | None = None, **extra: Any) -> None:
-        """Evaluate the model as it is now and record it as one row (``extra`` adds columns)."""
         level = len(self.rows)
         with Stopwatch() as clock:
-            final = evaluate(self.model, self.data.test)
+            final = evaluate(self._model, self.data.test)
             # the classifier counts toward sparsity_achieved when the method may prune it, as in the spec's targets
-            prunable = prunable_weights(self.model, bool(self.cell.method_params.get("prune_classifier")))
+            prunable = prunable_weights(self._model, bool(self.cell.method_params.get("prune_classifier")))
             # a quantiser's zeros are rounding, not pruning: its weights are kept wherever no mask removed them
             quantized_kept = {
-                name: self.masks.get(name, torch.ones(codes.codes.shape, dtype=torch.bool))
+                name: self._masks.get(name, torch.ones(codes.codes.shape, dtype=torch.bool))
                 for name, codes in self.storage.quantized.items()
             }
             example = self._example.to(device_for_cell())
-            sizes, layers = model_metrics(self.model, prunable, example, quantized_kept)
-        encoded = self.storage.encode(self.model)
+            sizes, layers = model_metrics(self._model, prunable, example, quantized_kept)
+        encoded = self.storage.encode(self._model)
         self.rows.append(
             {
                 "level": level,
-                "stage": self.stage,
+                "stage": self._stage,
                 "sparsity": self.cell.sparsity if sparsity is None else sparsity,
                 **final,
                 **sizes,
                 **size_columns(encoded, sizes["params_total"]),
-                **self._latency.columns(self.model),
+                **self._latency.columns(self._model),
                 "train_epochs": len(self.epochs),  # every epoch this cell trained so far: equal-budget comparisons
                 **self._level,
                 "eval_seconds": clock.seconds,
@@ -265,9 +356,24 @@ class CellJob:
             }
         )
         self.layers += [
-            {"level": level, **layer.__dict__, "size_bytes": encoded.module_bytes(layer.layer)} for layer in layers
+            {
+                "level": level,
+                **layer.__dict__,
+                "size_bytes": encoded.module_bytes(layer.layer),
+                **self._options(layer.layer),
+            }
+            for layer in layers
         ]
         self._level = {}
+
+    def _options(self, layer: str) -> dict[str, Any]:
+        """The layers-table columns of the common pruning options, once a pruning context set them."""
+        if not self._layer_options:
+            return {}
+        return {
+            "prunable": f"{layer}.weight" in self._layer_options["prunable"],
+            "max_layer_sparsity": self._layer_options["max_layer_sparsity"],
+        }
 
 
 def run_cell(cell: CellSpec, dense: DenseCheckpoint) -> CellResult:
@@ -348,6 +454,7 @@ def _complete(
         "finished_at": _now(),
         **dense_metrics,
         **provenance(),
+        **method_provenance(cell.method, cell.method_params),
     }
     result.rows = [{**common, **row} for row in result.rows]
     for extra in (result.epochs, result.layers):

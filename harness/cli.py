@@ -3,19 +3,54 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
+import os
 import sys
 from collections import Counter
+from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, TypeVar
 
+import click
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
+from typer.core import TyperCommand, TyperGroup
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.split(":")[0])
+from harness.config import MAX_CELLS
+
+HELP = (
+    "Benchmark neural-network pruning and compression methods so they can be compared.\n\n"
+    "One command runs a matrix of models × data sets × methods × sparsities × seeds on a local or remote Ray; "
+    "every cell is a Lightning job tracked in MLflow and lands as rows in a Parquet table that `harness query` "
+    "reads with SQL and `harness report` publishes as a leaderboard.\n\n"
+    "Exit codes: 0 every cell ok, 1 a cell failed, 2 bad input (nothing started or written). Manual: docs/."
+)
+
+
+class _FlagsAsFlags:
+    """A switch that takes no value is shown as ``--flag``, not ``--flag <bool>``."""
+
+    def get_params(self, ctx):
+        params = super().get_params(ctx)
+        for param in params:
+            if getattr(param, "is_flag", False):
+                param.metavar = ""
+        return params
+
+
+class _Command(_FlagsAsFlags, TyperCommand):
+    pass
+
+
+class _Group(_FlagsAsFlags, TyperGroup):
+    pass
+
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=HELP, cls=_Group)
 console = Console()
 errors = Console(stderr=True)
 
@@ -23,18 +58,78 @@ ResultsOption = Annotated[Path, typer.Option("--results", help="Results folder."
 PluginOption = Annotated[
     list[str] | None, typer.Option("--plugin", help="Plugin module (importable name or .py path); repeatable.")
 ]
+MaxCellsOption = Annotated[
+    int, typer.Option("--max-cells", min=1, help="Refuse a benchmark whose matrix has more cells than this.")
+]
 AddressOption = Annotated[
     str | None,
     typer.Option("--address", help="Ray cluster to join: auto, ray://HOST:10001 (default: a local Ray for this run)."),
 ]
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from harness import __version__
+
+        console.print(f"harness {__version__}", highlight=False)
+        raise typer.Exit(0)
+
+
 def _fail_input(message: str) -> typer.Exit:
-    errors.print(f"[red]error:[/red] {message}", highlight=False, markup=True, soft_wrap=True)
+    errors.print("[red]error:[/red] ", end="", highlight=False)
+    errors.print(message, highlight=False, markup=False, soft_wrap=True)
     return typer.Exit(2)
 
 
-@app.command()
+_debug = False  # --debug: let unexpected errors raise with their traceback
+Command = TypeVar("Command", bound=Callable)
+
+
+@app.callback()
+def _options(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+    debug: Annotated[
+        bool, typer.Option("--debug", envvar="HARNESS_DEBUG", help="Show the traceback of an unexpected error.")
+    ] = False,
+) -> None:
+    global _debug
+    _debug = debug
+
+
+def guarded(command: Command) -> Command:
+    """Exit 2 with the error named, no traceback, for anything a command did not expect (1 means a cell failed)."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except (typer.Exit, typer.Abort, click.exceptions.Exit, click.ClickException, click.exceptions.Abort):
+            raise
+        except Exception as exc:
+            if _debug:
+                raise
+            first_line = (str(exc).strip().splitlines() or [""])[0][:400]  # DuckDB adds the whole SQL below
+            raise _fail_input(f"{type(exc).__name__}: {first_line} (rerun with --debug for the traceback)") from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _results_folder(results: Path, writing: bool = False) -> None:
+    """Refuse a --results that is a file, or (when writing) a folder this user cannot create or write."""
+    if results.exists() and not results.is_dir():
+        raise _fail_input(f"--results {results} is a file; give a folder (it is created if missing)")
+    if writing:
+        folder = results
+        while not folder.exists() and folder != folder.parent:
+            folder = folder.parent
+        if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+            raise _fail_input(f"--results {results}: {folder} is not a folder this user can write")
+
+
+@app.command(cls=_Command)
+@guarded
 def run(
     spec_path: Annotated[Path, typer.Argument(metavar="SPEC.yaml", help="Benchmark file.")],
     results: ResultsOption = Path("results"),
@@ -52,31 +147,48 @@ def run(
         Path | None,
         typer.Option("--working-dir", help="Folder shipped to every Ray worker (plugins, local files) with --address."),
     ] = None,
+    max_cells: MaxCellsOption = MAX_CELLS,
+    force: Annotated[
+        bool, typer.Option("--force", help="Run the cells again even if they are in the table (new method code).")
+    ] = False,
+    only: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--only", metavar="FIELD=VALUE", help=f"Only the cells with this {'/'.join(ONLY_FIELDS)}; repeatable."
+        ),
+    ] = None,
 ) -> None:
     """Run every cell of a benchmark that is not in the results table yet, then print the leaderboard."""
-    spec, cells = _load_cells(spec_path, plugin)
+    spec, cells = _load_cells(spec_path, plugin, max_cells)
+    _results_folder(results)
+    cells = _only(cells, only or [])
 
     from harness.runner import plan
     from harness.store import ResultsStore
 
     store = ResultsStore(results)
-    todo = plan(cells, store, retry_failed)
+    todo = plan(cells, store, retry_failed, force)
     console.print(
         f"[bold]{spec.name}[/bold]: {len(cells)} cells — {len(todo.done)} done, "
         f"{len(todo.failed_before)} failed before, {len(todo.todo)} to run"
     )
+    _print_other_code(todo.other_code, f"harness run {spec_path} --results {results}", force)
     if dry_run:
         _print_cells(cells, {c.cell_id for c in todo.done}, {c.cell_id for c in todo.failed_before})
         return
     counts = {"ok": 0, "failed": 0}
     if todo.todo:
+        _check_before_start(spec_path, spec, todo.todo, results, address)
         store.save_spec(spec.name, spec_path.read_text())  # the report links every result to its benchmark file
         resume = f"harness run {spec_path} --results {results}" + (f" --address {address}" if address else "")
         runtime_env = {"working_dir": str(working_dir), "excludes": WORKING_DIR_EXCLUDES} if working_dir else None
         scheduling = {"address": address, "runtime_env": runtime_env, "max_parallel": max_parallel}
-        counts = _run_with_progress(
-            spec, todo.todo, store, results, plugin or [], resume, scheduling | {"max_retries": max_retries}
-        )
+        from harness.methods import frozen_registries
+
+        with frozen_registries():  # what the run started with is what it ends with
+            counts = _run_with_progress(
+                spec, todo.todo, store, results, plugin or [], resume, scheduling | {"max_retries": max_retries}
+            )
     _print_summary(spec.name, results, counts)
     failed_still = counts["failed"] + len(todo.failed_before)
     if failed_still and not counts["failed"]:
@@ -84,18 +196,64 @@ def run(
     raise typer.Exit(1 if failed_still else 0)  # 0 only when every cell of the matrix succeeded
 
 
-def _load_cells(spec_path: Path, plugins: list[str] | None):
+ONLY_FIELDS = ("method", "model", "dataset", "seed", "sparsity", "cell_id")
+
+
+def _only(cells: list, filters: list[str]) -> list:
+    """The cells matching every ``FIELD=VALUE`` (several values of one field: any of them)."""
+    wanted: dict[str, set[str]] = {}
+    for text in filters:
+        field, sep, value = text.partition("=")
+        if not sep or field not in ONLY_FIELDS or not value:
+            raise _fail_input(f"--only {text!r}: expected FIELD=VALUE with FIELD one of {', '.join(ONLY_FIELDS)}")
+        wanted.setdefault(field, set()).add(value)
+
+    def value_of(cell, field: str) -> set[str]:
+        value = getattr(cell, field)
+        return {str(value), f"{value:g}"} if isinstance(value, float) else {str(value)}
+
+    return [c for c in cells if all(value_of(c, f) & values for f, values in wanted.items())]
+
+
+def _print_other_code(cells: list, command: str, forced: bool) -> None:
+    """Say which methods' rows in the table were produced by different source code than the code here."""
+    if not cells:
+        return
+    for method, count in sorted(Counter(c.method for c in cells).items()):
+        hint = "" if forced else f"; rerun them with: {command} --force --only method={method}"
+        text = f"{count} cells of {method} in the table were produced by different code{hint}"
+        console.print(text, style="yellow", markup=False, highlight=False)
+
+
+def _load_cells(spec_path: Path, plugins: list[str] | None, max_cells: int = MAX_CELLS):
     """The validated spec and its cells; bad input exits 2 with the one message that explains it."""
-    from harness.methods import load_plugins
     from harness.registry import RegistryError
-    from harness.spec import SpecError, expand, load_spec
+    from harness.spec import SpecError, expand, import_plugins, load_spec
 
     try:
-        load_plugins(plugins or [])
-        spec = load_spec(spec_path)
+        import_plugins(plugins or [])
+        spec = load_spec(spec_path, max_cells)
         return spec, expand(spec)
-    except (SpecError, RegistryError, ImportError) as exc:
+    except (SpecError, RegistryError) as exc:
         raise _fail_input(str(exc)) from None
+
+
+def _check_before_start(spec_path: Path, spec, cells, results: Path, address: str | None) -> None:
+    """What would fail only after Ray, mlflow.db or the spec copy exist: the folder, the resources, MLflow."""
+    from harness.runner import SchedulingError, check_local_resources
+    from harness.tracking import check_tracking_uri, resolve_tracking_uri
+
+    _results_folder(results, writing=True)
+    try:
+        check_local_resources(cells, address)
+    except SchedulingError as exc:
+        raise _fail_input(f"{spec_path}: resources: {exc}") from None
+    uri = resolve_tracking_uri(spec.tracking_uri, results)
+    try:
+        check_tracking_uri(uri)
+    except ValueError as exc:
+        where = f"{spec_path}: tracking_uri" if spec.tracking_uri else "$MLFLOW_TRACKING_URI"
+        raise _fail_input(f"{where}: {exc}") from None
 
 
 def _run_with_progress(
@@ -169,20 +327,24 @@ def _print_failed_logs(store, cell_ids: list[str]) -> None:
         console.print(f"... and {len(cell_ids) - LOGS_SHOWN} more failed cells; their logs are in {store.root}/logs/")
 
 
-@app.command()
+@app.command(cls=_Command)
+@guarded
 def status(
     spec_path: Annotated[Path, typer.Argument(metavar="SPEC.yaml", help="Benchmark file.")],
     results: ResultsOption = Path("results"),
     plugin: PluginOption = None,
+    max_cells: MaxCellsOption = MAX_CELLS,
 ) -> None:
     """Show done / failed / pending per axis of a benchmark, without running anything."""
-    spec, cells = _load_cells(spec_path, plugin)
+    spec, cells = _load_cells(spec_path, plugin, max_cells)
+    _results_folder(results)
 
     from harness.runner import plan
     from harness.store import ResultsStore
 
     store = ResultsStore(results)
     todo = plan(cells, store)
+    _print_other_code(todo.other_code, f"harness run {spec_path} --results {results}", False)
     state = {c.cell_id: "done" for c in todo.done} | {c.cell_id: "failed" for c in todo.failed_before}
     table = Table("axis", "value", "done", "failed", "pending", title=f"{spec.name} in {results}/")
     axes = {
@@ -211,7 +373,8 @@ def status(
 WORKING_DIR_EXCLUDES = [".git", ".venv", "results", "mlruns", "mlartifacts", "*.db"]
 
 
-@app.command()
+@app.command(cls=_Command)
+@guarded
 def submit(
     spec_path: Annotated[Path, typer.Argument(metavar="SPEC.yaml", help="Benchmark file, inside --working-dir.")],
     results: Annotated[
@@ -228,11 +391,12 @@ def submit(
     max_parallel: Annotated[int | None, typer.Option("--max-parallel", min=1)] = None,
     plugin: PluginOption = None,
     wait: Annotated[bool, typer.Option("--wait/--no-wait", help="Follow the job's output until it ends.")] = True,
+    max_cells: MaxCellsOption = MAX_CELLS,
 ) -> None:
     """Run the driver on the cluster itself as a Ray job: `harness run SPEC --address auto` on the head node."""
     import shlex
 
-    _load_cells(spec_path, plugin)  # a spec that cannot load fails here, not minutes later on the cluster
+    _load_cells(spec_path, plugin, max_cells)  # a spec that cannot load fails here, not minutes later on the cluster
     if not results.is_absolute():
         raise _fail_input(
             f"--results {results} is relative: the job runs in a temporary copy of the working directory, "
@@ -244,6 +408,7 @@ def submit(
         raise _fail_input(f"{spec_path} is not inside --working-dir {working_dir}: the job would not see it") from None
     command = ["harness", "run", str(spec_in_job), "--results", str(results), "--address", "auto"]
     command += ["--retry-failed"] * retry_failed + (["--max-parallel", str(max_parallel)] if max_parallel else [])
+    command += ["--max-cells", str(max_cells)] if max_cells != MAX_CELLS else []
     for name in plugin or []:
         command += ["--plugin", name]
 
@@ -305,61 +470,30 @@ class Registered(StrEnum):
     datasets = "datasets"
 
 
-@app.command("list")
+@app.command("list", cls=_Command)
+@guarded
 def list_(
     what: Registered,
     plugin: PluginOption = None,
-    markdown: Annotated[bool, typer.Option("--markdown", help="Print a Markdown table (the README's).")] = False,
+    markdown: Annotated[bool, typer.Option("--markdown", help="Print a Markdown table (docs/reference/).")] = False,
 ) -> None:
     """List the registered methods, models or data sets, and where each came from."""
-    from harness.methods import load_plugins
+    from harness.docs import markdown_table, registry_table
     from harness.registry import RegistryError
+    from harness.spec import SpecError, import_plugins
 
     try:
-        load_plugins(plugin or [])
-    except (ImportError, RegistryError) as exc:
+        import_plugins(plugin or [])
+        columns, rows = registry_table(what.value)  # imports lazy entries and entry points: each is checked then
+    except (SpecError, RegistryError) as exc:
         raise _fail_input(str(exc)) from None
-    columns, rows = _registered(what)
     if markdown:
-        cells = [[value.replace("|", "\\|") for value in row] for row in rows]
-        lines = [columns, ["---"] * len(columns), *cells]
-        sys.stdout.write("".join(f"| {' | '.join(line)} |\n" for line in lines))
+        sys.stdout.write(markdown_table(columns, rows))
     else:
         table = Table(*columns)
         for row in rows:
             table.add_row(*row)
         console.print(table)
-
-
-def _first_line(obj: object) -> str:
-    return ((getattr(obj, "__doc__", None) or "").strip().splitlines() or [""])[0]
-
-
-def _registered(what: Registered) -> tuple[list[str], list[list[str]]]:
-    """The column names and rows that describe one registry."""
-    if what is Registered.methods:
-        from harness.methods import METHODS
-
-        rows = []
-        for name in METHODS.names():
-            cls = METHODS.get(name)
-            params = ", ".join(
-                f"{key}={field.get_default()!r}" if not field.is_required() else key
-                for key, field in cls.Params.model_fields.items()
-            )
-            rows.append([name, cls.family, cls.summary(), params or "—", cls.reference, METHODS.source_of(name)])
-        return ["method", "family", "summary", "parameters (defaults)", "reference", "source"], rows
-    if what is Registered.models:
-        from harness.models import MODELS
-
-        return ["model", "summary"], [[name, _first_line(MODELS.get(name))] for name in MODELS.names()]
-    from harness.data import DATASETS
-
-    rows = [
-        [name, str(cls.input_shape), str(cls.num_classes), _first_line(cls)]
-        for name, cls in ((name, DATASETS.get(name)) for name in DATASETS.names())
-    ]
-    return ["dataset", "input shape", "classes", "summary"], rows
 
 
 class Format(StrEnum):
@@ -368,13 +502,14 @@ class Format(StrEnum):
     json = "json"
 
 
-@app.command()
+@app.command(cls=_Command)
+@guarded
 def query(
     sql: Annotated[str, typer.Argument(help="DuckDB SQL over the views cells, epochs, layers.")],
     results: ResultsOption = Path("results"),
     format: Annotated[Format, typer.Option("--format")] = Format.table,
 ) -> None:
-    """Run read-only SQL over the results views (cells, epochs, layers); see README "Results" for the columns."""
+    """Run read-only SQL over the results views (cells, epochs, layers); columns: docs/reference/columns.md."""
     import duckdb
 
     from harness.results import ReadOnlyError
@@ -382,6 +517,7 @@ def query(
 
     if not results.exists():
         raise _fail_input(f"results folder {results} does not exist; run a benchmark first or pass --results")
+    _results_folder(results)
     try:
         frame = run_query(results, sql)
     except ReadOnlyError as exc:
@@ -407,7 +543,8 @@ class ReportFormat(StrEnum):
     latex = "latex"
 
 
-@app.command()
+@app.command(cls=_Command)
+@guarded
 def report(
     results: Annotated[
         list[Path] | None,
@@ -443,6 +580,8 @@ def report(
     tracking = os.environ.get("MLFLOW_TRACKING_URI", "")
     default_url = tracking if tracking.startswith(("http://", "https://")) else Options.mlflow_url
     formats = tuple(f.value for f in format) if format else ("html", "markdown")
+    for folder in results or []:
+        _results_folder(folder)
     try:
         written = build_report(
             results or [Path("results")], out, formats, label, Options(heatmap_at, mlflow_url or default_url)

@@ -1,4 +1,4 @@
-"""Metric definitions (ShrinkBench's, with its defects fixed). The README cites this module.
+"""Metric definitions (ShrinkBench's, with its defects fixed). docs/metrics.md cites this module.
 
 "Pruned" below means removed by pruning: an exactly-zero entry, except in a weight a quantiser
 stored as codes, where only the entries its mask removed count (rounding to zero is not pruning);

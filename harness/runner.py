@@ -14,6 +14,7 @@ cell is not retried but becomes a ``failed`` row (see ``execute_cell``).
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
@@ -23,12 +24,15 @@ from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import ray
+import torch
 
-from harness.cell import CellResult, DenseCheckpoint, execute_cell, failed_result, pretrain
-from harness.spec import CellSpec, Resources
+from harness.cell import DenseCheckpoint, execute_cell, failed_result, pretrain
+from harness.config import CellSpec, Resources
+from harness.methods import method_provenance
+from harness.schema import CellResult
 from harness.store import ResultsStore
 from harness.tracking import ChildRun, MatrixRun, TrackingWriter
 
@@ -38,23 +42,36 @@ TRACKING_SECONDS = 10.0  # how often the parent MLflow run gets the matrix's cou
 
 @dataclass
 class Plan:
-    """Which cells run and which are already in the table."""
+    """Which cells run and which are already in the table; ``other_code``: cells in the table whose rows
+    were produced by a different version of their method's source (rerun them with ``--force``)."""
 
     todo: list[CellSpec]
     done: list[CellSpec]
     failed_before: list[CellSpec]
+    other_code: list[CellSpec] = field(default_factory=list)
 
 
-def plan(cells: list[CellSpec], store: ResultsStore, retry_failed: bool = False) -> Plan:
-    statuses = {benchmark: store.statuses(benchmark) for benchmark in {cell.benchmark for cell in cells}}
-    todo, done, failed = [], [], []
+def plan(cells: list[CellSpec], store: ResultsStore, retry_failed: bool = False, force: bool = False) -> Plan:
+    """Sort ``cells`` into to run / done / failed before; ``force`` runs every one of them again."""
+    benchmarks = {cell.benchmark for cell in cells}
+    statuses = {benchmark: store.statuses(benchmark) for benchmark in benchmarks}
+    recorded = {benchmark: store.source_hashes(benchmark) for benchmark in benchmarks}
+    current: dict[str, str | None] = {}
+    todo, done, failed, other_code = [], [], [], []
     for cell in cells:
         status = statuses[cell.benchmark].get(cell.cell_id)
-        if status is None or (status == "failed" and retry_failed):
+        if status is not None:
+            key = json.dumps([cell.method, cell.method_params], sort_keys=True)
+            if key not in current:
+                current[key] = method_provenance(cell.method, cell.method_params)["method_source_hash"]
+            was = recorded[cell.benchmark].get(cell.cell_id)
+            if was is not None and current[key] is not None and was != current[key]:
+                other_code.append(cell)
+        if force or status is None or (status == "failed" and retry_failed):
             todo.append(cell)
         else:
             (done if status == "ok" else failed).append(cell)
-    return Plan(todo, done, failed)
+    return Plan(todo, done, failed, other_code)
 
 
 # -- Ray ------------------------------------------------------------------------------------------
@@ -124,6 +141,26 @@ def capacity(resources: Resources, cluster: dict[str, float]) -> int:
     wants = {"CPU": resources.cpus, "GPU": resources.gpus, **resources.custom}
     fits = [cluster.get(name, 0.0) / amount for name, amount in wants.items() if amount > 0]
     return math.floor(min(fits, default=math.inf) + 1e-9) if fits else 2**31
+
+
+def check_local_resources(cells: Iterable[CellSpec], address: str | None) -> None:
+    """Before a local Ray instance starts: refuse cells asking for more than this machine has (nothing
+    joins a local instance, so they could never run). Joining a cluster, the scheduler checks on arrival."""
+    if address or os.environ.get("RAY_ADDRESS") or ray.is_initialized():
+        return
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    cluster = {"CPU": float(cpus), "GPU": float(torch.cuda.device_count())}
+    for resources in _distinct(cell.resources for cell in cells):
+        shape = resources if cluster["GPU"] else resources.model_copy(update={"gpus": 0.0})  # GPU specs run on CPU
+        if capacity(shape, cluster) == 0:
+            raise SchedulingError(
+                f"{_unfit(resources, cluster)}; lower the spec's resources or join a cluster (--address)"
+            )
+
+
+def _unfit(resources: Resources, cluster: dict[str, float]) -> str:
+    shown = {k: v for k, v in cluster.items() if not k.startswith("node:")}
+    return f"cells ask for {resources.model_dump(exclude_defaults=True)} but the Ray cluster has {shown}"
 
 
 def _distinct(shapes: Iterable[Resources]) -> list[Resources]:
@@ -255,10 +292,7 @@ class _Scheduler:
     def _check_feasible(self, shapes: list[Resources], local: bool) -> None:
         for resources in shapes:
             if capacity(self._shape(resources), self.cluster) == 0:
-                message = (
-                    f"cells ask for {resources.model_dump(exclude_defaults=True)} but the Ray cluster has "
-                    f"{ {k: v for k, v in self.cluster.items() if not k.startswith('node:')} }"
-                )
+                message = _unfit(resources, self.cluster)
                 if local:  # nothing will ever join a local instance
                     raise SchedulingError(f"{message}; lower the spec's resources or join a cluster with --address")
                 warnings.warn(f"{message}: they wait until the autoscaler adds a node that fits", stacklevel=2)

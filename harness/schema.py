@@ -1,6 +1,6 @@
 """The results schema: the core columns of the ``cells``, ``epochs`` and ``layers`` views.
 
-This is the documented contract readers rely on (README "Results" cites it). The store casts every
+This is the documented contract readers rely on (docs/reference/columns.md is generated from it). The store casts every
 core column it writes to the type declared here, so files written months apart still union cleanly;
 any other column a method or scheduler adds flows through untouched (views read with
 ``union_by_name``). Every row carries ``schema_version``: bump it when a core column changes meaning
@@ -9,13 +9,31 @@ or type, so a reader can tell old rows from new ones.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
 
 # 2: pruning counted apart from quantisation zeros; zero_fraction, storage_compression, layer_collapse, train_epochs
 SCHEMA_VERSION = 2
+
+
+@dataclass
+class CellResult:
+    """What a cell hands back: one row per level, its epoch curves, its per-layer table and its log.
+
+    Plain data (no torch), so the store and the readers can name it without importing a cell.
+    """
+
+    cell_id: str
+    rows: list[dict[str, Any]]
+    epochs: list[dict[str, Any]] = field(default_factory=list)
+    layers: list[dict[str, Any]] = field(default_factory=list)
+    log: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return all(row["status"] == "ok" for row in self.rows)
 
 
 @dataclass(frozen=True)
@@ -93,6 +111,8 @@ CELLS = (
     Column("harness_version", pa.string(), "version of the harness that produced the row"),
     Column("torch_version", pa.string(), "PyTorch version"),
     Column("git_commit", pa.string(), "git commit of the harness checkout, when it is one"),
+    Column("method_version", pa.string(), "the method class's declared `version` (in the cell id once not `1`)"),
+    Column("method_source_hash", pa.string(), "sha256 of the method's source files, plugins included (16 hex)"),
     Column("mlflow_run_id", pa.string(), "the cell's MLflow run (per-epoch curves, parameters, error)"),
 )
 
@@ -120,6 +140,10 @@ LAYERS = (
     Column("flops_nonzero", pa.float64(), "flops_dense × (1 − weight_sparsity)"),
     Column("weight_sparsity", pa.float64(), "fraction of the layer's weights pruned or reading a dead input"),
     Column("size_bytes", pa.float64(), "bytes of the layer as stored (see the cells row's `storage_format`)"),
+    Column(
+        "prunable", pa.bool_(), "whether the method could prune this layer (not `exclude`d, classifier only if asked)"
+    ),
+    Column("max_layer_sparsity", pa.float64(), "the method's cap on this layer's sparsity, when it set one"),
 )
 
 COLUMNS: dict[str, tuple[Column, ...]] = {"cells": CELLS, "epochs": EPOCHS, "layers": LAYERS}
@@ -150,6 +174,11 @@ def to_arrow(view: str, rows: list[dict[str, Any]]) -> pa.Table:
     return table
 
 
+def sql_type(column: Column) -> str:
+    """The DuckDB type a view gives ``column``."""
+    return _SQL_TYPES[column.type]
+
+
 def empty_select(view: str) -> str:
     """SQL for the view when nothing is written yet: its core columns, no rows."""
     return f"SELECT {core_first(view, [])} WHERE false"
@@ -157,7 +186,7 @@ def empty_select(view: str) -> str:
 
 def core_first(view: str, present: list[str]) -> str:
     """A select list: every core column in schema order (NULL of its type where no file has it), then the rest."""
-    core = [c.name if c.name in present else f"NULL::{_SQL_TYPES[c.type]} AS {c.name}" for c in COLUMNS[view]]
+    core = [c.name if c.name in present else f"NULL::{sql_type(c)} AS {c.name}" for c in COLUMNS[view]]
     names = {c.name for c in COLUMNS[view]}
     return ", ".join(core + ['"' + name.replace('"', '""') + '"' for name in present if name not in names])
 
@@ -168,5 +197,6 @@ _SQL_TYPES = {
     pa.int64(): "BIGINT",
     pa.float64(): "DOUBLE",
     pa.string(): "VARCHAR",
+    pa.bool_(): "BOOLEAN",
     pa.timestamp("us", tz="UTC"): "TIMESTAMPTZ",
 }

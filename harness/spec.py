@@ -1,257 +1,199 @@
-"""The benchmark spec: YAML → validated, frozen models → one :class:`CellSpec` per matrix cell.
+"""Loading a benchmark: YAML → validated, frozen :class:`BenchmarkSpec` → one :class:`CellSpec` per cell.
 
-Validation happens here and only here; everything downstream trusts a spec that loaded. Every
-mistake becomes a :class:`SpecError` naming the file, the field and what is allowed.
+Validation happens here and only here; everything downstream trusts a spec that loaded. This is
+the layer above the registries: the plain types live in :mod:`harness.config` (torch-free, at the
+bottom of the package), and every mistake becomes a :class:`SpecError` whose text comes from the
+one formatter, :mod:`harness.validation`: the file, the field and what is allowed.
 
-Identity follows OpenLTH: a cell's id is the hash of the canonical JSON of its fields that differ
-from their defaults, so adding a field with a default never changes existing ids.
+The YAML reader bounds its work before building anything: nesting depth, nodes after alias
+expansion (an alias bomb is refused in milliseconds), duplicate keys. The matrix's size is counted
+before a single cell is made.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
+import math
 import os
-import typing
+from collections.abc import Iterable, Iterator
+from functools import cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import pydantic
 import torch
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel
 
+from harness.config import (
+    MAX_CELLS,
+    BenchmarkSpec,
+    CellSpec,
+    MethodSpec,
+    Recipe,
+    Resources,
+    content_hash,
+    non_default,
+    shorten,
+)
 from harness.data import DATASETS
-from harness.methods import METHODS
+from harness.methods import METHODS, load_plugins
+from harness.methods.base import DEFAULT_VERSION
 from harness.models import MODELS, IncompatibleInput, create_model
+from harness.registry import RegistryError
+from harness.validation import SpecError, clip, describe
+
+__all__ = [
+    "BenchmarkSpec",
+    "CellSpec",
+    "MethodSpec",
+    "Recipe",
+    "Resources",
+    "SpecError",
+    "compression_to_sparsity",
+    "content_hash",
+    "count_cells",
+    "expand",
+    "import_plugins",
+    "load_spec",
+    "non_default",
+    "read_yaml",
+]
+
+YAML_MAX_DEPTH = 64  # nesting levels of mappings and lists
+YAML_MAX_NODES = 1_000_000  # values in the document once aliases are expanded
+
+_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when present: the same grammar, faster
 
 
-class SpecError(ValueError):
-    """Invalid benchmark input; ``str()`` is the one message shown to the user."""
+# -- reading ------------------------------------------------------------------------------------
 
 
-class _Frozen(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+def read_yaml(path: Path) -> Any:
+    """The document in ``path``, refused (SpecError) if it is not a readable, bounded YAML text."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SpecError(f"{path}: no such benchmark file") from None
+    except IsADirectoryError:
+        raise SpecError(f"{path}: is a folder; give a benchmark file (.yaml)") from None
+    except UnicodeDecodeError:
+        raise SpecError(f"{path}: not a text file (a benchmark file is UTF-8 YAML)") from None
+    except OSError as exc:
+        raise SpecError(f"{path}: cannot be read: {exc.strerror or exc}") from None
+    _check_bounded(path, text)
+    try:
+        return yaml.load(text, Loader=_Loader)  # noqa: S506 - a safe loader (CSafeLoader or SafeLoader)
+    except yaml.YAMLError as exc:
+        raise SpecError(f"{path}: not valid YAML: {shorten(str(exc), 400)[1:-1]}") from None
+    except ValueError as exc:  # e.g. an integer with more digits than Python converts
+        raise SpecError(f"{path}: a value cannot be read: {shorten(str(exc))}") from None
 
 
-class Recipe(_Frozen):
-    """How to train: optimiser, learning-rate schedule, epochs, batch size."""
-
-    epochs: int = Field(10, ge=0)
-    optimizer: Literal["sgd", "adam", "adamw"] = "sgd"
-    lr: float = Field(0.1, gt=0)
-    momentum: float = Field(0.9, ge=0, lt=1)
-    nesterov: bool = False
-    weight_decay: float = Field(0.0, ge=0)
-    batch_size: int = Field(128, ge=1)
-    schedule: Literal["constant", "cosine", "step"] = "constant"
-    milestones: tuple[int, ...] = ()  # epochs at which "step" multiplies the lr by gamma
-    gamma: float = Field(0.1, gt=0)
-    # pretrain only: keep the weights after these epochs / optimiser steps in the dense checkpoint (rewinding)
-    save_epochs: tuple[int, ...] = ()
-    save_iterations: tuple[int, ...] = ()
-
-    @model_validator(mode="after")
-    def _save_epochs_in_range(self) -> Recipe:
-        outside = [k for k in self.save_epochs if not 1 <= k <= self.epochs]
-        if outside:
-            raise ValueError(
-                f"save_epochs {outside} outside 1..epochs ({self.epochs}): epoch k keeps the weights after k "
-                "epochs of pretraining (θ0 is always kept)"
-            )
-        if any(k < 1 for k in self.save_iterations):
-            raise ValueError(
-                f"save_iterations {list(self.save_iterations)}: iteration k keeps the weights after k optimiser "
-                "steps of pretraining, so k >= 1 (θ0 is always kept)"
-            )
-        return self
+def _check_bounded(path: Path, text: str) -> None:
+    """Walk the event stream once (no recursion, nothing built): depth, expanded size and duplicate keys."""
+    try:
+        _check_events(path, yaml.parse(text, Loader=_Loader))
+    except yaml.YAMLError as exc:
+        raise SpecError(f"{path}: not valid YAML: {shorten(str(exc), 400)[1:-1]}") from None
 
 
-class MethodSpec(_Frozen):
-    """A method by registry name, with its parameters (written beside ``name`` in YAML)."""
+def _check_events(path: Path, events: Iterator[yaml.Event]) -> None:
+    sizes: dict[str, int] = {}  # anchor -> expanded size of the node it names
+    stack: list[dict[str, Any]] = []  # the open collections
 
-    name: str
-    params: dict[str, Any] = {}
+    def fail(event: yaml.Event, message: str) -> SpecError:
+        return SpecError(f"{path}: line {event.start_mark.line + 1}: {message}")
 
-    @model_validator(mode="before")
-    @classmethod
-    def _gather_params(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            return {"name": value}
-        if isinstance(value, dict) and "name" in value:
-            params = dict(value.get("params") or {})
-            params.update({k: v for k, v in value.items() if k not in ("name", "params")})
-            return {"name": value["name"], "params": params}
-        return value
+    def node_done(event: yaml.Event, size: int, anchor: str | None, key: str | None) -> None:
+        if anchor is not None:
+            sizes[anchor] = size
+        if not stack:
+            return
+        parent = stack[-1]
+        parent["size"] += size
+        if parent["size"] > YAML_MAX_NODES:
+            raise fail(event, f"the document expands to more than {YAML_MAX_NODES:,} values (aliases included)")
+        if parent["mapping"] and parent["items"] % 2 == 0 and key is not None and key != "<<":
+            if key in parent["keys"]:
+                raise fail(event, f"key {shorten(key)} appears twice in the same mapping")
+            parent["keys"].add(key)
+        parent["items"] += 1
 
-
-class Resources(_Frozen):
-    """What one cell asks the scheduler for."""
-
-    cpus: float = Field(1.0, gt=0)
-    gpus: float = Field(0.0, ge=0)  # fractions pack cells onto one GPU: 0.25 runs four at once
-    custom: dict[str, float] = {}  # custom Ray resources a node declares, e.g. {bigmem: 1}
-    labels: dict[str, str] = {}  # node labels a cell requires (Ray's label_selector), e.g. {gpu-type: a100}
-
-
-class BenchmarkSpec(_Frozen):
-    """One benchmark file: the axes of the matrix and the shared recipes."""
-
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
-    models: tuple[str, ...] = Field(min_length=1)
-    datasets: tuple[str, ...] = Field(min_length=1)
-    methods: tuple[MethodSpec, ...] = Field(min_length=1)
-    sparsities: tuple[float, ...] | None = Field(None, min_length=1)
-    compressions: tuple[float, ...] | None = Field(None, min_length=1)
-    seeds: tuple[int, ...] = Field(min_length=1)
-    pretrain: Recipe = Recipe()
-    finetune: dict[str, Any] = {}  # fields not given are inherited from pretrain
-    resources: Resources = Resources()
-    data_root: str | None = None
-    tracking_uri: str | None = None
-    plugins: tuple[str, ...] = ()
-
-    @field_validator("sparsities")
-    @classmethod
-    def _sparsity_range(cls, values: tuple[float, ...] | None) -> tuple[float, ...] | None:
-        for v in values or ():
-            if not 0.0 <= v < 1.0:
-                raise ValueError(f"sparsity {v} is outside [0, 1): it is the fraction of prunable weights removed")
-        return values
-
-    @field_validator("compressions")
-    @classmethod
-    def _compression_range(cls, values: tuple[float, ...] | None) -> tuple[float, ...] | None:
-        for v in values or ():
-            if not v >= 1.0:
-                raise ValueError(f"compression {v} is below 1: it is all parameters / nonzero parameters")
-        return values
-
-    @model_validator(mode="after")
-    def _one_target_axis(self) -> BenchmarkSpec:
-        if (self.sparsities is None) == (self.compressions is None):
-            raise ValueError("give exactly one of 'sparsities' or 'compressions'")
-        return self
-
-    @property
-    def finetune_recipe(self) -> Recipe:
-        return Recipe(**{**self.pretrain.model_dump(exclude={"save_epochs", "save_iterations"}), **self.finetune})
+    for event in events:
+        if isinstance(event, yaml.CollectionStartEvent):
+            if len(stack) >= YAML_MAX_DEPTH:
+                raise fail(event, f"nested deeper than {YAML_MAX_DEPTH} levels")
+            mapping = isinstance(event, yaml.MappingStartEvent)
+            stack.append({"size": 1, "anchor": event.anchor, "mapping": mapping, "items": 0, "keys": set()})
+        elif isinstance(event, yaml.CollectionEndEvent):
+            frame = stack.pop()
+            node_done(event, frame["size"], frame["anchor"], None)
+        elif isinstance(event, yaml.ScalarEvent):
+            node_done(event, 1, event.anchor, event.value)
+        elif isinstance(event, yaml.AliasEvent):
+            node_done(event, sizes.get(event.anchor, 1), None, None)
 
 
-class CellSpec(_Frozen):
-    """Everything that determines one cell's result; the scheduler hands it to ``run_cell``."""
-
-    benchmark: str
-    model: str
-    dataset: str
-    method: str
-    method_params: dict[str, Any] = {}
-    sparsity: float
-    compression: float | None = None  # the target it came from, when the spec gave compressions
-    seed: int
-    pretrain: Recipe = Recipe()
-    finetune: Recipe = Recipe()
-    # Where things are, not what they are: excluded from identity.
-    data_root: str | None = None
-    resources: Resources = Resources()
-    plugins: tuple[str, ...] = ()
-
-    _NOT_IDENTITY = frozenset({"benchmark", "data_root", "resources", "plugins", "compression"})
-
-    @property
-    def cell_id(self) -> str:
-        return content_hash(_non_default(self, exclude=self._NOT_IDENTITY))
-
-    @property
-    def pretrain_key(self) -> str:
-        """Cells with the same key share one dense pretraining."""
-        return content_hash(
-            {"model": self.model, "dataset": self.dataset, "seed": self.seed, "pretrain": _non_default(self.pretrain)}
-        )
-
-
-def content_hash(value: Any) -> str:
-    canonical = json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
-
-
-def _non_default(model: BaseModel, exclude: frozenset[str] = frozenset()) -> dict[str, Any]:
-    out = {}
-    for name, field in type(model).model_fields.items():
-        value = getattr(model, name)
-        if name in exclude or (not field.is_required() and value == field.get_default(call_default_factory=True)):
-            continue
-        out[name] = _non_default(value) if isinstance(value, BaseModel) else value
-    return out
+def _check_finite(path: Path, value: Any, field: str = "") -> None:
+    """No inf or nan anywhere: pydantic refuses them in typed fields, this covers free-form params too."""
+    seen: set[int] = set()
+    pending: list[tuple[str, Any]] = [(field, value)]
+    while pending:
+        where, item = pending.pop()
+        if isinstance(item, float) and not math.isfinite(item):
+            raise SpecError(f"{path}: {where or '(top level)'}: {item} is not a finite number; allowed: finite numbers")
+        if isinstance(item, dict | list) and id(item) not in seen:  # an alias is one object: visit it once
+            seen.add(id(item))
+            children = item.items() if isinstance(item, dict) else enumerate(item)
+            for key, child in children:
+                pending.append((f"{where}[{key}]" if isinstance(key, int) else f"{where}.{key}".lstrip("."), child))
 
 
 # -- loading ------------------------------------------------------------------------------------
 
 
-def load_spec(path: str | os.PathLike) -> BenchmarkSpec:
+def load_spec(path: str | os.PathLike, max_cells: int = MAX_CELLS) -> BenchmarkSpec:
     """Read and fully validate a benchmark file (plugins named in it are imported first)."""
     path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise SpecError(f"{path}: no such benchmark file") from None
-    except yaml.YAMLError as exc:
-        raise SpecError(f"{path}: not valid YAML: {exc}") from None
+    raw = read_yaml(path)
     if not isinstance(raw, dict):
         raise SpecError(f"{path}: expected a mapping of fields at the top level, got {type(raw).__name__}")
+    _check_finite(path, raw)
     try:
         spec = BenchmarkSpec.model_validate(raw)
     except pydantic.ValidationError as exc:
-        raise SpecError(_describe(path, exc, BenchmarkSpec)) from None
-    from harness.methods import load_plugins
-
-    try:
-        load_plugins(spec.plugins)
-    except ImportError as exc:
-        raise SpecError(f"{path}: plugins: {exc}") from None
+        raise SpecError(_in_file(path, describe(exc, BenchmarkSpec))) from None
+    import_plugins(spec.plugins, f"{path}: plugins")
     _check_registries(path, spec)
+    cells = count_cells(spec)
+    if cells > max_cells:
+        raise SpecError(
+            f"{path}: the matrix has {cells:,} cells, above the limit of {max_cells:,}; allowed: at most "
+            f"{max_cells:,} (split the benchmark, or raise the limit with --max-cells)"
+        )
     return spec
 
 
-def _describe(path: Path, exc: pydantic.ValidationError, root: type[BaseModel], prefix: str = "") -> str:
-    lines = []
-    for error in exc.errors():
-        loc = [str(p) for p in error["loc"] if p not in ("function-before", "function-after")]
-        field = prefix + _dotted(loc)
-        if error["type"] == "extra_forbidden":
-            allowed = _allowed_keys(root, loc[:-1])
-            lines.append(f"{path}: {field}: unknown key; allowed keys: {', '.join(allowed)}")
-        else:
-            msg = error["msg"].removeprefix("Value error, ")
-            lines.append(f"{path}: {field or '(top level)'}: {msg}")
-    return "\n".join(lines)
+def import_plugins(plugins: Iterable[str], where: str = "") -> None:
+    """Import each plugin; one that is missing, broken or raising is a SpecError naming it (after ``where``)."""
+    prefix = f"{where}: " if where else ""
+    for plugin in plugins:
+        try:
+            load_plugins([plugin])
+        except (ImportError, RegistryError) as exc:  # their messages name the plugin already
+            raise SpecError(prefix + clip(str(exc))) from None
+        except Exception as exc:  # a plugin is user code: any error in it is bad input, named
+            raise SpecError(prefix + clip(f"plugin {plugin} failed to import: {type(exc).__name__}: {exc}")) from None
 
 
-def _dotted(loc: list[str]) -> str:
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if part.isdigit() else (f".{part}" if out else part)
-    return out
-
-
-def _allowed_keys(root: type[BaseModel], loc: list[str]) -> list[str]:
-    """The keys the model at ``loc`` (a path of field names and list indices) accepts."""
-    model = root
-    for part in loc:
-        if not part.isdigit():
-            model = _model_in(model.model_fields[part].annotation) or model
-    return list(model.model_fields)
-
-
-def _model_in(annotation: Any) -> type[BaseModel] | None:
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    return next(filter(None, map(_model_in, typing.get_args(annotation))), None)
+def _in_file(path: Path, lines: list[str]) -> str:
+    return "\n".join(f"{path}: {line}" for line in lines)
 
 
 def _check_registries(path: Path, spec: BenchmarkSpec) -> None:
     def fail(field: str, message: str) -> SpecError:
-        return SpecError(f"{path}: {field}: {message}")
+        return SpecError(f"{path}: {clip(f'{field}: {message}')}")
 
     for i, name in enumerate(spec.models):
         if name not in MODELS:
@@ -262,7 +204,8 @@ def _check_registries(path: Path, spec: BenchmarkSpec) -> None:
     try:
         finetune = spec.finetune_recipe
     except pydantic.ValidationError as exc:
-        raise SpecError(_describe(path, exc, Recipe, prefix="finetune.")) from None
+        raise SpecError(_in_file(path, describe(exc, Recipe, prefix="finetune."))) from None
+    seen: dict[str, int] = {}
     for i, method in enumerate(spec.methods):
         if method.name not in METHODS:
             raise fail(f"methods[{i}].name", METHODS.unknown_message(method.name))
@@ -270,11 +213,21 @@ def _check_registries(path: Path, spec: BenchmarkSpec) -> None:
         try:
             params = cls.Params.model_validate(method.params)
         except pydantic.ValidationError as exc:
-            raise SpecError(_describe(path, exc, cls.Params, prefix=f"methods[{i}].")) from None
+            raise SpecError(_in_file(path, describe(exc, cls.Params, prefix=f"methods[{i}]."))) from None
         try:
             cls.check_recipes(params, spec.pretrain, finetune)
+        except pydantic.ValidationError as exc:  # the place of a nested method's need, e.g. a pipeline stage
+            raise SpecError(_in_file(path, describe(exc, cls.Params, prefix=f"methods[{i}]."))) from None
         except ValueError as exc:
             raise fail(f"methods[{i}]", str(exc)) from None
+        key = f"{method.name} {json.dumps(params.model_dump(mode='json', exclude_defaults=True), sort_keys=True)}"
+        if key in seen:
+            raise fail(
+                f"methods[{i}]",
+                f"repeats methods[{seen[key]}] ({method.name} with the same parameters); each entry must be "
+                "distinct, or the same cells would run twice",
+            )
+        seen[key] = i
     for model in spec.models:
         for dataset in spec.datasets:
             try:
@@ -310,13 +263,19 @@ def _check_compatible(model: str, dataset: str) -> None:
         raise IncompatibleInput(f"output shape {tuple(out.shape)[1:]} is not ({info.num_classes},) classes")
 
 
-def compression_to_sparsity(model: str, dataset: str, compression: float, include_classifier: bool = False) -> float:
-    """ShrinkBench's rule: keep = (total / compression − nonprunable) / prunable, 0 < keep ≤ 1."""
+@cache
+def _parameter_counts(model: str, dataset: str, include_classifier: bool) -> tuple[int, int]:
+    """(all parameters, prunable weights) of ``model`` built for ``dataset``."""
     from harness.masks import prunable_weights
 
     net = _meta_model(model, dataset)
     total = sum(p.numel() for p in net.parameters())
-    prunable = sum(p.numel() for p in prunable_weights(net, include_classifier).values())
+    return total, sum(p.numel() for p in prunable_weights(net, include_classifier).values())
+
+
+def compression_to_sparsity(model: str, dataset: str, compression: float, include_classifier: bool = False) -> float:
+    """ShrinkBench's rule: keep = (total / compression − nonprunable) / prunable, 0 < keep ≤ 1."""
+    total, prunable = _parameter_counts(model, dataset, include_classifier)
     keep = (total / compression - (total - prunable)) / prunable
     if not 0 < keep <= 1:
         raise ValueError(
@@ -326,25 +285,40 @@ def compression_to_sparsity(model: str, dataset: str, compression: float, includ
     return 1.0 - keep
 
 
+# -- the matrix ---------------------------------------------------------------------------------
+
+
+def count_cells(spec: BenchmarkSpec) -> int:
+    """How many cells :func:`expand` makes, counted without making them."""
+    targets = len(spec.sparsities or spec.compressions or ())
+    per_pair = sum(1 if METHODS.get(m.name).sets_own_sparsity else targets for m in spec.methods)
+    return per_pair * len(spec.models) * len(spec.datasets) * len(spec.seeds)
+
+
 def expand(spec: BenchmarkSpec) -> list[CellSpec]:
     """The matrix, in a breadth-first order: all cells of the first seed, then the next."""
     finetune = spec.finetune_recipe
+    methods = []
+    for method in spec.methods:
+        cls = METHODS.get(method.name)
+        params = cls.Params.model_validate(method.params)
+        version = None if cls.version == DEFAULT_VERSION else cls.version
+        methods.append((method.name, cls.sets_own_sparsity, params, params.model_dump(exclude_defaults=True), version))
     cells = []
     for seed in spec.seeds:
         for dataset in spec.datasets:
             for model in spec.models:
-                for method in spec.methods:
-                    cls = METHODS.get(method.name)
-                    params = cls.Params.model_validate(method.params)
-                    targets = [(0.0, None)] if cls.sets_own_sparsity else _targets(spec, model, dataset, params)
+                for name, sets_own_sparsity, params, dumped, version in methods:
+                    targets = [(0.0, None)] if sets_own_sparsity else _targets(spec, model, dataset, params)
                     for sparsity, compression in targets:
                         cells.append(
                             CellSpec(
                                 benchmark=spec.name,
                                 model=model,
                                 dataset=dataset,
-                                method=method.name,
-                                method_params=params.model_dump(exclude_defaults=True),
+                                method=name,
+                                method_params=dumped,
+                                method_version=version,
                                 sparsity=sparsity,
                                 compression=compression,
                                 seed=seed,

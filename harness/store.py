@@ -41,8 +41,7 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from harness.cell import CellResult
-from harness.schema import VIEWS, empty_select, to_arrow
+from harness.schema import VIEWS, CellResult, empty_select, to_arrow
 
 FRESH_LIMIT = 64  # fresh cell files in a partition that trigger a compaction
 FANOUT = 8  # segments of equal span merged into one
@@ -224,6 +223,20 @@ class ResultsStore:
             return duckdb.connect().execute(sql, [] if benchmark is None else [benchmark]).fetchall()
 
         return {cell_id: "ok" if ok else "failed" for cell_id, ok in read_retrying(read)}
+
+    def source_hashes(self, benchmark: str) -> dict[str, str | None]:
+        """``{cell_id: method_source_hash}`` of one benchmark's cells (None for rows that predate the column)."""
+
+        def read() -> list[tuple[str, str | None]]:
+            cells = self.view_sql("cells")
+            sql = f"SELECT cell_id, max(method_source_hash) FROM ({cells}) WHERE benchmark = ? GROUP BY cell_id"
+            try:
+                return duckdb.connect().execute(sql, [benchmark]).fetchall()
+            except duckdb.BinderException:  # every file predates the column
+                sql = f"SELECT DISTINCT cell_id, NULL FROM ({cells}) WHERE benchmark = ?"
+                return duckdb.connect().execute(sql, [benchmark]).fetchall()
+
+        return dict(read_retrying(read))
 
     # -- dense checkpoints ------------------------------------------------------------------------
 

@@ -26,11 +26,11 @@ import torch
 from torch import nn
 
 from harness.cell import CellJob, DenseCheckpoint, pretrain, seed_everything
+from harness.config import CellSpec, Recipe
 from harness.data import load_splits
 from harness.masks import Masks, classifier_name, prunable_weights
 from harness.methods import METHODS, Method
 from harness.models import MODELS
-from harness.spec import CellSpec, Recipe
 
 TINY_PRETRAIN = Recipe(epochs=1, lr=0.05, batch_size=256)
 TINY_FINETUNE = Recipe(epochs=1, lr=0.01, batch_size=256)

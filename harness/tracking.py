@@ -21,6 +21,9 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.parse
+import urllib.request
 import warnings
 from collections.abc import Iterable
 from concurrent.futures import Future
@@ -29,7 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # not imported at run time: the writer process stays light (mlflow only)
-    from harness.spec import CellSpec
+    from harness.config import CellSpec
 
 # A benchmark run must not phone home (nor write an installation id into the user's home); users may opt in.
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -42,6 +45,31 @@ def resolve_tracking_uri(configured: str | None, results_dir: Path) -> str:
     if configured or os.environ.get("MLFLOW_TRACKING_URI"):
         return configured or os.environ["MLFLOW_TRACKING_URI"]
     return f"sqlite:///{(results_dir / 'mlflow.db').resolve()}"
+
+
+def check_tracking_uri(uri: str, timeout: float = 5.0) -> None:
+    """Raise ValueError if ``uri`` cannot take this run's logs: a server that does not answer, a store
+    whose folder cannot be written. Checked before anything starts; other schemes are MLflow's to judge."""
+    scheme, separator, rest = uri.partition("://")
+    if not separator:
+        scheme, rest = "file", uri
+    if scheme in ("http", "https"):
+        try:
+            urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout).close()
+        except urllib.error.HTTPError:
+            return  # it answered
+        except (OSError, ValueError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise ValueError(f"tracking server {uri} does not answer ({reason}); start it or fix the URI") from None
+    elif scheme in ("sqlite", "file"):
+        target = Path(rest.removeprefix("/") if scheme == "sqlite" else urllib.parse.urlparse(uri).path or rest)
+        if str(target) == ":memory:":
+            return
+        folder = target.parent if scheme == "sqlite" else target
+        while not folder.exists() and folder != folder.parent:
+            folder = folder.parent
+        if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+            raise ValueError(f"tracking store {uri}: {folder} is not a folder this user can write")
 
 
 def _client(uri: str):  # imported lazily: mlflow costs ~1 s to import

@@ -17,9 +17,9 @@ from lightning.pytorch.callbacks import Callback
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from harness.config import Recipe
 from harness.masks import Masks, apply_masks, mask_gradients
 from harness.metrics import topk_correct
-from harness.spec import Recipe
 
 for _logger in ("lightning.pytorch", "lightning.fabric", "lightning"):
     logging.getLogger(_logger).setLevel(logging.WARNING)

@@ -11,8 +11,8 @@ import json
 from datetime import UTC, datetime
 from pathlib import Path
 
-from harness.cell import CellResult
-from harness.spec import content_hash
+from harness.config import content_hash
+from harness.schema import CellResult
 from harness.store import ResultsStore
 
 DENSE_TOP1 = 0.95

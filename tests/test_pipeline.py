@@ -97,7 +97,7 @@ seeds: [0]
 
     with pytest.raises(SpecError, match=r"stages\[1\].*huffmann.*did you mean.*huffman"):
         load_spec(write_spec(spec("[global_magnitude, huffmann]")))
-    with pytest.raises(SpecError, match=r"stages\[1\] \(kmeans\).*bits"):
+    with pytest.raises(SpecError, match=r"methods\[0\]\.stages\[1\]\.bits: .*less than or equal to 8"):
         load_spec(write_spec(spec("[global_magnitude, {name: kmeans, bits: 12}]")))
     (cell,) = expand(load_spec(write_spec(spec("[global_magnitude, {name: kmeans, bits: 4}, huffman]"))))
     assert cell.method_params == {

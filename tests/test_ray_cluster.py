@@ -21,6 +21,7 @@ from harness.spec import expand, load_spec
 from harness.store import ResultsStore
 from harness.tracking import MatrixRun
 
+pytestmark = pytest.mark.ray
 PLUGIN = Path(__file__).with_name("ray_plugins.py")
 
 

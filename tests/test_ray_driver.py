@@ -55,6 +55,7 @@ def finished_at(store: ResultsStore) -> dict[str, object]:
     return dict(duckdb.connect().execute(query).fetchall())
 
 
+@pytest.mark.ray
 def test_ctrl_c_then_sigkill_then_rerun_finishes_without_redoing_anything(write_spec, results_dir, tmp_path) -> None:
     spec = write_spec(spec_text(tmp_path / "arrived"))
     args = (str(spec), "--results", str(results_dir), "--max-parallel", "2")
@@ -112,6 +113,7 @@ resources: {resources}
     return expand(load_spec(write_spec(spec)))
 
 
+@pytest.mark.ray
 def test_a_gpu_spec_runs_on_the_cpu_of_a_local_ray_without_gpu(write_spec, results_dir) -> None:
     store = ResultsStore(results_dir)
     progress = run_matrix(local_cells(write_spec, "{cpus: 1, gpus: 0.5}"), store)
@@ -120,6 +122,7 @@ def test_a_gpu_spec_runs_on_the_cpu_of_a_local_ray_without_gpu(write_spec, resul
     assert gpu_ids == [("",)], "no GPU was asked of Ray"
 
 
+@pytest.mark.ray
 def test_cells_asking_for_what_a_local_ray_lacks_stop_before_running(write_spec, results_dir) -> None:
     with pytest.raises(SchedulingError, match=r"cells ask for \{'custom': \{'tpu_pod': 1.0\}\} but the Ray cluster"):
         run_matrix(local_cells(write_spec, "{custom: {tpu_pod: 1}}"), ResultsStore(results_dir))

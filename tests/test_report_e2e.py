@@ -19,6 +19,7 @@ HARNESS = Path(sys.executable).with_name("harness")
 
 
 @pytest.mark.slow
+@pytest.mark.ray
 def test_a_tiny_benchmark_run_then_reported(write_spec, tmp_path: Path) -> None:
     spec = write_spec(TINY_SPEC)
     results, out = tmp_path / "results", tmp_path / "site"

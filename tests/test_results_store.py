@@ -10,9 +10,8 @@ import pandas as pd
 import pytest
 from results_factory import fake_cell
 
-from harness.cell import CellResult
 from harness.results import connect, load
-from harness.schema import CELLS, EPOCHS, LAYERS, SCHEMA_VERSION, SchemaError
+from harness.schema import CELLS, EPOCHS, LAYERS, SCHEMA_VERSION, CellResult, SchemaError
 from harness.store import FANOUT, ResultsStore
 
 

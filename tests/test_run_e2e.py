@@ -32,21 +32,12 @@ from harness.results import load
 from harness.spec import expand, load_spec
 from harness.store import ResultsStore
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.ray]
 
 HARNESS = Path(sys.executable).with_name("harness")  # the console script installed beside this Python
 
-README_PLUGIN = '''\
-from harness.methods import PruningMethod, register_method
-
-@register_method("smallest_weights_per_layer")
-class SmallestWeightsPerLayer(PruningMethod):
-    """Remove the weights of smallest magnitude, the same fraction in every layer."""
-    scope = "layer"            # "global": one threshold across all prunable weights
-
-    def score(self, ctx):      # ctx.weights: {parameter name: prunable weight tensor}
-        return {name: w.abs() for name, w in ctx.weights.items()}
-'''
+README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+README_PLUGIN = next(b for b in re.findall(r"```python\n(.*?)```", README, re.S) if "@register_method" in b)
 
 BROKEN_PLUGIN = '''\
 from harness.methods import PruningMethod, register_method

@@ -150,7 +150,7 @@ def test_controls_follow_the_tickets_masks() -> None:
     [
         ({"score": "imp"}, "not a pruning method"),
         ({"score": "global_magnitud"}, "did you mean"),
-        ({"score": "grasp", "score_params": {"temperature": -1}}, "score_params for 'grasp'"),
+        ({"score": "grasp", "score_params": {"temperature": -1}}, "score_params.temperature"),
         ({"control": "reinit"}, "needs a rewind point"),
         ({"rewind": "epoch:one"}, "pattern"),
     ],

@@ -16,7 +16,8 @@ import yaml
 from typer.testing import CliRunner
 
 from harness.cli import app
-from harness.spec import CellSpec, Recipe, SpecError, _non_default, expand, load_spec
+from harness.config import non_default
+from harness.spec import CellSpec, Recipe, SpecError, expand, load_spec
 
 BASE = {
     "name": "t",
@@ -213,7 +214,7 @@ def test_the_id_hashes_only_the_fields_that_differ_from_their_defaults() -> None
         "pretrain": {"epochs": 2, "lr": 0.05, "batch_size": 64},
         "finetune": {"epochs": 1, "lr": 0.01, "batch_size": 64},
     }
-    assert _non_default(CELL, exclude=CELL._NOT_IDENTITY) == hashed
+    assert non_default(CELL, exclude=CELL._NOT_IDENTITY) == hashed
     assert CELL.cell_id == sha256_16(hashed)
     assert CELL.pretrain_key == sha256_16(
         {"model": "lenet_300_100", "dataset": "digits", "seed": 0, "pretrain": hashed["pretrain"]}

@@ -9,7 +9,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from harness.data import Dataset, DataSplits, not_found, tensor_splits
+from harness.data import Dataset, DataSplits, not_found, register_dataset, tensor_splits
 
 
 @lru_cache(maxsize=4)
@@ -52,6 +52,7 @@ class _CIFAR(Dataset):
         return tensor_splits(cls, train, test, seed)
 
 
+@register_dataset("cifar10")
 class CIFAR10(_CIFAR):
     """50000 / 10000 colour 32x32 images in 10 classes."""
 
@@ -62,6 +63,7 @@ class CIFAR10(_CIFAR):
     label_key = b"labels"
 
 
+@register_dataset("cifar100")
 class CIFAR100(_CIFAR):
     """50000 / 10000 colour 32x32 images in 100 fine classes."""
 

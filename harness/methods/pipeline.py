@@ -15,18 +15,19 @@ In a spec::
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import pydantic
 from pydantic import Field, field_validator
 
+from harness.config import MethodSpec, Recipe
 from harness.methods import METHODS, create_method, register_method
-from harness.methods.base import Method, run_stage
+from harness.methods.base import Method
 from harness.methods.quantization import DEEP_COMPRESSION
-from harness.spec import MethodSpec
+from harness.validation import fail_at, validate_nested
 
 if TYPE_CHECKING:
-    from harness.cell import CellJob
+    from harness.methods.base import Job
 
 
 @register_method("pipeline")
@@ -42,25 +43,34 @@ class Pipeline(Method):
         @field_validator("stages")
         @classmethod
         def _known_stages(cls, stages: tuple[MethodSpec, ...]) -> tuple[MethodSpec, ...]:
-            for i, stage in enumerate(stages):
+            for i, stage in enumerate(stages):  # errors at stages[i].<param>: pydantic prepends "stages"
                 if stage.name not in METHODS:
-                    raise ValueError(f"stages[{i}]: {METHODS.unknown_message(stage.name)}")
-                try:
-                    METHODS.get(stage.name).Params.model_validate(stage.params)
-                except pydantic.ValidationError as exc:
-                    problems = "; ".join(
-                        f"{'.'.join(map(str, e['loc'])) or 'params'}: {e['msg']}" for e in exc.errors()
-                    )
-                    raise ValueError(f"stages[{i}] ({stage.name}): {problems}") from None
+                    raise fail_at((i, "name"), METHODS.unknown_message(stage.name))
+                validate_nested(METHODS.get(stage.name).Params, stage.params, (i,))
             return stages
 
     def stage_specs(self) -> list[tuple[str, dict[str, Any]]]:
         """(method name, parameters) of each stage, in order."""
         return [(stage.name, stage.params) for stage in self.params.stages]
 
-    def apply(self, job: CellJob) -> None:
+    @classmethod
+    def check_recipes(cls, params: Method.Params, pretrain: Recipe, finetune: Recipe) -> None:
+        """Each stage's own needs (e.g. an iterative stage rewinding to a pretraining epoch)."""
+        for i, (name, stage_params) in enumerate(cls(params).stage_specs()):
+            stage = METHODS.get(name)
+            try:
+                stage.check_recipes(stage.Params.model_validate(stage_params), pretrain, finetune)
+            except ValueError as exc:
+                raise fail_at(("stages", i), str(exc)) from None
+
+    def source_files(self) -> set[Path]:
+        stages = (create_method(name, params).source_files() for name, params in self.stage_specs())
+        return super().source_files().union(*stages)
+
+    def apply(self, job: Job) -> None:
         for name, params in self.stage_specs():
-            run_stage(job, create_method(name, params), name)
+            with job.stage(name):
+                create_method(name, params).apply(job)
 
 
 @register_method("deep_compression")

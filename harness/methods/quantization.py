@@ -30,7 +30,7 @@ from harness.methods import register_method
 from harness.methods.base import CompressionMethod, Method
 
 if TYPE_CHECKING:
-    from harness.cell import CellJob
+    from harness.methods.base import Job
 
 NAGEL = "Nagel et al. 2021, A White Paper on Neural Network Quantization"
 DEEP_COMPRESSION = "Han et al. 2016, Deep Compression: pruning, trained quantization and Huffman coding"
@@ -160,17 +160,6 @@ def layer_inputs(model: nn.Module, batches: list[torch.Tensor]) -> dict[str, tor
     return {name: torch.cat(values) for name, values in samples.items()}
 
 
-def calibration_inputs(job: CellJob, batches: int) -> list[torch.Tensor]:
-    """``batches`` batches of training inputs, drawn with the cell's seed."""
-    size = job.cell.finetune.batch_size
-    order = torch.randperm(len(job.data.train), generator=torch.Generator().manual_seed(job.cell.seed))
-    device = next(job.model.parameters()).device
-    return [
-        torch.stack([job.data.train[int(i)][0] for i in order[start : start + size]]).to(device)
-        for start in range(0, min(batches * size, len(order)), size)
-    ]
-
-
 class UniformParams(Method.Params):
     bits: int = Field(8, ge=2, le=8)
     scheme: Literal["symmetric", "affine"] = "symmetric"
@@ -211,13 +200,13 @@ class PostTrainingQuantization(CompressionMethod):
         percentile: float = Field(99.99, gt=50, le=100)
         calibration_batches: int = Field(4, ge=1)
 
-    def compress(self, job: CellJob) -> None:
+    def compress(self, job: Job) -> None:
         p = self.params
         if p.float_finetune:
             job.finetune(finish=False)
         if p.activation_bits is not None:  # ranges come from the float model, as observers see it
-            inputs = layer_inputs(job.model, calibration_inputs(job, p.calibration_batches))
-        job.storage.quantized = quantize_model(job.model, p, p.weight_range)
+            inputs = layer_inputs(job.model, [x for x, _ in job.train_batches(p.calibration_batches)])
+        job.set_storage(quantized=quantize_model(job.model, p, p.weight_range))
         if p.activation_bits is not None:
             modules = dict(job.model.named_modules())
             for name, samples in inputs.items():
@@ -270,11 +259,11 @@ class QuantizationAwareTraining(CompressionMethod):
     class Params(UniformParams):
         bits: int = Field(4, ge=2, le=8)
 
-    def compress(self, job: CellJob) -> None:
+    def compress(self, job: Job) -> None:
         job.finetune(
             callbacks=[FakeQuantWeights(lambda model: quantize_model(model, self.params, "minmax"))], finish=False
         )
-        job.storage.quantized = quantize_model(job.model, self.params, "minmax")
+        job.set_storage(quantized=quantize_model(job.model, self.params, "minmax"))
         job.finish_level()
 
 
@@ -369,15 +358,15 @@ class KMeansWeightSharing(CompressionMethod):
             for name in quantized_weights(model)
         }
 
-    def compress(self, job: CellJob) -> None:
+    def compress(self, job: Job) -> None:
         p = self.params
         bits = self.layer_bits(job.model)
         codes = {name: share_weights(w, bits[name], p.iterations) for name, w in quantized_weights(job.model).items()}
         load_decoded(job.model, codes)
-        if job.cell.finetune.epochs:
+        if job.finetune_recipe.epochs:
             job.finetune(callbacks=[SharedGradients(codes, p.centroid_gradient)], finish=False)
             weights = quantized_weights(job.model)
             codes = {name: refit_centroids(weights[name], shared) for name, shared in codes.items()}
             load_decoded(job.model, codes)
-        job.storage.quantized = codes
+        job.set_storage(quantized=codes)
         job.finish_level()

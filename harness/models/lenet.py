@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 from torch import nn
 
-from harness.models import IncompatibleInput
+from harness.models import IncompatibleInput, register_model
 
 
 def require_image(model: str, input_shape: tuple[int, ...], min_side: int = 1) -> tuple[int, int, int]:
@@ -36,15 +36,19 @@ def mlp(in_features: int, hidden: Sequence[int], num_classes: int) -> nn.Sequent
     return nn.Sequential(*layers)
 
 
+@register_model("lenet_300_100")
 def lenet_300_100(input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
-    """The 300-100 MLP of LeCun et al. 1998, the pruning baseline of Han et al. 2015 and
-    Frankle & Carbin 2019; flattens any input shape."""
+    """The 300-100 MLP of LeCun et al. 1998 (Han et al. 2015's pruning baseline); flattens any input.
+
+    Also the fully connected network of Frankle & Carbin 2019."""
     return mlp(math.prod(input_shape), (300, 100), num_classes)
 
 
+@register_model("lenet5")
 def lenet5(input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
-    """LeNet-5 (LeCun et al. 1998) with ReLU and max pooling: conv 6@5x5 → pool → conv 16@5x5 →
-    pool → fc 120 → 84 → classes.
+    """LeNet-5 (LeCun et al. 1998) with ReLU and max pooling; images from 4x4 up.
+
+    conv 6@5x5 → pool → conv 16@5x5 → pool → fc 120 → 84 → classes.
 
     conv1 is padded by 2 so a 28x28 MNIST digit sees the original 32x32 geometry (16x5x5 = 400
     features into fc1). conv2 is padded by 2 along a side only where the pooled map is too

@@ -1,0 +1,259 @@
+"""The plain, frozen types of a benchmark: recipes, resources, methods by name, the spec, its cells.
+
+This module sits at the bottom of the package: it imports pydantic and nothing of the harness, so
+the store, the query path and the tracking process can name these types without torch. The checks
+that need no registry live here too (ranges, finite numbers, names, duplicates); those that need
+the registries or torch are :mod:`harness.spec`'s.
+
+Identity follows OpenLTH: a cell's id is the hash of the canonical JSON of its fields that differ
+from their defaults, so adding a field with a default never changes existing ids.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+
+MAX_CELLS = 1_000_000  # default cap on a matrix's cells (harness run --max-cells)
+SEED_MAX = 2**32 - 1  # numpy's and Lightning's seed range is 0..2^32-1
+NAME_MAX = 100  # characters of a benchmark name: it names a folder and a partition
+NAME_PATTERN = re.compile(rf"[A-Za-z0-9][A-Za-z0-9_.-]{{0,{NAME_MAX - 1}}}")
+
+
+def _seed_in_range(value: Any) -> Any:
+    """Before int parsing, so that 1e20 gets the range in its message rather than a parsing error."""
+    if isinstance(value, int | float) and not isinstance(value, bool) and not 0 <= value <= SEED_MAX:
+        raise ValueError(f"{shorten(value)} is outside the seed range; allowed: integers 0 to {SEED_MAX}")
+    return value
+
+
+Seed = Annotated[int, BeforeValidator(_seed_in_range), Field(ge=0, le=SEED_MAX)]
+
+
+class _Frozen(BaseModel):
+    # a docstring under a field is its description: docs/reference/spec.md is generated from them
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False, use_attribute_docstrings=True)
+
+
+class Recipe(_Frozen):
+    """How to train: optimiser, learning-rate schedule, epochs, batch size."""
+
+    epochs: int = Field(10, ge=0)
+    """Passes over the training split."""
+    optimizer: Literal["sgd", "adam", "adamw"] = "sgd"
+    """The torch optimiser."""
+    lr: float = Field(0.1, gt=0)
+    """Initial learning rate."""
+    momentum: float = Field(0.9, ge=0, lt=1)
+    """SGD momentum (Adam/AdamW: beta1)."""
+    nesterov: bool = False
+    """Nesterov momentum (SGD only)."""
+    weight_decay: float = Field(0.0, ge=0)
+    """L2 penalty (AdamW: decoupled weight decay)."""
+    batch_size: int = Field(128, ge=1)
+    """Training examples per step."""
+    schedule: Literal["constant", "cosine", "step"] = "constant"
+    """Learning-rate schedule over the epochs."""
+    milestones: tuple[int, ...] = ()
+    """Epochs at which "step" multiplies the lr by gamma."""
+    gamma: float = Field(0.1, gt=0)
+    """The "step" schedule's factor."""
+    save_epochs: tuple[int, ...] = ()
+    """Pretrain only: keep the weights after these epochs in the dense checkpoint (weight rewinding)."""
+    save_iterations: tuple[int, ...] = ()
+    """Pretrain only: keep the weights after these optimiser steps (rewinding to iteration k, ``iter:k``)."""
+
+    @model_validator(mode="after")
+    def _save_epochs_in_range(self) -> Recipe:
+        outside = [k for k in self.save_epochs if not 1 <= k <= self.epochs]
+        if outside:
+            raise ValueError(
+                f"save_epochs {outside} outside 1..epochs ({self.epochs}): epoch k keeps the weights after k "
+                "epochs of pretraining (θ0 is always kept)"
+            )
+        if any(k < 1 for k in self.save_iterations):
+            raise ValueError(
+                f"save_iterations {list(self.save_iterations)}: iteration k keeps the weights after k optimiser "
+                "steps of pretraining, so k >= 1 (θ0 is always kept)"
+            )
+        return self
+
+
+class MethodSpec(_Frozen):
+    """A method by registry name, with its parameters (written beside ``name`` in YAML)."""
+
+    name: str
+    """A registered method name."""
+    params: dict[str, Any] = {}
+    """The method's parameters."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _gather_params(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return {"name": value}
+        if isinstance(value, dict) and "name" in value:
+            params = dict(value.get("params") or {})
+            params.update({k: v for k, v in value.items() if k not in ("name", "params")})
+            return {"name": value["name"], "params": params}
+        return value
+
+
+class Resources(_Frozen):
+    """What one cell asks the scheduler for."""
+
+    cpus: float = Field(1.0, gt=0)
+    """CPUs one cell reserves."""
+    gpus: float = Field(0.0, ge=0)
+    """GPUs one cell reserves; fractions pack cells onto one GPU: 0.25 runs four at once."""
+    custom: dict[str, float] = {}
+    """Custom Ray resources a node declares, e.g. {bigmem: 1}."""
+    labels: dict[str, str] = {}
+    """Node labels a cell requires (Ray's label_selector), e.g. {gpu-type: a100}."""
+
+
+class BenchmarkSpec(_Frozen):
+    """One benchmark file: the axes of the matrix and the shared recipes."""
+
+    name: str = Field(json_schema_extra={"pattern": NAME_PATTERN.pattern})  # the validator below says why
+    """The benchmark: the MLflow experiment and the `benchmark` column."""
+    models: tuple[str, ...] = Field(min_length=1)
+    """Registered model names (`harness list models`); every model must fit every data set."""
+    datasets: tuple[str, ...] = Field(min_length=1)
+    """Registered data-set names (`harness list datasets`)."""
+    methods: tuple[MethodSpec, ...] = Field(min_length=1)
+    """Each a method name, or {name: NAME, param: value, ...}; params are checked against the method."""
+    sparsities: tuple[float, ...] | None = Field(None, min_length=1)
+    """Fractions of the prunable weights removed, each in [0, 1); give this or `compressions`."""
+    compressions: tuple[float, ...] | None = Field(None, min_length=1)
+    """ShrinkBench compression ratios ≥ 1, turned into a sparsity per model (instead of `sparsities`)."""
+    seeds: tuple[Seed, ...] = Field(min_length=1)
+    """One dense model and one cell per seed."""
+    pretrain: Recipe = Recipe()
+    """How the shared dense model is trained."""
+    finetune: dict[str, Any] = {}
+    """Recipe fields for fine-tuning after pruning; any not given are inherited from `pretrain`."""
+    resources: Resources = Resources()
+    """What each cell asks the Ray scheduler for."""
+    data_root: str | None = None
+    """Folder with the data sets' files (null: $HARNESS_DATA, else ./data)."""
+    tracking_uri: str | None = None
+    """MLflow tracking URI (null: $MLFLOW_TRACKING_URI, else sqlite:///RESULTS/mlflow.db)."""
+    plugins: tuple[str, ...] = ()
+    """Plugin modules (importable names or .py paths) loaded before the names are checked."""
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, name: str) -> str:
+        if not NAME_PATTERN.fullmatch(name):
+            raise ValueError(
+                f"{shorten(name)} is not a benchmark name; allowed: 1 to {NAME_MAX} letters, digits, '_', '-' "
+                "and '.', starting with a letter or digit (it names a folder of the results)"
+            )
+        return name
+
+    @field_validator("sparsities")
+    @classmethod
+    def _sparsity_range(cls, values: tuple[float, ...] | None) -> tuple[float, ...] | None:
+        for v in values or ():
+            if not 0.0 <= v < 1.0:
+                raise ValueError(f"sparsity {v} is outside [0, 1): it is the fraction of prunable weights removed")
+        return values
+
+    @field_validator("compressions")
+    @classmethod
+    def _compression_range(cls, values: tuple[float, ...] | None) -> tuple[float, ...] | None:
+        for v in values or ():
+            if not v >= 1.0:
+                raise ValueError(f"compression {v} is below 1: it is all parameters / nonzero parameters")
+        return values
+
+    @field_validator("models", "datasets", "sparsities", "compressions", "seeds")
+    @classmethod
+    def _distinct(cls, values: tuple | None) -> tuple | None:
+        first_index: dict[Any, int] = {}
+        for i, value in enumerate(values or ()):
+            if value in first_index:
+                raise ValueError(
+                    f"[{i}] repeats [{first_index[value]}] ({shorten(value)}); each entry must be distinct, "
+                    "or the same cells would run twice"
+                )
+            first_index[value] = i
+        return values
+
+    @model_validator(mode="after")
+    def _one_target_axis(self) -> BenchmarkSpec:
+        if (self.sparsities is None) == (self.compressions is None):
+            raise ValueError("give exactly one of 'sparsities' or 'compressions'")
+        return self
+
+    @property
+    def finetune_recipe(self) -> Recipe:
+        return Recipe(**{**self.pretrain.model_dump(exclude={"save_epochs", "save_iterations"}), **self.finetune})
+
+
+class CellSpec(_Frozen):
+    """Everything that determines one cell's result; the scheduler hands it to ``run_cell``."""
+
+    benchmark: str
+    model: str
+    dataset: str
+    method: str
+    method_params: dict[str, Any] = {}
+    method_version: str | None = None  # the method class's ``version`` when it is not the default
+    sparsity: float
+    compression: float | None = None  # the target it came from, when the spec gave compressions
+    seed: Seed
+    pretrain: Recipe = Recipe()
+    finetune: Recipe = Recipe()
+    # Where things are, not what they are: excluded from identity.
+    data_root: str | None = None
+    resources: Resources = Resources()
+    plugins: tuple[str, ...] = ()
+
+    _NOT_IDENTITY = frozenset({"benchmark", "data_root", "resources", "plugins", "compression"})
+
+    @property
+    def cell_id(self) -> str:
+        return content_hash(non_default(self, exclude=self._NOT_IDENTITY))
+
+    @property
+    def pretrain_key(self) -> str:
+        """Cells with the same key share one dense pretraining."""
+        return content_hash(
+            {"model": self.model, "dataset": self.dataset, "seed": self.seed, "pretrain": non_default(self.pretrain)}
+        )
+
+
+def content_hash(value: Any) -> str:
+    canonical = json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def non_default(model: BaseModel, exclude: frozenset[str] = frozenset()) -> dict[str, Any]:
+    """The fields of ``model`` that differ from their defaults (nested models likewise)."""
+    out = {}
+    for name, field in type(model).model_fields.items():
+        value = getattr(model, name)
+        if name in exclude or (not field.is_required() and value == field.get_default(call_default_factory=True)):
+            continue
+        out[name] = non_default(value) if isinstance(value, BaseModel) else value
+    return out
+
+
+SHOWN_CHARACTERS = 80  # of a user's value inside a message: a message never grows with the input
+
+
+def shorten(value: Any, limit: int = SHOWN_CHARACTERS) -> str:
+    """``repr(value)`` cut to ``limit`` characters; containers are not expanded beyond what is shown."""
+    if isinstance(value, dict | list | tuple | set):
+        return f"a {type(value).__name__} of {len(value)} entries"
+    try:
+        text = repr(value)
+    except ValueError:  # an integer beyond Python's digit limit for str()
+        return f"an integer of about {value.bit_length() * 3 // 10} digits"
+    return text if len(text) <= limit else f"{text[: limit - 12]}… ({len(text)} characters)"
