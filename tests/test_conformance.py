@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from harness.methods import METHODS
+from harness.models import MODELS
 from harness.testing import CONFORMANCE_MODELS, check_conformance
 
 # what a method needs to run at all on a tiny cell
@@ -19,6 +20,14 @@ PARAMS = {
     "deep_compression": {"rate": 0.5},
 }
 FALSE_POSITIVES = {"bloomier"}  # a Bloomier filter reads some pruned positions back as weights, by design
+
+
+@pytest.fixture(scope="module", autouse=True)
+def models_kept():
+    """check_conformance registers its small models; other tests list the built-ins, so they go again."""
+    saved = dict(MODELS._entries)
+    yield
+    MODELS._entries = saved
 
 
 @pytest.mark.slow
