@@ -8,7 +8,7 @@ TORCH  ?= torch==2.13.0
 TORCH_INDEX ?=
 RESULTS ?= results
 
-.PHONY: setup browser run test test-fast docs lint perf report mlflow-ui mlflow-server clean
+.PHONY: setup browser run test test-fast conformance docs lint perf report mlflow-ui mlflow-server clean
 
 setup: $(VENV)/.installed
 
@@ -31,12 +31,16 @@ browser:
 
 test: setup browser
 	$(BIN)/ruff check harness tests benchmarks
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -m "not conformance"
 
 # The edit loop: the suite without the slow end-to-end, Ray and browser tests (markers in pyproject.toml).
 test-fast: setup
 	$(BIN)/ruff check harness tests benchmarks
-	$(BIN)/python -m pytest -q -m "not slow and not ray and not browser"
+	$(BIN)/python -m pytest -q -m "not slow and not ray and not browser and not conformance"
+
+# Every method x every model family, one tiny cell each (~240 cells; about 40 min on 2 cores).
+conformance: setup
+	$(BIN)/python -m pytest -q tests/test_conformance.py
 
 # docs/reference/*.md from the registries, the spec models and harness/schema.py; tests/test_docs.py checks them.
 docs: setup

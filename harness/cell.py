@@ -9,6 +9,7 @@ prune / fine-tune levels it passes through, and every level becomes a row.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import json
 import logging
@@ -54,6 +55,7 @@ class DenseCheckpoint:
     metrics: dict[str, float]  # dense_top1, dense_top5, dense_loss, pretrain_seconds
     epochs: list[dict[str, Any]] = field(default_factory=list)
     snapshots: dict[int, dict[str, torch.Tensor]] = field(default_factory=dict)  # pretrain recipe's save_epochs
+    iteration_snapshots: dict[int, dict[str, torch.Tensor]] = field(default_factory=dict)  # its save_iterations
 
     def weights_at(self, epoch: int) -> dict[str, torch.Tensor]:
         """The dense model's state after ``epoch`` epochs of pretraining (0: θ0), for weight rewinding."""
@@ -65,6 +67,16 @@ class DenseCheckpoint:
                 f"{sorted(self.snapshots) or 'none'}); add it to the spec's pretrain recipe: save_epochs: [{epoch}]"
             )
         return self.snapshots[epoch]
+
+    def weights_at_iteration(self, iteration: int) -> dict[str, torch.Tensor]:
+        """The dense model's state after ``iteration`` optimiser steps of pretraining (Frankle et al.'s rewinding)."""
+        if iteration not in self.iteration_snapshots:
+            raise KeyError(
+                f"the dense checkpoint {self.pretrain_key} kept no weights at iteration {iteration} (kept: "
+                f"{sorted(self.iteration_snapshots) or 'none'}); add it to the spec's pretrain recipe: "
+                f"save_iterations: [{iteration}]"
+            )
+        return self.iteration_snapshots[iteration]
 
     def to_bytes(self) -> bytes:
         buffer = io.BytesIO()
@@ -86,15 +98,22 @@ def _state(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 class WeightSnapshots(Callback):
-    """Keeps the model's state after each of the given epochs (``{epoch: state}``, epochs from 1)."""
+    """Keeps the model's state after each of the given epochs (``states``, epochs from 1) and after each of
+    the given optimiser steps (``iteration_states``, steps from 1)."""
 
-    def __init__(self, epochs: tuple[int, ...]) -> None:
+    def __init__(self, epochs: tuple[int, ...], iterations: tuple[int, ...] = ()) -> None:
         self.epochs = set(epochs)
+        self.iterations = set(iterations)
         self.states: dict[int, dict[str, torch.Tensor]] = {}
+        self.iteration_states: dict[int, dict[str, torch.Tensor]] = {}
 
     def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         if trainer.current_epoch + 1 in self.epochs:
             self.states[trainer.current_epoch + 1] = _state(module.model)
+
+    def on_train_batch_end(self, trainer: L.Trainer, module: L.LightningModule, *args: Any) -> None:
+        if trainer.global_step in self.iterations:  # global_step counts the steps taken, this one included
+            self.iteration_states[trainer.global_step] = _state(module.model)
 
 
 SplitView = Callable[[DataSplits], DataSplits]  # what a cell may see of its data set's splits
@@ -113,7 +132,7 @@ def pretrain(cell: CellSpec, view: SplitView = all_splits) -> DenseCheckpoint:
     data = view(load_splits(cell.dataset, cell.data_root, cell.seed))
     model = create_model(cell.model, data.input_shape, data.num_classes).to(device_for_cell())
     init_state = _state(model)
-    snapshots = WeightSnapshots(cell.pretrain.save_epochs)
+    snapshots = WeightSnapshots(cell.pretrain.save_epochs, cell.pretrain.save_iterations)
     with Stopwatch() as clock:
         if cell.pretrained:  # the spec's weights instead of training; checked against the model at spec load
             state = torch.load(cell.pretrained, map_location="cpu", weights_only=True)
@@ -125,7 +144,9 @@ def pretrain(cell: CellSpec, view: SplitView = all_splits) -> DenseCheckpoint:
             )
     dense = evaluate(model, data.test)
     metrics = {f"dense_{k}": v for k, v in dense.items()} | {"pretrain_seconds": clock.seconds}
-    return DenseCheckpoint(cell.pretrain_key, init_state, _state(model), metrics, epochs, snapshots.states)
+    return DenseCheckpoint(
+        cell.pretrain_key, init_state, _state(model), metrics, epochs, snapshots.states, snapshots.iteration_states
+    )
 
 
 class CellJob:
@@ -196,11 +217,19 @@ class CellJob:
             return self.dense.init_state
         if at == "trained":
             return self.dense.trained_state
+        if isinstance(at, str) and at.startswith("iter:"):
+            return self.dense.weights_at_iteration(int(at.removeprefix("iter:")))
         return self.dense.weights_at(at)
 
-    def fresh_init(self) -> dict[str, torch.Tensor]:
+    def fresh_init(self, draw: int = 0) -> dict[str, torch.Tensor]:
+        """The model's state drawn again from its initialiser (re-init controls), the ``draw``-th time.
+
+        Seeded from a hash of (seed, draw) at or above 2**63: never the seed of any cell's θ0 (seed+1
+        would be the next seed's θ0), and a new draw for each level that asks for one.
+        """
+        digest = hashlib.sha256(f"fresh-init/{self.cell.seed}/{draw}".encode()).digest()
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.cell.seed + 1)
+            torch.manual_seed((1 << 63) | int.from_bytes(digest[:8], "little") >> 1)
             model = create_model(self.cell.model, self.data.input_shape, self.data.num_classes)
         return model.state_dict()
 
@@ -318,7 +347,13 @@ class CellJob:
             final = evaluate(self._model, self.data.test)
             # the classifier counts toward sparsity_achieved when the method may prune it, as in the spec's targets
             prunable = prunable_weights(self._model, bool(self.cell.method_params.get("prune_classifier")))
-            sizes, layers = model_metrics(self._model, prunable, self._example.to(device_for_cell()))
+            # a quantiser's zeros are rounding, not pruning: its weights are kept wherever no mask removed them
+            quantized_kept = {
+                name: self._masks.get(name, torch.ones(codes.codes.shape, dtype=torch.bool))
+                for name, codes in self.storage.quantized.items()
+            }
+            example = self._example.to(device_for_cell())
+            sizes, layers = model_metrics(self._model, prunable, example, quantized_kept)
         encoded = self.storage.encode(self._model)
         self.rows.append(
             {
@@ -329,6 +364,7 @@ class CellJob:
                 **sizes,
                 **size_columns(encoded, sizes["params_total"]),
                 **self._latency.columns(self._model),
+                "train_epochs": len(self.epochs),  # every epoch this cell trained so far: equal-budget comparisons
                 **self._level,
                 "eval_seconds": clock.seconds,
                 **extra,

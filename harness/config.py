@@ -79,6 +79,8 @@ class Recipe(_Frozen):
     """The "step" schedule's factor."""
     save_epochs: tuple[int, ...] = ()
     """Pretrain only: keep the weights after these epochs in the dense checkpoint (weight rewinding)."""
+    save_iterations: tuple[int, ...] = ()
+    """Pretrain only: keep the weights after these optimiser steps (rewinding to iteration k, ``iter:k``)."""
 
     @model_validator(mode="after")
     def _save_epochs_in_range(self) -> Recipe:
@@ -87,6 +89,11 @@ class Recipe(_Frozen):
             raise ValueError(
                 f"save_epochs {outside} outside 1..epochs ({self.epochs}): epoch k keeps the weights after k "
                 "epochs of pretraining (θ0 is always kept)"
+            )
+        if any(k < 1 for k in self.save_iterations):
+            raise ValueError(
+                f"save_iterations {list(self.save_iterations)}: iteration k keeps the weights after k optimiser "
+                "steps of pretraining, so k >= 1 (θ0 is always kept)"
             )
         return self
 
@@ -260,7 +267,7 @@ class BenchmarkSpec(_Frozen):
     def finetune_for(self, model: str | None) -> Recipe:
         """Fine-tuning of ``model``: its pretrain recipe, then ``finetune``, then its own ``recipes`` fields."""
         override = self.recipes.get(model).finetune if model and model in self.recipes else {}
-        base = self.pretrain_for(model).model_dump(exclude={"save_epochs"})
+        base = self.pretrain_for(model).model_dump(exclude={"save_epochs", "save_iterations"})
         return Recipe(**{**base, **self.finetune, **override})
 
 

@@ -1,4 +1,9 @@
-"""The leaderboard printed after a run: method × sparsity → mean ± std over seeds of each cell's last level."""
+"""The leaderboard printed after a run: method × sparsity → mean ± std over seeds of each cell's last level.
+
+Columns: top-1; parameter compression ``params ×`` (``compression_ratio``); storage compression
+``storage ×`` (``storage_compression``, real stored bytes); theoretical speedup; ``collapse`` when a
+layer of some seed's model is ≥ 99 % pruned (``layer_collapse``).
+"""
 
 from __future__ import annotations
 
@@ -22,7 +27,9 @@ SELECT dataset, model, method, method_params, sparsity,
        coalesce(stddev_samp(top1), 0) AS top1_std,
        avg(dense_top1)                AS dense_top1,
        avg(compression_ratio)         AS compression_ratio,
-       avg(theoretical_speedup)       AS theoretical_speedup
+       avg(storage_compression)       AS storage_compression,
+       avg(theoretical_speedup)       AS theoretical_speedup,
+       bool_or(layer_collapse)        AS layer_collapse
 FROM cells JOIN final_level USING (cell_id, level)
 WHERE status = 'ok' AND benchmark = $benchmark
 GROUP BY ALL
@@ -51,7 +58,9 @@ def method_label(method: str, method_params: str | None) -> str:
 
 def print_leaderboard(frame: pd.DataFrame, console: Console) -> None:
     """One table per (dataset, model); in a pipe or a log, plain text with every method name whole."""
-    columns = ("method", "sparsity", "top1 % (mean ± std)", "seeds", "compression", "speedup")
+    # parameter compression (params_total / params_nonzero) and storage compression (dense bytes / stored
+    # bytes) differ as soon as a quantiser or an encoder is involved: both are shown, named
+    columns = ("method", "sparsity", "top1 % (mean ± std)", "seeds", "params ×", "storage ×", "speedup", "collapse")
     for (dataset, model), group in frame.groupby(["dataset", "model"], sort=False):
         dense = group["dense_top1"].mean()
         rows = [
@@ -60,9 +69,16 @@ def print_leaderboard(frame: pd.DataFrame, console: Console) -> None:
                 f"{row.sparsity:g}",
                 f"{100 * row.top1_mean:.2f} ± {100 * row.top1_std:.2f}",
                 str(row.seeds),
-                f"{row.compression_ratio:.2f}x",
-                f"{row.theoretical_speedup:.2f}x",
+                _times(row.compression_ratio),
+                _times(row.storage_compression),
+                _times(row.theoretical_speedup),
+                "yes" if not pd.isna(row.layer_collapse) and bool(row.layer_collapse) else "",
             )
             for row in group.itertuples()
         ]
         print_table(console, columns, rows, f"{dataset} / {model}  (dense top1 {100 * dense:.2f}%)", right=columns[1:])
+
+
+def _times(value: float | None) -> str:
+    """``4.00x``, or ``–`` where rows written before the column existed leave it empty."""
+    return "–" if value is None or pd.isna(value) else f"{value:.2f}x"

@@ -2,7 +2,8 @@
 
 A mask set is ``{parameter name: bool tensor}`` over the *prunable* weights: the weights of
 Conv and Linear layers, the classifier (the model's last ``nn.Linear``) excluded unless asked.
-Structured methods also mask the bias of a channel they remove, so the channel's output is zero.
+Structured methods also mask the bias of a channel they remove, and the per-channel scale and shift
+of a norm layer reading it directly (:func:`channel_norms`), so the channel's output is zero.
 Masks are enforced by zeroing the weights, zeroing their gradients (so momentum and weight decay
 never move a pruned weight) and zeroing them again after each optimiser step.
 """
@@ -17,6 +18,7 @@ from torch import nn
 
 Masks = dict[str, torch.Tensor]
 PRUNABLE_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+NORM_LAYERS = (nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm, nn.GroupNorm, nn.LayerNorm)
 
 
 def classifier_name(model: nn.Module) -> str:
@@ -35,6 +37,63 @@ def prunable_weights(model: nn.Module, include_classifier: bool = False) -> dict
         for name, module in model.named_modules()
         if isinstance(module, PRUNABLE_LAYERS) and name != skip
     }
+
+
+def channel_norms(model: nn.Module, example_input: torch.Tensor) -> dict[str, str]:
+    """``{Conv/Linear module name: norm module name}`` for each layer whose output a norm layer reads directly.
+
+    Found in one eval-mode forward pass (a norm's input *is* the layer's output tensor), so any
+    model works, whatever its code. Only norms with a per-channel scale and shift of the layer's
+    output width count: BatchNorm, affine InstanceNorm, GroupNorm, and LayerNorm over the channel
+    dimension with the positions after it (Conv) or over the features (Linear).
+    """
+    produced: dict[int, tuple[str, nn.Module, torch.Tensor]] = {}
+    found: dict[str, str] = {}
+
+    def on_layer(name: str):
+        def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+            produced[id(output)] = (name, module, output)
+
+        return hook
+
+    def on_norm(name: str):
+        def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
+            source = produced.get(id(inputs[0]))
+            if source is not None and source[2] is inputs[0] and _per_channel_affine(module, source[1], inputs[0]):
+                found[source[0]] = name
+
+        return hook
+
+    handles = []
+    for name, module in model.named_modules():
+        if isinstance(module, PRUNABLE_LAYERS):
+            handles.append(module.register_forward_hook(on_layer(name)))
+        elif isinstance(module, NORM_LAYERS):
+            handles.append(module.register_forward_pre_hook(on_norm(name)))
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(example_input)
+    finally:
+        model.train(was_training)
+        for handle in handles:
+            handle.remove()
+    return found
+
+
+def _per_channel_affine(norm: nn.Module, layer: nn.Module, x: torch.Tensor) -> bool:
+    """Does ``norm`` scale and shift each output channel of ``layer`` (its output ``x``) on its own?"""
+    weight = getattr(norm, "weight", None)
+    if weight is None or getattr(norm, "bias", None) is None:
+        return False
+    if isinstance(layer, nn.Linear):  # the features are the last dimension
+        if isinstance(norm, nn.LayerNorm):
+            return tuple(weight.shape) == (x.shape[-1],)
+        return x.dim() == 2 and weight.dim() == 1 and weight.numel() == x.shape[1]
+    if isinstance(norm, nn.LayerNorm):  # over the channels and every position after them
+        return tuple(weight.shape) == tuple(x.shape[1:])
+    return weight.dim() == 1 and weight.numel() == x.shape[1]
 
 
 def masks_from_scores(

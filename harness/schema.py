@@ -14,7 +14,8 @@ from typing import Any
 
 import pyarrow as pa
 
-SCHEMA_VERSION = 1
+# 2: pruning counted apart from quantisation zeros; zero_fraction, storage_compression, layer_collapse, train_epochs
+SCHEMA_VERSION = 2
 
 
 @dataclass
@@ -72,21 +73,37 @@ CELLS = (
     Column("top1_pruned", pa.float64(), "test top-1 right after pruning, before fine-tuning"),
     Column("top5_pruned", pa.float64(), "test top-5 right after pruning, before fine-tuning"),
     Column("params_total", pa.int64(), "all parameters of the model (weights, biases, BatchNorm, classifier)"),
-    Column("params_nonzero", pa.int64(), "parameters that are not exactly zero"),
-    Column("compression_ratio", pa.float64(), "params_total / params_nonzero (ShrinkBench)"),
-    Column("sparsity_achieved", pa.float64(), "fraction of the prunable weights that are zero"),
+    Column(
+        "params_nonzero",
+        pa.int64(),
+        "parameters not pruned (nonzero; a quantiser's rounding zeros are kept), less weights reading a dead input",
+    ),
+    Column("compression_ratio", pa.float64(), "parameter compression: params_total / params_nonzero (ShrinkBench)"),
+    Column("sparsity_achieved", pa.float64(), "fraction of the prunable weights removed by pruning"),
+    Column("zero_fraction", pa.float64(), "fraction of the prunable weights exactly zero: pruned or rounded to zero"),
+    Column("layer_collapse", pa.bool_(), "some prunable layer has ≥ 99 % of its weights pruned or reading dead inputs"),
     Column("flops_dense", pa.int64(), "multiply-adds of Conv and Linear layers for one example, unpruned"),
-    Column("flops_nonzero", pa.float64(), "multiply-adds left: each layer's dense count × its weight density"),
+    Column(
+        "flops_nonzero",
+        pa.float64(),
+        "multiply-adds left: each layer's dense count × its fraction of weights not pruned nor reading a dead input",
+    ),
     Column("theoretical_speedup", pa.float64(), "flops_dense / flops_nonzero (ShrinkBench)"),
     Column("storage_format", pa.string(), "how the model is stored: dense float32, sparse, quantised codes, encoded"),
     Column("size_bytes", pa.float64(), "bytes of the model as stored in `storage_format`"),
     Column("size_bytes_dense", pa.float64(), "bytes of the dense model as float32: 4 · params_total"),
+    Column("storage_compression", pa.float64(), "storage compression: size_bytes_dense / size_bytes"),
     Column("bits_per_weight", pa.float64(), "8 · size_bytes / params_total"),
     Column("latency_dense_ms", pa.float64(), "measured inference time of one batch through the dense model"),
     Column("latency_ms", pa.float64(), "the same for the model of this level (sparse kernels where they pay)"),
     Column("dense_top1", pa.float64(), "test top-1 of the shared dense model before pruning"),
     Column("dense_top5", pa.float64(), "test top-5 of the shared dense model"),
     Column("dense_loss", pa.float64(), "test loss of the shared dense model"),
+    Column(
+        "train_epochs",
+        pa.int64(),
+        "epochs this cell trained up to this level, every phase after the shared dense pretraining (tickets too)",
+    ),
     Column("pretrain_seconds", pa.float64(), "wall seconds of the dense pretraining"),
     Column("prune_seconds", pa.float64(), "wall seconds spent choosing and applying masks in this level"),
     Column("finetune_seconds", pa.float64(), "wall seconds of this level's fine-tuning"),
@@ -118,9 +135,10 @@ LAYERS = (
     Column("layer", pa.string(), "module name in the model, e.g. `features.0`"),
     Column("kind", pa.string(), "`Conv2d`, `Linear`, …"),
     Column("params", pa.int64(), "parameters of the layer (weight and bias)"),
-    Column("nonzero", pa.int64(), "parameters of the layer that are not exactly zero"),
+    Column("nonzero", pa.int64(), "parameters of the layer not pruned, less weights reading a dead input"),
     Column("flops_dense", pa.int64(), "multiply-adds of the layer for one example, from its real output shape"),
-    Column("flops_nonzero", pa.float64(), "flops_dense × the layer's weight density"),
+    Column("flops_nonzero", pa.float64(), "flops_dense × (1 − weight_sparsity)"),
+    Column("weight_sparsity", pa.float64(), "fraction of the layer's weights pruned or reading a dead input"),
     Column("size_bytes", pa.float64(), "bytes of the layer as stored (see the cells row's `storage_format`)"),
     Column(
         "prunable", pa.bool_(), "whether the method could prune this layer (not `exclude`d, classifier only if asked)"
@@ -198,6 +216,7 @@ def core_first(view: str, present: list[str]) -> str:
 
 
 _SQL_TYPES = {
+    pa.bool_(): "BOOLEAN",
     pa.int32(): "INTEGER",
     pa.int64(): "BIGINT",
     pa.float64(): "DOUBLE",

@@ -17,17 +17,20 @@ assertions.
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass
 from functools import cache
 from typing import Any, Literal
 
 import torch
+from torch import nn
 
 from harness.cell import CellJob, DenseCheckpoint, pretrain, seed_everything
 from harness.config import CellSpec, Recipe
 from harness.data import load_splits
 from harness.masks import Masks, classifier_name, prunable_weights
 from harness.methods import METHODS, Method
+from harness.models import MODELS
 
 TINY_PRETRAIN = Recipe(epochs=1, lr=0.05, batch_size=256)
 TINY_FINETUNE = Recipe(epochs=1, lr=0.01, batch_size=256)
@@ -203,3 +206,138 @@ def _check_zero_where_masked(where: str, level: Level) -> None:
 def _expect(condition: Any, message: str) -> None:
     if not condition:
         raise AssertionError(message)
+
+
+# -- the conformance matrix: one method on every model family ---------------------------------------
+
+
+def _vgg_bn(input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+    """A BatchNorm VGG in miniature: conv-BN-ReLU ×3, a pool between, global average pool, Linear."""
+    c = input_shape[0]
+    return nn.Sequential(
+        nn.Conv2d(c, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+        nn.Conv2d(8, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(16, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, num_classes),
+    )  # fmt: skip
+
+
+def _grouped(input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+    """Depthwise and grouped convolutions: conv, depthwise 3x3 (groups = channels), 4-group conv."""
+    c = input_shape[0]
+    return nn.Sequential(
+        nn.Conv2d(c, 8, 3, padding=1), nn.ReLU(),
+        nn.Conv2d(8, 8, 3, padding=1, groups=8), nn.ReLU(),
+        nn.Conv2d(8, 16, 1, groups=4), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(64, num_classes),
+    )  # fmt: skip
+
+
+def _layernorm(input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+    """An MLP with LayerNorm after each hidden layer (a transformer block's normalisation)."""
+    features = math.prod(input_shape)
+    return nn.Sequential(
+        nn.Flatten(),
+        nn.Linear(features, 64), nn.LayerNorm(64), nn.ReLU(),
+        nn.Linear(64, 32), nn.LayerNorm(32), nn.GELU(),
+        nn.Linear(32, num_classes),
+    )  # fmt: skip
+
+
+def _groupnorm(input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+    """Convs with GroupNorm (4 groups), global average pool, Linear."""
+    c = input_shape[0]
+    return nn.Sequential(
+        nn.Conv2d(c, 8, 3, padding=1), nn.GroupNorm(4, 8), nn.ReLU(),
+        nn.Conv2d(8, 16, 3, padding=1), nn.GroupNorm(4, 16), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, num_classes),
+    )  # fmt: skip
+
+
+# model family -> registered model; the four small ones are registered by check_conformance
+CONFORMANCE_MODELS: dict[str, str] = {
+    "mlp": "lenet_300_100",
+    "lenet5": "lenet5",
+    "batchnorm-resnet": "resnet20",
+    "batchnorm-vgg": "conformance_vgg_bn",
+    "grouped-conv": "conformance_grouped",
+    "layernorm": "conformance_layernorm",
+    "groupnorm": "conformance_groupnorm",
+}
+_CONFORMANCE_FACTORIES = {
+    "conformance_vgg_bn": _vgg_bn,
+    "conformance_grouped": _grouped,
+    "conformance_layernorm": _layernorm,
+    "conformance_groupnorm": _groupnorm,
+}
+CONFORMANCE_PRETRAIN = Recipe(epochs=1, lr=0.05, batch_size=256, save_epochs=(1,))  # weight rewinding needs epoch 1
+
+
+def _register_conformance_models() -> None:
+    for name, factory in _CONFORMANCE_FACTORIES.items():
+        if name not in MODELS:
+            MODELS.register(name)(factory)
+
+
+def check_conformance(
+    method: str | type[Method],
+    params: dict[str, Any] | None = None,
+    *,
+    model: str = "lenet_300_100",
+    false_positives: bool = False,
+    **run_options: Any,
+) -> list[Level]:
+    """Run ``method`` on one model of the conformance matrix and assert what every method promises there.
+
+    ``model``: a registered model or a family of :data:`CONFORMANCE_MODELS`. For every level: the
+    theoretical speedup is at least 1 and each ratio column is its definition recomputed; pruning
+    sparsity is within [0, zero_fraction]; masks only shrink from level to level and masked
+    entries are zero after training (unless ``false_positives``: an encoder such as a Bloomier
+    filter that lets pruned entries read back nonzero); for a method
+    that takes the cell's sparsity, the last level's ``sparsity_achieved`` is that target within
+    one output channel per layer. Returns the levels.
+    """
+    _register_conformance_models()
+    run_options.setdefault("pretrain_recipe", CONFORMANCE_PRETRAIN)
+    job = run_method(method, params, model=CONFORMANCE_MODELS.get(model, model), **run_options)
+    cls = METHODS.get(method) if isinstance(method, str) else method
+    label = f"{method if isinstance(method, str) else method.__name__} on {model}"
+    _expect(job.levels, f"{label} recorded no level")
+    previous: Masks = {}
+    for index, level in enumerate(job.levels):
+        row, where = level.row, f"{label}, level {index}"
+        _expect(row["theoretical_speedup"] >= 1 - 1e-9, f"{where}: speedup {row['theoretical_speedup']} < 1")
+        _expect(
+            math.isclose(row["theoretical_speedup"], row["flops_dense"] / row["flops_nonzero"]),
+            f"{where}: theoretical_speedup is not flops_dense / flops_nonzero",
+        )
+        _expect(
+            math.isclose(row["compression_ratio"], row["params_total"] / row["params_nonzero"]),
+            f"{where}: compression_ratio is not params_total / params_nonzero",
+        )
+        _expect(
+            math.isclose(row["storage_compression"], row["size_bytes_dense"] / row["size_bytes"]),
+            f"{where}: storage_compression is not size_bytes_dense / size_bytes",
+        )
+        _expect(
+            0 <= row["sparsity_achieved"] <= row["zero_fraction"] + 1e-12,
+            f"{where}: sparsity_achieved {row['sparsity_achieved']} outside [0, zero_fraction {row['zero_fraction']}]",
+        )
+        if not false_positives:
+            _check_zero_where_masked(where, level)
+        for name, mask in previous.items():
+            now = level.masks.get(name, torch.ones_like(mask))
+            revived = int((now & ~mask).sum())
+            _expect(revived == 0, f"{where}: {revived} entries of {name} pruned at the level before are kept again")
+        previous = level.masks or previous
+    last = job.levels[-1].row
+    if not cls.sets_own_sparsity and last["sparsity"] == job.cell.sparsity:
+        prunable = prunable_weights(job.model, bool(job.cell.method_params.get("prune_classifier")))
+        channel = max(w[0].numel() for w in prunable.values()) * len(prunable)
+        tolerance = channel / sum(w.numel() for w in prunable.values())
+        _expect(
+            abs(last["sparsity_achieved"] - job.cell.sparsity) <= tolerance,
+            f"{label}: sparsity_achieved {last['sparsity_achieved']} is not the target {job.cell.sparsity} "
+            f"within one channel per layer ({tolerance:.4f})",
+        )
+    return job.levels

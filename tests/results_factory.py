@@ -80,6 +80,7 @@ def fake_cell(
         "flops_dense": total,
         "flops_nonzero": total * keep,
         "theoretical_speedup": 1 / keep,
+        "layer_collapse": sparsity >= 0.99,
         **extra,
     }
     # global methods prune the big layer harder; layer-wise ones prune every layer alike

@@ -99,12 +99,15 @@ def test_default_storage_of_a_hand_made_sparse_model_matches_a_hand_count() -> N
     encoded = Storage().encode(model)
     # layer 0: bitmask 32/8 = 4 bytes + 6 float32 = 28 (dense would be 128); its bias 4·4 = 16
     # layer 2: no zeros, dense 8·4 = 32 (bitmask would be 1 + 32); its bias 2·4 = 8
-    assert encoded.module_bytes("0") == 28 + 16
-    assert encoded.module_bytes("2") == 32 + 8
+    # each weight: a 2-byte header (layout, bit width)
+    assert encoded.module_bytes("0") == 2 + 28 + 16
+    assert encoded.module_bytes("2") == 2 + 32 + 8
+    assert encoded.payloads["0.weight"]["layout"] == bytes([1, 0])  # bitmask, float32
+    assert encoded.payloads["2.weight"]["layout"] == bytes([0, 0])  # dense, float32
     columns = size_columns(encoded, params_total=46)
-    assert columns["size_bytes"] == 84
+    assert columns["size_bytes"] == 88
     assert columns["size_bytes_dense"] == 184
-    assert columns["bits_per_weight"] == pytest.approx(84 * 8 / 46)
+    assert columns["bits_per_weight"] == pytest.approx(88 * 8 / 46)
 
 
 def test_quantised_codes_are_stored_at_their_width_with_their_table() -> None:
@@ -140,4 +143,4 @@ def test_every_parameter_is_encoded_once() -> None:
     model = hand_model()
     encoded = encode_model(model, {}, formats.bitmask, "bitmask")
     assert set(encoded.payloads) == {name for name, _ in model.named_parameters()}
-    assert encoded.module_bytes("2") == 1 + 32 + 8  # bitmask forced even where dense would be smaller
+    assert encoded.module_bytes("2") == 2 + 1 + 32 + 8  # bitmask forced even where dense would be smaller

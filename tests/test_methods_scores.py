@@ -59,10 +59,10 @@ def test_activation_score_is_weight_magnitude_times_input_norm() -> None:
     model = nn.Sequential(nn.Linear(2, 2, bias=False), nn.ReLU(), nn.Linear(2, 2))
     with torch.no_grad():
         model[0].weight.copy_(torch.tensor([[1.0, 9.0], [2.0, 8.0]]))
-    batch = (torch.tensor([[3.0, 0.0], [4.0, 0.0]]), torch.tensor([0, 1]))  # feature norms 5 and 0
+    batch = (torch.tensor([[3.0, 0.0], [4.0, 0.0]]), torch.tensor([0, 1]))  # feature batch means 3.5 and 0
     ctx = context(model, batch)
     scores = create_method("global_activation").score(ctx)
-    assert scores["0.weight"].tolist() == [[5.0, 0.0], [10.0, 0.0]]
+    assert scores["0.weight"].tolist() == [[3.5, 0.0], [7.0, 0.0]]
     # half the weights go: exactly those reading the silent feature, despite their large |w|
     masks = create_method("layer_activation").masks(ctx, 0.5)
     assert masks["0.weight"].tolist() == [[True, False], [True, False]]

@@ -213,7 +213,7 @@ def test_a_complete_benchmark_passes_the_checklist(results_dir: Path) -> None:
     pairs = (("digits", "lenet_300_100"), ("mnist1d", "mnist1d_mlp"), ("cifar100", "resnet20"))
     write_benchmark(results_dir, pairs=pairs)
     data = load_report_data(sources_from([results_dir]))
-    assert [c.passed for c in checklist(data.cells, data.points)] == [True] * 8
+    assert [c.passed for c in checklist(data.cells, data.points)] == [True] * 9
 
 
 def test_several_results_folders_side_by_side(results_dir: Path, tmp_path: Path) -> None:

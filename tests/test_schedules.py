@@ -134,11 +134,11 @@ def test_controls_follow_the_tickets_masks() -> None:
     ticket = run_method("imp", {"rate": 0.5}, sparsity=0.75)
     reinit = run_method("imp", {"rate": 0.5, "control": "reinit"}, sparsity=0.75)
     random = run_method("imp", {"rate": 0.5, "control": "random_mask"}, sparsity=0.75)
-    fresh = reinit.fresh_init()
-    for plain, same, shuffled in zip(ticket.levels, reinit.levels, random.levels, strict=True):
+    for level, (plain, same, shuffled) in enumerate(zip(ticket.levels, reinit.levels, random.levels, strict=True)):
+        fresh = reinit.fresh_init(draw=level)
         for name, mask in plain.masks.items():
             assert torch.equal(same.masks[name], mask)  # the ticket's own mask ...
-            assert torch.equal(same.pruned_state[name], fresh[name] * mask)  # ... on a fresh initialisation
+            assert torch.equal(same.pruned_state[name], fresh[name] * mask)  # ... on this level's fresh initialisation
             assert int(shuffled.masks[name].sum()) == int(mask.sum())  # as many per layer ...
             assert not torch.equal(shuffled.masks[name], mask)  # ... elsewhere
             assert torch.equal(shuffled.pruned_state[name], ticket.dense.init_state[name] * shuffled.masks[name])

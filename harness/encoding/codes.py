@@ -37,7 +37,7 @@ class UniformCodes(QuantizedWeight):
     """Uniform quantisation: ``value = scale · (code − zero_point)``, per output channel or per tensor.
 
     ``scale`` and ``zero_point`` have one entry per output channel (dim 0), or one for the tensor.
-    Symmetric quantisation fixes ``zero_point = 2**(bits-1)``, so only the scales are stored;
+    Symmetric quantisation fixes ``zero_point = (2**bits − 1) // 2 = 2**(bits−1) − 1``, so only the scales are stored;
     affine quantisation also stores each zero point in one byte (``bits`` ≤ 8).
     """
 

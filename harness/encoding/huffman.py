@@ -1,12 +1,17 @@
 """Huffman coding of a stream of integer symbols, with its codebook, as real bytes.
 
-The codebook is canonical in spirit: one byte per alphabet symbol holding its code length (0 for
-absent symbols), as DEFLATE does. Encoder and decoder both rebuild the same tree with
-``constriction`` from the probabilities ``2**-length``: for these dyadic probabilities the Huffman
-lengths are unique, so the tree is exactly the one the lengths describe.
+The codebook is canonical in spirit: each present symbol's code length, as DEFLATE keeps it.
+Encoder and decoder both rebuild the same tree with ``constriction`` from the probabilities
+``2**-length``: for these dyadic probabilities the Huffman lengths are unique, so the tree is
+exactly the one the lengths describe. The codebook takes whichever layout is smaller:
 
-Stream layout: ``uint32 count | uint8 length × alphabet | payload`` where the payload is
-``constriction``'s little-endian 32-bit words cut to the bytes that carry bits.
+- dense: ``uint8 length × alphabet`` (0 for absent symbols): small alphabets, most symbols present;
+- sparse: ``uint32 k | symbol × k | uint8 length × k`` over the k present symbols (symbols as
+  uint16, or uint32 past 65,536): large alphabets with few symbols, e.g. 16-bit index gaps, where
+  the dense table alone would cost 64 KiB per stream.
+
+Stream layout: ``uint32 count (top bit set: sparse codebook) | codebook | payload`` where the
+payload is ``constriction``'s little-endian 32-bit words cut to the bytes that carry bits.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import constriction
 import numpy as np
 
 _COUNT = struct.Struct("<I")
+_SPARSE = 1 << 31  # flag in the count word: the codebook lists the present symbols
 
 
 def code_lengths(counts: np.ndarray) -> np.ndarray:
@@ -45,13 +51,31 @@ def _probabilities(lengths: np.ndarray) -> np.ndarray:
     return np.exp2(-lengths[lengths > 0].astype(np.float64))
 
 
+def _symbol_dtype(alphabet_size: int) -> str:
+    return "<u2" if alphabet_size <= 1 << 16 else "<u4"
+
+
+def _codebook(lengths: np.ndarray) -> tuple[bool, bytes]:
+    """(sparse?, bytes) of the smaller codebook layout for these code lengths."""
+    present = np.flatnonzero(lengths)
+    dtype = _symbol_dtype(len(lengths))
+    sparse = (
+        _COUNT.pack(len(present)) + present.astype(dtype).tobytes() + lengths[present].astype(np.uint8).tobytes()
+    )
+    dense = lengths.astype(np.uint8).tobytes()
+    return (True, sparse) if len(sparse) < len(dense) else (False, dense)
+
+
 def encode(symbols: np.ndarray, alphabet_size: int) -> bytes:
     """Count, codebook and Huffman-coded payload of ``symbols`` (integers in ``[0, alphabet_size)``)."""
     symbols = np.asarray(symbols, dtype=np.int64).ravel()
     if symbols.size and (symbols.min() < 0 or symbols.max() >= alphabet_size):
         raise ValueError(f"symbols must be in [0, {alphabet_size}), got [{symbols.min()}, {symbols.max()}]")
+    if symbols.size >= _SPARSE:
+        raise ValueError(f"a stream holds fewer than {_SPARSE} symbols, got {symbols.size}")
     lengths = code_lengths(np.bincount(symbols, minlength=alphabet_size))
-    header = _COUNT.pack(symbols.size) + lengths.astype(np.uint8).tobytes()
+    sparse, codebook = _codebook(lengths)
+    header = _COUNT.pack(symbols.size | (_SPARSE if sparse else 0)) + codebook
     if np.count_nonzero(lengths) <= 1:  # zero or one distinct symbol: the codebook says it all
         return header
     encoder = constriction.symbol.QueueEncoder()
@@ -65,12 +89,23 @@ def encode(symbols: np.ndarray, alphabet_size: int) -> bytes:
 
 def decode(data: bytes, alphabet_size: int) -> np.ndarray:
     """The symbols that :func:`encode` coded into ``data``."""
-    (count,) = _COUNT.unpack_from(data)
-    lengths = np.frombuffer(data, dtype=np.uint8, count=alphabet_size, offset=_COUNT.size).astype(np.int64)
-    present = np.flatnonzero(lengths)
+    (word,) = _COUNT.unpack_from(data)
+    count, offset = word & ~_SPARSE, _COUNT.size
+    if word & _SPARSE:
+        (k,) = _COUNT.unpack_from(data, offset)
+        dtype = np.dtype(_symbol_dtype(alphabet_size))
+        present = np.frombuffer(data, dtype=dtype, count=k, offset=offset + _COUNT.size).astype(np.int64)
+        offset += _COUNT.size + k * dtype.itemsize
+        lengths = np.zeros(alphabet_size, dtype=np.int64)
+        lengths[present] = np.frombuffer(data, dtype=np.uint8, count=k, offset=offset)
+        offset += k
+    else:
+        lengths = np.frombuffer(data, dtype=np.uint8, count=alphabet_size, offset=offset).astype(np.int64)
+        present = np.flatnonzero(lengths)
+        offset += alphabet_size
     if len(present) <= 1:
         return np.full(count, present[0] if len(present) else 0, dtype=np.int64)
-    payload = data[_COUNT.size + alphabet_size :]
+    payload = data[offset:]
     payload += bytes(-len(payload) % 4)
     decoder = constriction.symbol.QueueDecoder(np.frombuffer(payload, dtype="<u4").astype(np.uint32))
     codebook = constriction.symbol.huffman.DecoderHuffmanTree(_probabilities(lengths))

@@ -66,26 +66,47 @@ def encode_model(
     encoded: dict[str, dict[str, bytes]] | None = None,
 ) -> Encoded:
     """Every Conv/Linear weight (classifier included) in ``weight_format``, every other parameter as
-    float32, except the parameters an encoder has already ``encoded`` itself."""
+    float32, except the parameters an encoder has already ``encoded`` itself. Each Conv/Linear
+    weight also carries its :func:`layout_header`: a decoder needs its layout and bit width."""
     weights = prunable_weights(model, include_classifier=True)
     payloads = {}
     for param_name, param in model.named_parameters():
         tensor = param.detach().cpu()
         if encoded and param_name in encoded:
-            payloads[param_name] = encoded[param_name]
+            parts = encoded[param_name]
         elif param_name in weights:
-            payloads[param_name] = weight_format(tensor, quantized.get(param_name))
+            parts = weight_format(tensor, quantized.get(param_name))
         else:
-            payloads[param_name] = {"values": float32_bytes(tensor)}
+            parts = {"values": float32_bytes(tensor)}
+        if param_name in weights:
+            parts = {"layout": layout_header(name, parts, quantized.get(param_name)), **parts}
+        payloads[param_name] = parts
     return Encoded(name, payloads)
 
 
+# the first byte of a weight's header: the layout its parts follow (a plugin's own format: OTHER_LAYOUT)
+LAYOUTS = {"dense": 0, "bitmask": 1, "relative_index": 2, "huffman": 3, "sz": 4, "bloomier": 5}
+OTHER_LAYOUT = 255
+
+
+def layout_header(format_name: str, parts: dict[str, bytes], quantized: QuantizedWeight | None) -> bytes:
+    """Two bytes stored before a weight's parts, which a decoder cannot do without: its layout
+    (``auto`` chooses dense or bitmask per weight) and its code width in bits (0: float32 values)."""
+    if format_name == "auto":
+        layout = LAYOUTS["bitmask" if "mask" in parts else "dense"]
+    else:
+        layout = LAYOUTS.get(format_name, OTHER_LAYOUT)
+    return bytes([layout, quantized.bits if quantized is not None else 0])
+
+
 def size_columns(encoded: Encoded, params_total: int) -> dict[str, Any]:
-    """``size_bytes`` as stored, ``size_bytes_dense`` as float32, and bits per parameter."""
+    """``size_bytes`` as stored, ``size_bytes_dense`` as float32, their ratio, and bits per parameter."""
+    dense = FLOAT32_BYTES * params_total
     return {
         "storage_format": encoded.format,
         "size_bytes": encoded.size_bytes,
-        "size_bytes_dense": FLOAT32_BYTES * params_total,
+        "size_bytes_dense": dense,
+        "storage_compression": dense / encoded.size_bytes if encoded.size_bytes else np.inf,
         "bits_per_weight": 8 * encoded.size_bytes / params_total if params_total else np.nan,
         **encoded.columns,
     }

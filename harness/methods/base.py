@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from harness.config import Recipe
     from harness.encoding import Encoded, QuantizedWeight
 
-WeightsAt = Literal["init", "trained"] | int
+WeightsAt = Literal["init", "trained"] | int | str  # a str "iter:k": after k optimiser steps of pretraining
 
 
 class PluginError(ValueError):
@@ -81,11 +81,12 @@ class Job(Protocol):
         """Codes a quantiser set with :meth:`set_storage` since the weights last changed (else empty)."""
 
     def weights(self, at: WeightsAt) -> dict[str, torch.Tensor]:
-        """A state dict of the dense model: ``"init"`` (θ0), ``"trained"`` (θ_trained) or after epoch ``k`` of
-        pretraining (0 is θ0; other epochs must be in the pretrain recipe's ``save_epochs``)."""
+        """A state dict of the dense model: ``"init"`` (θ0), ``"trained"`` (θ_trained), after epoch ``k`` of
+        pretraining (0 is θ0; other epochs must be in the pretrain recipe's ``save_epochs``) or, for
+        ``"iter:k"``, after k optimiser steps (in its ``save_iterations``)."""
 
-    def fresh_init(self) -> dict[str, torch.Tensor]:
-        """A new draw of the model's initialisation, with a seed θ0 did not use (re-initialisation controls)."""
+    def fresh_init(self, draw: int = 0) -> dict[str, torch.Tensor]:
+        """The ``draw``-th new draw of the model's initialisation, from a seed no cell's θ0 uses (re-init controls)."""
 
     def train_batches(self, count: int = 1) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """``count`` batches (inputs, targets) of training examples of the FINETUNE batch size, in an order
@@ -408,8 +409,12 @@ class PruningContext:
 
     @cached_property
     def activations(self) -> dict[str, torch.Tensor]:
-        """L2 norm of each layer's input over :attr:`batch`, per input feature (Linear) or channel (Conv).
+        """ShrinkBench's input-activation importance of each layer, per input feature (Linear) or channel (Conv).
 
+        The layer's input over :attr:`batch` is averaged over the batch first (signed), then its
+        absolute value averaged over the positions of the channel (Conv) or taken as is (Linear):
+        ``a_c = mean_positions |mean_batch x_c|``. A mean, not a norm, so neither the batch size nor
+        a conv's map size changes the scale, and one global threshold compares layers fairly.
         Shaped to broadcast against the weight: ``[1, in]`` for Linear, ``[1, in, 1, ...]`` for Conv.
         """
         modules = dict(self.model.named_modules())
@@ -419,11 +424,11 @@ class PruningContext:
             module = modules[name.removesuffix(".weight")]
 
             def record(mod: nn.Module, inputs: tuple[torch.Tensor, ...], _: Any, name: str = name, w=weight) -> None:
-                x = inputs[0].detach()
+                x = inputs[0].detach().mean(dim=0).abs()  # the batch mean, then its magnitude
                 if isinstance(mod, nn.Linear):
-                    norm = x.reshape(-1, x.shape[-1]).norm(dim=0).view(1, -1)
+                    norm = x.reshape(-1, x.shape[-1]).mean(dim=0).view(1, -1)
                 else:
-                    per_channel = x.transpose(0, 1).reshape(x.shape[1], -1).norm(dim=1)
+                    per_channel = x.reshape(x.shape[0], -1).mean(dim=1)
                     norm = per_channel.view(1, -1, *([1] * (w.dim() - 2)))
                     if mod.groups > 1:  # weight has Cin/groups input channels: take each group's own
                         norm = norm.view(mod.groups, -1, *norm.shape[2:]).repeat_interleave(

@@ -290,9 +290,15 @@ class DynamicSparseTraining(MaskingCallback):
 
 
 class GradientFlow(Callback):
-    """Evci et al.'s gradient flow: the norm of the masked loss gradient on one fixed held-out batch,
-    measured after the last step of every epoch; logged as ``gradient_flow``, a column of that
-    epoch's row. ``masks`` says which entries count (default: the module's masks at that time).
+    """Evci et al.'s gradient flow: the norm of the masked loss gradient on one fixed held-out batch.
+
+    Measured before the first step (the value at initialisation: ``gradient_flow_init``, a column
+    of epoch 0's row) and after the last step of every epoch (``gradient_flow``), overall and per
+    layer (``gradient_flow/<weight name>``, ``gradient_flow_init/<weight name>``; the overall norm
+    is the root of their summed squares).
+    The probe runs the model in eval mode, so BatchNorm uses its running statistics and the
+    held-out data never updates them; the training mode is restored after. ``masks`` says which
+    entries count (default: the module's masks at that time).
     """
 
     def __init__(self, batch: tuple[torch.Tensor, torch.Tensor], masks: Masks | None = None) -> None:
@@ -303,18 +309,36 @@ class GradientFlow(Callback):
         if not (self.masks or module.masks):
             raise ValueError("GradientFlow measures masked weights but there are none: pass masks= or prune first")
 
-    def on_train_batch_end(
-        self, trainer: L.Trainer, module: ClassifierModule, outputs: Any, batch: Any, index: int
-    ) -> None:
-        if index != trainer.num_training_batches - 1:
-            return
+    def measure(self, module: ClassifierModule) -> dict[str, torch.Tensor]:
+        """``{weight name: masked gradient norm}`` on the held-out batch, the model in eval mode."""
         masks = self.masks or module.masks
         params = dict(module.model.named_parameters())
         x, y = (t.to(module.device) for t in self.batch)
-        loss = nn.functional.cross_entropy(module.model(x), y)
-        grads = torch.autograd.grad(loss, [params[name] for name in masks])
-        norm = torch.sqrt(sum(((g * m.to(g.device)) ** 2).sum() for g, m in zip(grads, masks.values(), strict=True)))
-        module.log("gradient_flow", norm, on_step=True, on_epoch=False)
+        was_training = module.model.training
+        module.model.eval()
+        try:
+            loss = nn.functional.cross_entropy(module.model(x), y)
+            grads = torch.autograd.grad(loss, [params[name] for name in masks])
+        finally:
+            module.model.train(was_training)
+        return {
+            name: (g * m.to(g.device)).norm().detach() for (name, m), g in zip(masks.items(), grads, strict=True)
+        }
+
+    def _log(self, module: ClassifierModule, key: str, norms: dict[str, torch.Tensor]) -> None:
+        module.log(key, torch.sqrt(sum(n**2 for n in norms.values())), on_step=True, on_epoch=False)
+        for name, norm in norms.items():
+            module.log(f"{key}/{name}", norm, on_step=True, on_epoch=False)
+
+    def on_train_batch_start(self, trainer: L.Trainer, module: ClassifierModule, batch: Any, index: int) -> None:
+        if trainer.global_step == 0 and index == 0:
+            self._log(module, "gradient_flow_init", self.measure(module))
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, module: ClassifierModule, outputs: Any, batch: Any, index: int
+    ) -> None:
+        if index == trainer.num_training_batches - 1:
+            self._log(module, "gradient_flow", self.measure(module))
 
 
 # -- methods --------------------------------------------------------------------------------------

@@ -212,7 +212,7 @@ class Weightless(Encoder):
         p = self.params
         weights = quantized_weights(job.model)
         payloads, false_positives, absent, expected = {}, 0, 0, 0.0
-        for name in job.masks:
+        for name in [n for n in job.masks if n in weights]:  # a structured mask also covers biases and norms
             weight = weights[name]
             if not bool(weight.any()):  # nothing to store: a filter would only add false positives
                 continue

@@ -32,19 +32,46 @@ Criterion = Literal[
     "large_init",
     "small_init",
     "large_init_large_final",
+    "small_init_small_final",
+    "large_final_same_sign",
     "magnitude_increase",
     "movement",
     "random",
 ]
-KeptTreatment = Literal["rewind", "reinit", "reshuffle", "signed_constant"]
+KeptTreatment = Literal["rewind", "reinit", "reshuffle", "signed_constant", "signed_reinit", "signed_reshuffle"]
 
-# Higher score = kept. wi: the weight at initialisation, wf: after dense training.
+
+def _percentile_rank(score: torch.Tensor) -> torch.Tensor:
+    """Each entry's place in its layer, highest score first, as a fraction: 0 for the best, (n−1)/n for the worst."""
+    order = torch.argsort(score.flatten(), descending=True, stable=True)
+    rank = torch.empty(score.numel(), dtype=torch.float64, device=score.device)
+    rank[order] = torch.arange(score.numel(), dtype=torch.float64, device=score.device)
+    return (rank / score.numel()).view_as(score)
+
+
+def _both_in_top(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
+    """A score whose top-k is the intersection of the top-q of ``first`` and of ``second`` in the
+    layer, for the percentile q that keeps k: an entry is in both top-q sets exactly when the
+    worse of its two percentile ranks is below q."""
+    return -torch.maximum(_percentile_rank(first), _percentile_rank(second))
+
+
+def _same_sign_first(wi: torch.Tensor, wf: torch.Tensor) -> torch.Tensor:
+    """|wf| where the sign did not change, else −1/(1 + |wf|) < 0: every weight that kept its sign ranks
+    above every weight that flipped (in any layer), each group ordered by |wf|."""
+    magnitude = wf.abs().to(torch.float64)
+    return torch.where(wi.sign() == wf.sign(), magnitude, -1.0 / (1.0 + magnitude))
+
+
+# Higher score = kept, per layer. wi: the weight at initialisation, wf: after dense training.
 _CRITERIA: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
     "large_final": lambda wi, wf: wf.abs(),  # = IMP (Frankle & Carbin)
     "small_final": lambda wi, wf: -wf.abs(),
     "large_init": lambda wi, wf: wi.abs(),
     "small_init": lambda wi, wf: -wi.abs(),
-    "large_init_large_final": lambda wi, wf: torch.minimum(wi.abs(), wf.abs()),  # both above one threshold
+    "large_init_large_final": lambda wi, wf: _both_in_top(wi.abs(), wf.abs()),
+    "small_init_small_final": lambda wi, wf: _both_in_top(-wi.abs(), -wf.abs()),
+    "large_final_same_sign": _same_sign_first,  # the supermask criterion (Zhou et al. §5)
     "magnitude_increase": lambda wi, wf: wf.abs() - wi.abs(),
     "movement": lambda wi, wf: (wf - wi).abs(),
 }
@@ -53,7 +80,12 @@ _CRITERIA: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
 def criterion_scores(
     criterion: Criterion, initial: dict[str, torch.Tensor], final: dict[str, torch.Tensor], seed: int
 ) -> dict[str, torch.Tensor]:
-    """Zhou et al.'s mask criteria as scores: the weights with the highest scores are kept."""
+    """Zhou et al.'s mask criteria as scores: the weights with the highest scores are kept.
+
+    Criteria on two magnitudes (``large_init_large_final``, ``small_init_small_final``) intersect
+    the same per-layer percentile of each, as the paper does; the score ranks by the percentile
+    the intersection needs, so a global scope compares layers by percentile, not raw magnitude.
+    """
     if criterion == "random":
         generator = torch.Generator().manual_seed(seed)
         return {name: torch.rand(w.shape, generator=generator).to(w.device) for name, w in final.items()}
@@ -72,13 +104,15 @@ def treat_kept(
 
     rewind: θ0; reinit: a fresh draw of the model's initialisation (same distribution);
     reshuffle: the kept θ0 values permuted within each layer; signed_constant: sign(θ0)·σ, with σ
-    the standard deviation of the layer's whole initialisation.
+    the standard deviation of the layer's whole initialisation; signed_reinit and signed_reshuffle:
+    the magnitudes of reinit and reshuffle with the signs of θ0 (Zhou et al.: the signs are what matter).
     """
     if kept == "rewind":
         return {name: w.clone() for name, w in initial.items()}
-    if kept == "reinit":
-        fresh = fresh_init()
-        return {name: torch.where(masks[name], fresh[name].to(w), w) for name, w in initial.items()}
+    if kept in ("reinit", "signed_reinit"):
+        fresh = {name: value.to(initial[name]) for name, value in fresh_init().items() if name in initial}
+        values = fresh if kept == "reinit" else {name: v.abs() * initial[name].sign() for name, v in fresh.items()}
+        return {name: torch.where(masks[name], values[name], w) for name, w in initial.items()}
     if kept == "signed_constant":
         return {name: torch.where(masks[name], w.sign() * w.std(), w) for name, w in initial.items()}
     generator = torch.Generator().manual_seed(seed)
@@ -86,8 +120,20 @@ def treat_kept(
     for name, w in initial.items():
         survivors = w[masks[name]]
         permutation = torch.randperm(survivors.numel(), generator=generator).to(w.device)
+        shuffled = survivors[permutation]
         out[name] = w.clone()
-        out[name][masks[name]] = survivors[permutation]
+        out[name][masks[name]] = shuffled if kept == "reshuffle" else shuffled.abs() * survivors.sign()
+    return out
+
+
+def rescale_kept(start: dict[str, torch.Tensor], masks: Masks) -> dict[str, torch.Tensor]:
+    """Kept weights × (layer's weights / kept weights): each layer's summed input keeps its scale
+    once the pruned weights are gone (Zhou et al.'s weight rescaling). Pruned entries are unchanged."""
+    out = {}
+    for name, w in start.items():
+        kept = int(masks[name].sum())
+        factor = masks[name].numel() / kept if kept else 1.0
+        out[name] = torch.where(masks[name], w * factor, w)
     return out
 
 
@@ -107,7 +153,8 @@ class LotteryAnatomy(Method):
     Parameters that are not masked (biases, the classifier unless ``prune_classifier``) rewind to θ0.
     The ticket trains with the PRETRAIN recipe. Extra columns: ``supermask_top1`` /
     ``supermask_top5`` / ``supermask_loss``, the test accuracy of the untrained ticket (treated kept
-    weights, pruned weights zero) — Zhou et al.'s supermask.
+    weights, pruned weights zero) — Zhou et al.'s supermask. ``rescale`` multiplies the kept weights
+    of each layer by its weights / kept weights before both (:func:`rescale_kept`).
     """
 
     family = "lottery"
@@ -118,6 +165,7 @@ class LotteryAnatomy(Method):
         kept: KeptTreatment = "rewind"
         pruned: Literal["zero", "frozen"] = "zero"
         scope: Literal["global", "layer"] = "layer"  # Zhou et al. prune each layer by its own rate
+        rescale: bool = False
         prune_classifier: bool = False
         gradient_flow: bool = False  # log Evci et al.'s gradient flow into the epoch rows
 
@@ -127,6 +175,8 @@ class LotteryAnatomy(Method):
         initial, final = ctx.initial_weights, ctx.weights
         masks = masks_from_scores(criterion_scores(p.criterion, initial, final, seed), job.sparsity, p.scope)
         start = treat_kept(p.kept, initial, masks, seed, fresh_init=job.fresh_init)
+        if p.rescale:
+            start = rescale_kept(start, masks)
 
         _load_initial(job, {name: torch.where(masks[name], w, 0.0) for name, w in start.items()})
         supermask = job.evaluate("test")
@@ -169,8 +219,10 @@ class LearnedSupermask(Method):
     """Learn a mask over frozen random weights: m ~ Bernoulli(σ(s)), straight-through gradient to s.
 
     Zhou et al. §5. Every parameter stays at θ0 (or signed constants, ``weights``); only the scores
-    s train, with the PRETRAIN recipe at learning rate ``lr`` (scores see gradients |w| times
-    smaller than weights do, so with SGD they need a rate of order 100). The recorded network is
+    s train, for the PRETRAIN recipe's epochs, batch size and schedule but with their own optimiser,
+    as in the paper: SGD with momentum ``momentum`` at learning rate ``lr``, no weight decay, whatever
+    optimiser the recipe names (scores see gradients |w| times smaller than weights do, so they need
+    a rate of order 100; an Adam recipe's rate would leave the mask at chance). The recorded network is
     the frozen weights times one final mask: one draw seeded by the cell (``eval_mask: sample``, as
     in training) or m = [σ(s) > 1/2] (``mode``). The sparsity is learned, not the cell's target: the row's
     ``sparsity`` is the final mask's, over the masked weights (the classifier is masked too by
@@ -186,6 +238,7 @@ class LearnedSupermask(Method):
         weights: Literal["init", "signed_constant"] = "init"
         initial_keep: float = Field(0.5, gt=0, lt=1)  # σ(s) at the start, the same for every weight
         lr: float = Field(100.0, gt=0)  # SGD on the scores; Zhou et al. use rates of this order (unverified)
+        momentum: float = Field(0.9, ge=0, lt=1)
         eval_mask: Literal["sample", "mode"] = "sample"
         prune_classifier: bool = True
 
@@ -197,7 +250,8 @@ class LearnedSupermask(Method):
         _load_initial(job, treat_kept(kept, initial, everywhere, job.seed, fresh_init=job.fresh_init))
 
         layers = _attach_masks(job.model, initial, p.initial_keep, p.eval_mask)
-        recipe = job.pretrain_recipe.model_copy(update={"lr": p.lr})
+        scores_optimizer = {"optimizer": "sgd", "lr": p.lr, "momentum": p.momentum, "nesterov": False}
+        recipe = job.pretrain_recipe.model_copy(update={**scores_optimizer, "weight_decay": 0.0})
         try:
             job.finetune(recipe=recipe, finish=False)
         finally:

@@ -75,18 +75,26 @@ class Pipeline(Method):
 
 @register_method("deep_compression")
 class DeepCompression(Pipeline):
-    """Deep Compression: iterative magnitude pruning, k-means weight sharing, Huffman coding."""
+    """Deep Compression: iterative magnitude pruning, k-means weight sharing, Huffman coding.
+
+    As Han et al.: every layer pruned by its own magnitudes (``layer_magnitude``, ``rate`` of the
+    remaining weights per round), the classifier too (at half the rate, ``prune_classifier``);
+    2^``conv_bits`` shared values per Conv layer and 2^``bits`` per fully connected one (8 and 5).
+    """
 
     class Params(Method.Params):
         rate: float = Field(0.2, gt=0, lt=1)  # fraction of the remaining weights pruned per round
-        bits: int = Field(5, ge=1, le=8)  # 2^bits shared values per layer
+        bits: int = Field(5, ge=1, le=8)  # 2^bits shared values per fully connected layer
+        conv_bits: int = Field(8, ge=1, le=8)  # 2^conv_bits shared values per Conv layer
         index_bits: int = Field(5, ge=1, le=16)  # relative-index gap code width
+        prune_classifier: bool = True
 
     def stage_specs(self) -> list[tuple[str, dict[str, Any]]]:
         p = self.params
+        pruning = {"rate": p.rate, "score": "layer_magnitude", "prune_classifier": p.prune_classifier}
         return [
-            ("iterative", {"rate": p.rate}),
-            ("kmeans", {"bits": p.bits}),
+            ("iterative", pruning),
+            ("kmeans", {"bits": p.bits, "conv_bits": p.conv_bits}),
             ("huffman", {"index_bits": p.index_bits}),
         ]
 

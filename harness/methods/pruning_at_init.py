@@ -61,11 +61,13 @@ class GraSP(PruningAtInit):
         params = dict(ctx.model.named_parameters())
         weights = [params[name] for name in ctx.weights]
         inputs, targets = ctx.batch
+        # Both derivatives inside the block: BatchNorm's backward reads the running statistics its
+        # forward saved, so restoring them in place first would invalidate the graph.
         with buffers_kept(ctx.model):
             loss = nn.functional.cross_entropy(ctx.model(inputs) / self.params.temperature, targets)
-        gradients = torch.autograd.grad(loss, weights, create_graph=True)
-        # ∂/∂θ (g · stop_gradient(g)) = H g: a Hessian-vector product without forming H
-        hessian_gradient = torch.autograd.grad(sum((g * g.detach()).sum() for g in gradients), weights)
+            gradients = torch.autograd.grad(loss, weights, create_graph=True)
+            # ∂/∂θ (g · stop_gradient(g)) = H g: a Hessian-vector product without forming H
+            hessian_gradient = torch.autograd.grad(sum((g * g.detach()).sum() for g in gradients), weights)
         return {name: w.detach() * hg for (name, w), hg in zip(ctx.weights.items(), hessian_gradient, strict=True)}
 
 

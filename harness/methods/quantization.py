@@ -182,12 +182,18 @@ def quantize_model(
 
 @register_method("ptq")
 class PostTrainingQuantization(CompressionMethod):
-    """Round weights (and optionally layer inputs) to b-bit uniform grids set from data; no retraining."""
+    """Round weights (and optionally layer inputs) to b-bit uniform grids set from data; no retraining.
+
+    ``float_finetune``: first fine-tune the float model with the FINETUNE recipe (masks fixed), the
+    training QAT and k-means fine-tuning get: the equal-budget baseline they should be compared to
+    (the rows' ``train_epochs`` then match).
+    """
 
     family = "quantization"
     reference = NAGEL
 
     class Params(UniformParams):
+        float_finetune: bool = False
         weight_range: Literal["minmax", "mse"] = "minmax"
         activation_bits: int | None = Field(None, ge=2, le=16)  # None: activations stay float
         activation_range: Literal["minmax", "mse", "percentile"] = "minmax"
@@ -196,6 +202,8 @@ class PostTrainingQuantization(CompressionMethod):
 
     def compress(self, job: Job) -> None:
         p = self.params
+        if p.float_finetune:
+            job.finetune(finish=False)
         if p.activation_bits is not None:  # ranges come from the float model, as observers see it
             inputs = layer_inputs(job.model, [x for x, _ in job.train_batches(p.calibration_batches)])
         job.set_storage(quantized=quantize_model(job.model, p, p.weight_range))
@@ -325,19 +333,35 @@ def refit_centroids(weight: torch.Tensor, shared: SharedCodes) -> SharedCodes:
 
 @register_method("kmeans")
 class KMeansWeightSharing(CompressionMethod):
-    """Share 2^b values per layer (1-D k-means over the nonzero weights), then fine-tune the centroids."""
+    """Share 2^b values per layer (1-D k-means over the nonzero weights), then fine-tune the centroids.
+
+    ``bits`` per layer, or ``conv_bits`` for Conv layers where given (Deep Compression: 8 conv, 5 FC).
+    """
 
     family = "quantization"
     reference = DEEP_COMPRESSION
 
     class Params(Method.Params):
         bits: int = Field(5, ge=1, le=8)
+        conv_bits: int | None = Field(None, ge=1, le=8)  # None: ``bits`` for every layer
         iterations: int = Field(100, ge=0)  # Lloyd iterations after the linear initialisation
         centroid_gradient: Literal["sum", "mean"] = "sum"  # the paper sums the members' gradients
 
+    def layer_bits(self, model: nn.Module) -> dict[str, int]:
+        """The code width of each quantised weight: ``conv_bits`` for Conv layers where given, else ``bits``."""
+        modules = dict(model.named_modules())
+        conv = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+        return {
+            name: self.params.conv_bits
+            if self.params.conv_bits is not None and isinstance(modules[name.removesuffix(".weight")], conv)
+            else self.params.bits
+            for name in quantized_weights(model)
+        }
+
     def compress(self, job: Job) -> None:
         p = self.params
-        codes = {name: share_weights(w, p.bits, p.iterations) for name, w in quantized_weights(job.model).items()}
+        bits = self.layer_bits(job.model)
+        codes = {name: share_weights(w, bits[name], p.iterations) for name, w in quantized_weights(job.model).items()}
         load_decoded(job.model, codes)
         if job.finetune_recipe.epochs:
             job.finetune(callbacks=[SharedGradients(codes, p.centroid_gradient)], finish=False)

@@ -9,14 +9,18 @@ its ``rewind`` point:
 - ``epoch:k``: survivors back to the weights after k epochs of pretraining, then the PRETRAIN
   schedule from epoch k on (weight rewinding); the spec's pretrain recipe must keep them:
   ``save_epochs: [k]``;
+- ``iter:k``: survivors back to the weights after k optimiser steps of pretraining (Frankle et al.
+  2020), then the PRETRAIN schedule from the epoch step k falls in, its remaining whole epochs
+  (so up to one epoch more than the paper's remaining steps); needs ``save_iterations: [k]``;
 - ``lr`` or ``lr:k``: keep the trained weights, replay the PRETRAIN learning-rate schedule from
   epoch k on (default 0: all of it) — learning-rate rewinding (Renda et al. 2020).
 
 Every round is one row whose ``sparsity`` is that round's target, so one run yields the whole
 sparsity curve. Controls (Frankle & Carbin): ``reinit`` trains each round's ticket mask from a
-fresh random initialisation, ``random_mask`` trains a random mask with the ticket's per-layer
-sparsity from the ticket's starting point. The ticket itself must still be trained to find the
-next mask, so a control costs twice the training; the ticket's epochs have phase ``ticket-<level>``.
+fresh random initialisation (a new draw per round, from a seed no cell's θ0 uses),
+``random_mask`` trains a random mask with the ticket's per-layer sparsity from the ticket's
+starting point. The ticket itself must still be trained to find the next mask, so a control costs
+twice the training; the ticket's epochs have phase ``ticket-<level>``.
 """
 
 from __future__ import annotations
@@ -46,7 +50,7 @@ HAN = "Han et al. 2015, Learning both Weights and Connections for Efficient Neur
 FRANKLE_CARBIN = "Frankle & Carbin 2019, The Lottery Ticket Hypothesis"
 RENDA = "Renda et al. 2020, Comparing Rewinding and Fine-tuning in Neural Network Pruning"
 
-RewindPoint = Annotated[str, Field(pattern=r"^(none|init|lr|lr:\d+|epoch:\d+)$")]
+RewindPoint = Annotated[str, Field(pattern=r"^(none|init|lr|lr:\d+|epoch:\d+|iter:\d+)$")]
 
 
 def level_targets(sparsity: float, rate: float, rounds: int | None = None) -> list[float]:
@@ -154,6 +158,11 @@ class Iterative(Method):
                 f"rewind {params.rewind!r} needs the weights after pretraining epoch {epoch}: "
                 f"add save_epochs: [{epoch}] to the pretrain recipe"
             )
+        if kind == "iter" and int(epoch) not in pretrain.save_iterations:
+            raise ValueError(
+                f"rewind {params.rewind!r} needs the weights after pretraining iteration {epoch}: "
+                f"add save_iterations: [{epoch}] to the pretrain recipe"
+            )
 
     def source_files(self) -> set[Path]:
         return super().source_files() | create_method(self.params.score, self.params.score_params).source_files()
@@ -161,14 +170,16 @@ class Iterative(Method):
     def apply(self, job: Job) -> None:
         p = self.params
         score: PruningMethod = create_method(p.score, p.score_params)
-        kind, _, epoch = p.rewind.partition(":")
-        rewind_epoch = int(epoch or 0)
+        kind, _, point = p.rewind.partition(":")
+        rewind_epoch = int(point or 0)
+        rewind_state = job.weights(rewind_epoch) if kind in ("init", "epoch") else None
+        if kind == "iter":  # resume the schedule in the epoch the step falls in
+            rewind_state = job.weights(p.rewind)
+            rewind_epoch = int(point) // math.ceil(job.split_size("train") / job.pretrain_recipe.batch_size)
         if kind == "none":
             recipe, callbacks = job.finetune_recipe, []
         else:
             recipe, callbacks = replay_from(job.pretrain_recipe, rewind_epoch)
-        rewind_state = job.weights(rewind_epoch) if kind in ("init", "epoch") else None
-        fresh_state = job.fresh_init() if p.control == "reinit" else None
         classifier_rate = p.classifier_rate or p.rate / 2
 
         ticket: Masks = {}
@@ -180,7 +191,7 @@ class Iterative(Method):
             if p.control != "none":
                 trained_ticket = self.train_ticket(job, start, ticket, recipe, callbacks)
                 if p.control == "reinit":
-                    start = fresh_state
+                    start = job.fresh_init(draw=index)  # every ticket its own random initialisation
                 else:
                     generator = torch.Generator().manual_seed(job.seed)  # same draw every round: nested masks
                     density = {name: int(mask.sum()) / mask.numel() for name, mask in ticket.items()}

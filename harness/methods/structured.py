@@ -1,9 +1,10 @@
 """Structured and semi-structured pruning: whole channels by filter norm, and N:M groups.
 
 Removing a channel removes work in two layers: its own filter, and the weights of the next layer
-that read it. The mask zeroes the filter and its bias (so the channel is exactly zero); the
-metrics notice the dead input channels of the next layer (:func:`harness.metrics.live_inputs`),
-so ``flops_nonzero`` and ``params_nonzero`` count both savings.
+that read it. The mask zeroes the filter, its bias and, where a norm layer reads the channel
+directly (BatchNorm after a conv), that norm's scale γ and shift β of the channel, so the channel
+is exactly zero after the norm too; the metrics notice the dead input channels of the next layer
+(:func:`harness.metrics.live_inputs`), so ``flops_nonzero`` and ``params_nonzero`` count both savings.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import TYPE_CHECKING, ClassVar, Literal
 import torch
 from pydantic import Field, model_validator
 
-from harness.masks import Masks, masks_from_scores
+from harness.masks import NORM_LAYERS, Masks, channel_norms, masks_from_scores
 from harness.methods import PruningMethod, register_method
 from harness.methods.base import PruningContext
 
@@ -24,8 +25,9 @@ if TYPE_CHECKING:
 class FilterNorm(PruningMethod):
     """Remove whole output channels (Conv) or output units (Linear) of smallest filter norm, in every layer.
 
-    Each layer loses ``round(s · channels)`` channels, weights and bias; the classifier is never
-    pruned (its output units are the classes). Channels removed before stay removed.
+    Each layer loses ``round(s · channels)`` channels: weights, bias, and the γ/β of a norm layer
+    reading the layer directly; the classifier is never pruned (its output units are the classes).
+    Channels removed before stay removed.
     """
 
     family = "structured"
@@ -48,7 +50,23 @@ class FilterNorm(PruningMethod):
             bias = name.removesuffix("weight") + "bias"
             if bias in params:
                 masks[bias] = keep[name].clone()
+        for layer, norm in _norms_after(ctx).items():
+            channels = keep[f"{layer}.weight"]
+            for affine in ("weight", "bias"):
+                shape = params[f"{norm}.{affine}"].shape  # [C], or [C, *positions] for a LayerNorm over them
+                masks[f"{norm}.{affine}"] = channels.view(-1, *[1] * (len(shape) - 1)).expand(shape).clone()
         return masks
+
+
+def _norms_after(ctx: PruningContext) -> dict[str, str]:
+    """The norm layer reading each masked layer directly; needs an example input unless the model has none."""
+    if not any(isinstance(m, NORM_LAYERS) for m in ctx.model.modules()):
+        return {}
+    if ctx.input_shape is None:
+        raise ValueError("filter pruning of a model with norm layers needs the context's input_shape; none was given")
+    device = next(ctx.model.parameters()).device
+    found = channel_norms(ctx.model, torch.zeros((2, *ctx.input_shape), device=device))
+    return {layer: norm for layer, norm in found.items() if f"{layer}.weight" in ctx.weights}
 
 
 @register_method("filter_l1")

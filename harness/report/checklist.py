@@ -123,4 +123,16 @@ def checklist(cells: pd.DataFrame, points: pd.DataFrame) -> list[Check]:
             _listing(lacking) if lacking else "present for every pair",
         )
     )
+
+    # not ShrinkBench's: a point where a layer is (nearly) gone measures a broken network, not a method
+    recorded = ok["layer_collapse"].dropna().astype(bool) if "layer_collapse" in ok else pd.Series(dtype=bool)
+    collapsed = ok.loc[recorded[recorded].index]
+    where = sorted({f"{r.dataset}/{r.model} {r.method} at {r.sparsity:g}" for r in collapsed.itertuples()})
+    checks.append(
+        Check(
+            "no layer collapse (a layer ≥ 99 % pruned)",
+            None if recorded.empty else not where,
+            f"collapsed: {_listing(where)}" if where else ("no row collapsed" if len(recorded) else "not recorded"),
+        )
+    )
     return checks

@@ -1,0 +1,55 @@
+"""The conformance matrix: every registered method × every model family runs one tiny cell and keeps
+the promises of :func:`harness.testing.check_conformance` (``make conformance`` runs all of it)."""
+
+from __future__ import annotations
+
+import pytest
+
+from harness.methods import METHODS
+from harness.models import MODELS
+from harness.testing import CONFORMANCE_MODELS, check_conformance
+
+# what a method needs to run at all on a tiny cell
+PARAMS = {
+    "pipeline": {"stages": ["global_magnitude", {"name": "ptq", "bits": 4}, "huffman"]},
+    "iterative": {"rate": 0.5},
+    "imp": {"rate": 0.5},
+    "lr_rewinding": {"rate": 0.5},
+    "weight_rewinding": {"rate": 0.5},
+    "han_iterative": {"rate": 0.5},
+    "deep_compression": {"rate": 0.5},
+}
+FALSE_POSITIVES = {"bloomier"}  # a Bloomier filter reads some pruned positions back as weights, by design
+
+
+@pytest.fixture(scope="module", autouse=True)
+def models_kept():
+    """check_conformance registers its small models; other tests list the built-ins, so they go again."""
+    MODELS.names()  # the built-ins loaded first, so they are among what is kept
+    saved = dict(MODELS._entries)
+    yield
+    MODELS._entries = saved
+
+
+def _matrix() -> list:
+    """Every method × every family. ``make test`` runs a cover of it — every method on the BatchNorm
+    ResNet (where the papers' methods broke) and every family under global magnitude pruning — and
+    ``make conformance`` the whole matrix (about 240 cells: too long for the suite)."""
+    cells = []
+    for method in sorted(METHODS.names()):
+        for family in sorted(CONFORMANCE_MODELS):
+            in_cover = family == "batchnorm-resnet" or method == "global_magnitude"
+            marks = [pytest.mark.slow] + ([] if in_cover else [pytest.mark.conformance])
+            cells.append(pytest.param(method, family, marks=marks, id=f"{method}-{family}"))
+    return cells
+
+
+@pytest.mark.parametrize(("method", "family"), _matrix())
+def test_every_method_keeps_its_promises_on_every_model_family(method: str, family: str) -> None:
+    check_conformance(method, PARAMS.get(method), model=family, sparsity=0.5, false_positives=method in FALSE_POSITIVES)
+
+
+def test_the_matrix_covers_the_families_the_papers_use() -> None:
+    assert set(CONFORMANCE_MODELS) == {
+        "mlp", "lenet5", "batchnorm-resnet", "batchnorm-vgg", "grouped-conv", "layernorm", "groupnorm",
+    }  # fmt: skip
