@@ -637,6 +637,40 @@ def query(
         console.print(table)
 
 
+@app.command(cls=_Command)
+@guarded
+def claims(
+    results: ResultsOption = Path("results"),
+    format: Annotated[Format, typer.Option("--format")] = Format.table,
+    reference: Annotated[
+        Path | None,
+        typer.Option("--reference", help="Reference verdicts shown beside yours. [default: the shipped table]"),
+    ] = None,
+) -> None:
+    """Check the seed papers' claims on a results folder: holds, does not hold or not enough data, with evidence."""
+    from harness.claims import REFERENCE, check_claims
+
+    if not results.exists():
+        raise _fail_input(f"results folder {results} does not exist; run a benchmark first or pass --results")
+    _results_folder(results)
+    if reference is not None and not reference.is_file():
+        raise _fail_input(f"--reference {reference} is not a file; pass a claims CSV such as {REFERENCE}")
+    frame = check_claims(results, reference or REFERENCE)
+    if format is Format.csv:
+        sys.stdout.write(frame.to_csv(index=False))
+    elif format is Format.json:
+        sys.stdout.write(frame.to_json(orient="records") + "\n")
+    else:
+        from rich.text import Text
+
+        table = Table("claim", "paper", "verdict", "evidence", "reference", show_lines=True)
+        for row in frame.itertuples(index=False):
+            table.add_row(
+                *(Text(str(v)) for v in (row.claim, row.paper, row.verdict, row.evidence)), Text(row.reference_verdict)
+            )
+        console.print(table)
+
+
 class ReportFormat(StrEnum):
     html = "html"
     markdown = "markdown"
