@@ -624,6 +624,11 @@ def query(
         raise _fail_input(str(exc)) from None
     except duckdb.Error as exc:
         raise _fail_input(f"query failed: {exc}") from None
+    _print_frame(frame, format)
+
+
+def _print_frame(frame: object, format: Format) -> None:
+    """A DataFrame as a table, CSV or JSON records (nothing truncated in a pipe)."""
     if format is Format.csv:
         sys.stdout.write(frame.to_csv(index=False))
     elif format is Format.json:
@@ -656,10 +661,8 @@ def claims(
     if reference is not None and not reference.is_file():
         raise _fail_input(f"--reference {reference} is not a file; pass a claims CSV such as {REFERENCE}")
     frame = check_claims(results, reference or REFERENCE)
-    if format is Format.csv:
-        sys.stdout.write(frame.to_csv(index=False))
-    elif format is Format.json:
-        sys.stdout.write(frame.to_json(orient="records") + "\n")
+    if format is not Format.table:
+        _print_frame(frame, format)
     else:
         from rich.text import Text
 
@@ -669,6 +672,38 @@ def claims(
                 *(Text(str(v)) for v in (row.claim, row.paper, row.verdict, row.evidence)), Text(row.reference_verdict)
             )
         console.print(table)
+
+
+class Analysis(StrEnum):
+    density = "density"
+    lmc = "lmc"
+    gradient_flow = "gradient-flow"
+    masks = "masks"
+
+
+@app.command(cls=_Command)
+@guarded
+def analyze(
+    analysis: Annotated[Analysis, typer.Argument(help="density, lmc, gradient-flow or masks.")],
+    results: ResultsOption = Path("results"),
+    format: Annotated[Format, typer.Option("--format")] = Format.table,
+) -> None:
+    """Analyses over a results folder: per-layer density profiles, LMC error barriers, gradient flow per epoch."""
+    from harness.analysis import ANALYSES, MissingColumns
+
+    if not results.exists():
+        raise _fail_input(f"results folder {results} does not exist; run a benchmark first or pass --results")
+    _results_folder(results)
+    if analysis is Analysis.masks:
+        raise _fail_input(
+            "mask overlap (Jaccard) needs each cell's masks, and the results folder keeps only per-layer counts; "
+            "docs/reproduce.md says what recording them takes"
+        )
+    try:
+        frame = ANALYSES[analysis.value](results)
+    except MissingColumns as exc:
+        raise _fail_input(str(exc)) from None
+    _print_frame(frame, format)
 
 
 class ReportFormat(StrEnum):
