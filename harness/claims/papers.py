@@ -424,11 +424,13 @@ GROUP BY ALL
 def rigl_raises_gradient_flow(frame: pd.DataFrame) -> tuple[Verdict, str]:
     def judge(group: pd.DataFrame) -> tuple[Verdict, str]:
         rigl, set_ = group[group["method"] == "rigl"], group[group["method"] == "set"]
-        if rigl.empty or set_.empty:
-            return _need("needs rigl and set with gradient_flow: true")
-        interval = paired_interval(log_ratios(rigl, set_, "value", ("seed", "sparsity")))
+        sparsity = _highest_shared(group, ["rigl", "set"])
+        if sparsity is None:
+            return _need("needs rigl and set with gradient_flow: true at one sparsity")
+        rigl, set_ = rigl[rigl["sparsity"] == sparsity], set_[set_["sparsity"] == sparsity]
+        interval = paired_interval(log_ratios(rigl, set_, "value"))
         text = interval.text(1, "") if interval else "fewer than 3 paired seeds"
-        return above(interval), f"log(mean gradient norm RigL / SET) {text}"
+        return above(interval), f"at sparsity {sparsity:g}, log(mean gradient norm RigL / SET) {text}"
 
     return per_setting(frame, judge)
 
@@ -447,7 +449,7 @@ BARRIER = 0.02  # "connected": the test-error barrier stays below two points
 )
 def connected_while_working(frame: pd.DataFrame) -> tuple[Verdict, str]:
     def judge(group: pd.DataFrame) -> tuple[Verdict, str]:
-        rows = group[param(group, "control", "none") == "none"].dropna(subset=["lmc_barrier"])
+        rows = group[param(group, "control", "none") == "none"]
         working = rows.groupby("sparsity").filter(lambda r: (r["top1"] - r["dense_top1"]).mean() >= -POINT)
         if working.empty:
             return _need("no level with a barrier where the ticket works")
@@ -458,7 +460,7 @@ def connected_while_working(frame: pd.DataFrame) -> tuple[Verdict, str]:
             notes.append(f"s={sparsity:g}: barrier − {BARRIER:g} {interval.text() if interval else 'n<3'}")
         return all_of(parts), "; ".join(notes)
 
-    return per_setting(frame, judge)
+    return per_setting(frame.dropna(subset=["lmc_barrier"]), judge)
 
 
 @claim(
@@ -469,7 +471,7 @@ def connected_while_working(frame: pd.DataFrame) -> tuple[Verdict, str]:
 )
 def barrier_rises(frame: pd.DataFrame) -> tuple[Verdict, str]:
     def judge(group: pd.DataFrame) -> tuple[Verdict, str]:
-        rows = group[param(group, "control", "none") == "none"].dropna(subset=["lmc_barrier"])
+        rows = group[param(group, "control", "none") == "none"]
         if rows["sparsity"].nunique() < 2:
             return _need("needs barriers at two levels or more")
         low, high = rows["sparsity"].min(), rows["sparsity"].max()
@@ -479,4 +481,4 @@ def barrier_rises(frame: pd.DataFrame) -> tuple[Verdict, str]:
         text = interval.text() if interval else "fewer than 3 seeds"
         return above(interval), f"barrier at s={high:g} − at s={low:g} {text}"
 
-    return per_setting(frame, judge)
+    return per_setting(frame.dropna(subset=["lmc_barrier"]), judge)
