@@ -666,11 +666,11 @@ def claims(
     else:
         from rich.text import Text
 
-        table = Table("claim", "paper", "verdict", "evidence", "reference", show_lines=True)
+        headers = ("claim", "paper", "verdict", "evidence", "reference")
+        table = Table(*(Column(h, overflow="fold") for h in headers), show_lines=True)  # folded, never cut
         for row in frame.itertuples(index=False):
-            table.add_row(
-                *(Text(str(v)) for v in (row.claim, row.paper, row.verdict, row.evidence)), Text(row.reference_verdict)
-            )
+            values = (row.claim, row.paper, row.verdict, row.evidence, row.reference_verdict)
+            table.add_row(*(Text(str(v)) for v in values))
         console.print(table)
 
 
