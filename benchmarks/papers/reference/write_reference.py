@@ -31,6 +31,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("results", type=Path)
     parser.add_argument("--note", default="")
+    parser.add_argument("--out", type=Path, default=OUT, help="default: claims.csv, the table `harness claims` shows")
     args = parser.parse_args()
     versions = query(
         args.results,
@@ -46,8 +47,8 @@ def main() -> None:
         f"# machine: {cpu_model()}, {os.cpu_count()} CPUs, Python {platform.python_version()}",
         *([f"# {args.note}"] if args.note else []),
     ]
-    OUT.write_text("\n".join(header) + "\n" + frame.to_csv(index=False))
-    print(f"wrote {OUT}: {len(frame)} claims")
+    args.out.write_text("\n".join(header) + "\n" + frame.to_csv(index=False))
+    print(f"wrote {args.out}: {len(frame)} claims")
 
 
 if __name__ == "__main__":
