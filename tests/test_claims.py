@@ -190,3 +190,15 @@ def test_cli_claims_csv_with_reference(tmp_path: Path):
         text=True,
     )
     assert missing.returncode == 2 and "does not exist" in missing.stdout + missing.stderr
+
+
+def test_the_shipped_reference_covers_every_claim_and_says_what_produced_it():
+    from harness.claims import REFERENCE, read_reference
+
+    shipped = read_reference(REFERENCE)
+    assert set(shipped) == set(CLAIMS)
+    assert {row["verdict"] for row in shipped.values()} <= {HOLDS, FAILS, UNDECIDED}
+    header = [line for line in REFERENCE.read_text().splitlines() if line.startswith("#")]
+    assert any("torch" in line and "commit" in line for line in header)
+    decided = [key for key, row in shipped.items() if row["verdict"] != UNDECIDED]
+    assert len(decided) >= 6 and "lottery.beats_reinit" in decided  # what make reproduce-quick promises
