@@ -61,3 +61,16 @@ def test_cli_analyze_csv_and_mask_overlap_says_what_it_needs(tmp_path: Path):
     assert frame["density"].tolist() == pytest.approx([0.25, 0.25, 0.2])  # fc3: round(10 * 0.25) = 2 of 10
     masks = subprocess.run([*cli, "masks", "--results", str(tmp_path)], capture_output=True, text=True)
     assert masks.returncode == 2 and "docs/reproduce.md" in masks.stdout + masks.stderr
+
+
+def test_the_report_claims_page_shows_the_barriers(tmp_path: Path):
+    from harness.report import build_report
+
+    store = ResultsStore(tmp_path / "r")
+    for seed, barrier in zip((0, 1, 2), (0.01, 0.02, 0.06), strict=True):
+        store.write(imp(seed, [0.9, 0.9], barriers=[None, barrier]))
+    build_report([tmp_path / "r"], tmp_path / "site", formats=("markdown",))
+    page = (tmp_path / "site" / "claims.md").read_text()
+    section = page.split("## Linear mode connectivity")[1]
+    assert "| imp | 0.8 | 1 | 0.03 |" in section
+    assert "## Gradient flow" not in page  # not recorded: no section

@@ -1,7 +1,11 @@
-"""The report's claims page: `harness claims` for every results folder, the shipped reference beside it."""
+"""The report's claims page: `harness claims` for every results folder, the shipped reference beside it,
+and the analyses behind the claims (`harness analyze lmc` and `gradient-flow`) where the results have them."""
 
 from __future__ import annotations
 
+import pandas as pd
+
+from harness.analysis import MissingColumns, gradient_flow, lmc_barriers
 from harness.claims import check_claims
 from harness.report.data import ReportData
 from harness.report.pages import Cell, Page, Section, Table
@@ -33,4 +37,31 @@ def claims_page(data: ReportData) -> Page:
             [Cell("Reference: `make reproduce-quick` on the project's CPU machine (benchmarks/papers/reference/).")],
         ]
         sections.append(Section(f"Claims: {source.label}", f"claims-{source.label}", notes=notes, tables=[table]))
+        sections += analysis_sections(source.label, source.path)
     return Page(CLAIMS_SLUG, "Claims", sections, summary="the seed papers' claims checked on these results")
+
+
+def analysis_sections(label: str, path) -> list[Section]:
+    """The LMC barrier per level and the gradient flow per epoch, as tables; none where not recorded."""
+    sections = []
+    for title, analysis, columns in (
+        ("Linear mode connectivity", lmc_barriers, ["barrier", "barrier_sd", "top1_minus_dense"]),
+        ("Gradient flow", gradient_flow, None),
+    ):
+        try:
+            frame = analysis(path)
+        except MissingColumns:
+            continue
+        shown = columns or [c for c in frame.columns if c.startswith("gradient_flow")]
+        keys = [c for c in ("benchmark", "model", "method", "sparsity", "level", "phase", "epoch") if c in frame]
+        table = Table([*keys, *shown, "seeds"], [])
+        for row in frame.to_dict("records"):
+            table.rows.append([[Cell(_text(row[c]))] for c in [*keys, *shown, "seeds"]])
+        sections.append(Section(f"{title}: {label}", f"{title.lower().replace(' ', '-')}-{label}", tables=[table]))
+    return sections
+
+
+def _text(value: object) -> str:
+    if isinstance(value, float):
+        return "" if pd.isna(value) else f"{value:.4g}"
+    return str(value)
