@@ -1,5 +1,6 @@
 # Two commands matter: `make run` (set up + quick-start benchmark) and `make test` (set up + tests).
-# Also: `make test-fast` (the edit loop), `make docs` (regenerate docs/reference), `make perf`, `make report`.
+# Also: `make test-fast` (the edit loop), `make docs` (regenerate docs/reference), `make perf`, `make report`,
+# `make reproduce` / `make reproduce-quick` (the seed papers' claims on CPU twins, docs/reproduce.md).
 PYTHON ?= python3.11
 VENV   ?= .venv
 BIN    := $(VENV)/bin
@@ -8,7 +9,7 @@ TORCH  ?= torch==2.13.0
 TORCH_INDEX ?=
 RESULTS ?= results
 
-.PHONY: setup browser run test test-fast conformance docs lint perf report mlflow-ui mlflow-server clean
+.PHONY: setup browser run test test-fast conformance docs lint perf report reproduce reproduce-quick mlflow-ui mlflow-server clean
 
 setup: $(VENV)/.installed
 
@@ -51,6 +52,26 @@ perf: setup
 
 report: setup
 	$(BIN)/harness report --results $(RESULTS)
+
+# The seed papers' experiments as CPU twins (benchmarks/papers/cpu/), then `harness claims` on them.
+# A run that exits 1 (a failed cell) goes on: the claims say what its rows allow; exit 2 (bad input) stops.
+QUICK_TWINS := shrinkbench_digits lottery_mnist1d supermask_digits quantization_digits compression_digits
+ALL_TWINS   := $(QUICK_TWINS) lottery_digits renda_digits gradient_flow_digits shrinkbench_mnist1d \
+               shrinkbench_bn lottery_bn
+define run_twins
+	@for twin in $(1); do \
+	  echo "== benchmarks/papers/cpu/$$twin.yaml"; \
+	  $(BIN)/harness run benchmarks/papers/cpu/$$twin.yaml --results $(RESULTS); \
+	  code=$$?; if [ $$code -gt 1 ]; then exit $$code; fi; \
+	done
+	$(BIN)/harness claims --results $(RESULTS)
+endef
+
+reproduce: setup
+	$(call run_twins,$(ALL_TWINS))
+
+reproduce-quick: setup
+	$(call run_twins,$(QUICK_TWINS))
 
 mlflow-ui: setup
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(RESULTS)/mlflow.db --host 127.0.0.1 --port 5000

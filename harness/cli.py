@@ -727,6 +727,11 @@ def query(
         raise _fail_input(str(exc)) from None
     except duckdb.Error as exc:
         raise _fail_input(f"query failed: {exc}") from None
+    _print_frame(frame, format)
+
+
+def _print_frame(frame: object, format: Format) -> None:
+    """A DataFrame as a table, CSV or JSON records (nothing truncated in a pipe)."""
     if format is Format.csv:
         sys.stdout.write(frame.to_csv(index=False))
     elif format is Format.json:
@@ -734,6 +739,68 @@ def query(
     else:
         rows = ((f"{v:.4g}" if isinstance(v, float) else str(v) for v in row) for row in frame.itertuples(index=False))
         print_table(console, list(map(str, frame.columns)), [tuple(row) for row in rows])
+
+
+@app.command(cls=_Command)
+@guarded
+def claims(
+    results: ResultsOption = Path("results"),
+    format: Annotated[Format, typer.Option("--format")] = Format.table,
+    reference: Annotated[
+        Path | None,
+        typer.Option("--reference", help="Reference verdicts shown beside yours. [default: the shipped table]"),
+    ] = None,
+) -> None:
+    """Check the seed papers' claims on a results folder: holds, does not hold or not enough data, with evidence."""
+    from harness.claims import REFERENCE, check_claims
+
+    if not results.exists():
+        raise _fail_input(f"results folder {results} does not exist; run a benchmark first or pass --results")
+    _results_folder(results)
+    if reference is not None and not reference.is_file():
+        raise _fail_input(f"--reference {reference} is not a file; pass a claims CSV such as {REFERENCE}")
+    frame = check_claims(results, reference or REFERENCE)
+    if format is not Format.table:
+        _print_frame(frame, format)
+    else:  # folded on a terminal, whole plain text in a pipe: never cut
+        headers = ("claim", "paper", "verdict", "evidence", "reference")
+        rows = [
+            tuple(str(v) for v in (row.claim, row.paper, row.verdict, row.evidence, row.reference_verdict))
+            for row in frame.itertuples(index=False)
+        ]
+        print_table(console, headers, rows)
+
+
+class Analysis(StrEnum):
+    density = "density"
+    lmc = "lmc"
+    gradient_flow = "gradient-flow"
+    masks = "masks"
+
+
+@app.command(cls=_Command)
+@guarded
+def analyze(
+    analysis: Annotated[Analysis, typer.Argument(help="density, lmc, gradient-flow or masks.")],
+    results: ResultsOption = Path("results"),
+    format: Annotated[Format, typer.Option("--format")] = Format.table,
+) -> None:
+    """Analyses over a results folder: per-layer density profiles, LMC error barriers, gradient flow per epoch."""
+    from harness.analysis import ANALYSES, MissingColumns
+
+    if not results.exists():
+        raise _fail_input(f"results folder {results} does not exist; run a benchmark first or pass --results")
+    _results_folder(results)
+    if analysis is Analysis.masks:
+        raise _fail_input(
+            "mask overlap (Jaccard) needs each cell's masks, and the results folder keeps only per-layer counts; "
+            "docs/reproduce.md says what recording them takes"
+        )
+    try:
+        frame = ANALYSES[analysis.value](results)
+    except MissingColumns as exc:
+        raise _fail_input(str(exc)) from None
+    _print_frame(frame, format)
 
 
 class ReportFormat(StrEnum):

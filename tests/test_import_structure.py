@@ -104,7 +104,9 @@ def heavy_modules_after(code: str) -> tuple[list[str], subprocess.CompletedProce
     return json.loads(done.stdout.strip().splitlines()[-1]), done
 
 
-@pytest.mark.parametrize("module", ["harness.results", "harness.store", "harness.config", "harness.tracking"])
+@pytest.mark.parametrize(
+    "module", ["harness.results", "harness.store", "harness.config", "harness.tracking", "harness.claims"]
+)
 def test_the_read_path_imports_no_torch_lightning_ray_or_mlflow(module: str) -> None:
     loaded, _ = heavy_modules_after(f"import {module}")
     assert loaded == []

@@ -12,7 +12,7 @@ from pydantic import ValidationError
 
 from harness.cell import DenseCheckpoint
 from harness.methods import create_method
-from harness.methods.schedules import level_targets, schedule_lrs
+from harness.methods.schedules import error_barrier, level_targets, schedule_lrs
 from harness.models import create_model
 from harness.spec import BenchmarkSpec, Recipe
 from harness.testing import check_pruning_method, run_method
@@ -181,3 +181,36 @@ def test_schedule_lrs_match_the_optimiser_training_builds() -> None:
     assert schedule_lrs(Recipe(epochs=2, lr=0.3)) == [0.3, 0.3]
     cosine = schedule_lrs(Recipe(epochs=4, lr=1.0, schedule="cosine"))
     assert cosine == pytest.approx([1.0, 0.8535534, 0.5, 0.1464466])
+
+
+class _ScalarJob:
+    """Just the verbs error_barrier uses, on one scalar weight whose test top-1 is 1 − (1 − w²) / 2."""
+
+    def __init__(self) -> None:
+        self.state: dict[str, torch.Tensor] = {}
+
+    def load_weights(self, state: dict[str, torch.Tensor]) -> None:
+        self.state = dict(state)
+
+    def evaluate(self, split: str = "test") -> dict[str, float]:
+        w = float(self.state["w"])
+        return {"top1": 1 - (1 - w * w) / 2}
+
+
+@pytest.mark.parametrize("points", [3, 11])
+def test_error_barrier_is_the_peak_error_on_the_line_minus_the_mean_end_error(points: int) -> None:
+    job = _ScalarJob()
+    steps = torch.tensor(7)  # not floating point: carried over from the end state, never interpolated
+    start, end = {"w": torch.tensor(-1.0), "n": steps}, {"w": torch.tensor(1.0), "n": steps}
+    # error along the line is (1 − w²) / 2: 0 at both ends, 0.5 at the midpoint (w = 0)
+    assert error_barrier(job, start, end, points) == pytest.approx(0.5)
+    assert job.state["w"] == 1.0 and job.state["n"] is steps  # the model is left at the end point
+
+
+def test_imp_records_the_barrier_between_successive_levels() -> None:
+    job = run_method("imp", {"lmc_points": 5, "rate": 0.5}, sparsity=0.75, pretrain_recipe=Recipe(epochs=1))
+    rows = [level.row for level in job.levels]
+    assert "lmc_barrier" not in rows[0]  # nothing to connect the first level to
+    assert 0.0 <= rows[1]["lmc_barrier"] <= 1.0
+    with pytest.raises(ValidationError, match="at least 3 points"):
+        create_method("imp", {"lmc_points": 2})

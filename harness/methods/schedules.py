@@ -21,6 +21,13 @@ fresh random initialisation (a new draw per round, from a seed no cell's θ0 use
 ``random_mask`` trains a random mask with the ticket's per-layer sparsity from the ticket's
 starting point. The ticket itself must still be trained to find the next mask, so a control costs
 twice the training; the ticket's epochs have phase ``ticket-<level>``.
+
+Linear mode connectivity (Frankle et al. 2020; Paul et al. 2022): with ``lmc_points: n`` (≥ 3) every
+level after the first records ``lmc_barrier``, the error barrier on the TEST split between the previous
+level's trained network and this one's: the largest test error along the straight line between them
+(n evenly spaced points, ends included) minus the mean of the two end errors. Every floating-point
+entry of the state interpolates (BatchNorm running statistics too); the worker has both networks, so
+nothing extra is stored.
 """
 
 from __future__ import annotations
@@ -130,12 +137,15 @@ class Iterative(Method):
         control: Literal["none", "reinit", "random_mask"] = "none"
         prune_classifier: bool = False
         classifier_rate: float | None = Field(None, gt=0, lt=1)  # default: rate / 2
+        lmc_points: int = Field(0, ge=0, le=101)  # 0: off; else points on the line between successive levels
 
         @model_validator(mode="after")
         def _consistent(self) -> Iterative.Params:
             if self.score not in METHODS:
                 raise fail_at(("score",), METHODS.unknown_message(self.score))
             method = METHODS.get(self.score)
+            if self.lmc_points in (1, 2):
+                raise fail_at(("lmc_points",), "lmc_points needs at least 3 points (0 turns it off); 11 is usual")
             if not issubclass(method, PruningMethod):
                 raise fail_at(
                     ("score",),
@@ -183,6 +193,7 @@ class Iterative(Method):
         classifier_rate = p.classifier_rate or p.rate / 2
 
         ticket: Masks = {}
+        previous_level: dict[str, torch.Tensor] | None = None
         for index, sparsity in enumerate(level_targets(job.sparsity, p.rate, p.rounds)):
             classifier_sparsity = 1 - (1 - classifier_rate) ** (index + 1) if p.prune_classifier else None
             ticket = self.next_masks(job, score, ticket, sparsity, classifier_sparsity)
@@ -200,6 +211,11 @@ class Iterative(Method):
             job.prune(masks)
             job.finetune(recipe, callbacks, finish=False)
             extra = {} if classifier_sparsity is None else {"classifier_sparsity": classifier_sparsity}
+            if p.lmc_points:
+                trained = copy.deepcopy(job.model.state_dict())
+                if previous_level is not None:
+                    extra["lmc_barrier"] = error_barrier(job, previous_level, trained, p.lmc_points)
+                previous_level = trained
             job.finish_level(sparsity=sparsity, **extra)
             if p.control != "none":
                 job.load_weights(trained_ticket)  # the next mask is scored on the ticket
@@ -235,6 +251,21 @@ class Iterative(Method):
         job.load_weights(start)
         job.train(recipe, masks, callbacks, phase="ticket")
         return copy.deepcopy(job.model.state_dict())
+
+
+def error_barrier(job: Job, start: dict[str, torch.Tensor], end: dict[str, torch.Tensor], points: int) -> float:
+    """Max test error on the line start → end minus the mean of its end errors; leaves the model at ``end``."""
+    errors = []
+    for step in range(points):
+        alpha = step / (points - 1)
+        mixed = {
+            name: torch.lerp(start[name], value, alpha) if value.is_floating_point() else value
+            for name, value in end.items()
+        }
+        job.load_weights(mixed)
+        errors.append(1 - job.evaluate("test")["top1"])
+    job.load_weights(end)
+    return max(errors) - (errors[0] + errors[-1]) / 2
 
 
 @register_method("imp")

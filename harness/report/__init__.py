@@ -11,6 +11,7 @@ import os
 import shutil
 from pathlib import Path
 
+from harness.report.claims import claims_page
 from harness.report.data import ReportData, load_report_data, slug, sources_from
 from harness.report.pages import Options, build_pages
 from harness.report.render import write_html, write_latex, write_markdown
@@ -40,7 +41,8 @@ def build_report(
     if data.cells.empty:
         raise ReportError(f"no results in {', '.join(map(str, results))}: run a benchmark first")
     out = Path(out)
-    pages = build_pages(data, options, _copy_specs(data, out) if {"html", "markdown"} & set(formats) else {})
+    specs = _copy_specs(data, out) if {"html", "markdown"} & set(formats) else {}
+    pages = build_pages(data, options, specs, extra=(claims_page(data),))
     return [path for name in formats for path in FORMATS[name](pages, out)]
 
 

@@ -125,8 +125,10 @@ def _bits_axis(value: float, _: int) -> str:
 # -- the pages ---------------------------------------------------------------------------------
 
 
-def build_pages(data: ReportData, options: Options, spec_links: dict[tuple[str, str], list[str]]) -> list[Page]:
-    """The index first, then one page per data set × model."""
+def build_pages(
+    data: ReportData, options: Options, spec_links: dict[tuple[str, str], list[str]], extra: tuple[Page, ...] = ()
+) -> list[Page]:
+    """The index first, then one page per data set × model, then ``extra`` pages (linked from the index)."""
     style = styles(sorted(data.points["series"].unique()))  # a method has one colour on every page
     pairs = [_PairBuilder(data, dataset, model, options, spec_links, style) for dataset, model in data.pairs]
     tuning = _tuning_page(data)
@@ -137,10 +139,11 @@ def build_pages(data: ReportData, options: Options, spec_links: dict[tuple[str, 
         + [pair.summary_section() for pair in pairs]
         + ([_tuning_summary(data)] if tuning else [])
         + _checklist_sections(data)
+        + [Section(page.title, page.slug, notes=[[Cell(f"{page.summary} →", page=page.slug)]]) for page in extra]
         + [_definitions_section()],
         summary=f"{len(pairs)} data set × model pairs from {', '.join(s.label for s in data.sources)}",
     )
-    return [index] + [pair.page() for pair in pairs] + ([tuning] if tuning else [])
+    return [index] + [pair.page() for pair in pairs] + ([tuning] if tuning else []) + list(extra)
 
 
 TUNING_SLUG = "tuning"

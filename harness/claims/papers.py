@@ -1,0 +1,484 @@
+"""The seed papers' claims (benchmarks/papers/ has the specs that test them, ../shared/reference/methods.md
+the papers). Accuracy differences are in points of test top-1; every interval is the paired t-interval
+of harness.claims.stats over seeds, within one setting (benchmark, model, data set)."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Iterable
+
+import pandas as pd
+
+from harness.claims.base import claim
+from harness.claims.stats import UNDECIDED, Verdict, above, across, all_of, below, paired_interval
+
+SETTING = ["benchmark", "model", "dataset"]
+POINT = 0.01  # "within a point", "equal accuracy": one point of top-1
+CHANCE_CLASSES = {"digits": 10, "mnist1d": 10, "mnist": 10, "cifar10": 10, "cifar100": 100, "imagenet": 1000}
+
+SHRINKBENCH = "Blalock et al. 2020, What is the State of Neural Network Pruning?"
+FRANKLE_CARBIN = "Frankle & Carbin 2019, The Lottery Ticket Hypothesis"
+RENDA = "Renda et al. 2020, Comparing Rewinding and Fine-tuning in Neural Network Pruning"
+ZHOU = "Zhou et al. 2019, Deconstructing Lottery Tickets"
+DEEP_COMPRESSION = "Han et al. 2016, Deep Compression"
+NAGEL = "Nagel et al. 2021, A White Paper on Neural Network Quantization; Krishnamoorthi 2018"
+DEEPSZ = "Jin et al. 2019, DeepSZ"
+WEIGHTLESS = "Reagen et al. 2017, Weightless"
+EVCI = "Evci et al. 2020, Gradient Flow in Sparse Neural Networks and How Lottery Tickets Win"
+LMC = "Paul et al. 2022, Unmasking the Lottery Ticket Hypothesis; Frankle et al. 2020, Linear Mode Connectivity"
+
+# Every level of every finished cell, with what the claims need; ``final`` marks the cell's last row.
+LEVELS = """
+SELECT benchmark, model, dataset, method, method_params, cell_id, seed, level, sparsity, top1, dense_top1,
+       level = max(level) OVER (PARTITION BY benchmark, cell_id) AS final{extra}
+FROM cells WHERE status = 'ok' {where}
+"""
+
+
+def levels_sql(methods: Iterable[str], extra: Iterable[str] = ()) -> str:
+    names = ", ".join(f"'{m}'" for m in methods)
+    return LEVELS.format(extra="".join(f", {c}" for c in extra), where=f"AND method IN ({names})")
+
+
+def param(frame: pd.DataFrame, name: str, default: object = None) -> pd.Series:
+    """One method parameter of every row (``default`` where the spec left it out)."""
+    return frame["method_params"].map(lambda text: json.loads(text or "{}").get(name, default))
+
+
+def aligned(a: pd.DataFrame, b: pd.DataFrame, value: str, on: Iterable[str] = ("seed",)) -> pd.DataFrame:
+    """``value`` of a and b side by side (columns a, b) over the keys both have; a repeated key is averaged."""
+    keys = list(on)
+    left, right = a.groupby(keys)[value].mean(), b.groupby(keys)[value].mean()
+    return pd.concat([left.rename("a"), right.rename("b")], axis=1, join="inner")
+
+
+def differences(a: pd.DataFrame, b: pd.DataFrame, value: str = "top1", on: Iterable[str] = ("seed",)) -> list[float]:
+    """a − b of ``value`` per key (seed by default)."""
+    joined = aligned(a, b, value, on)
+    return list(joined["a"] - joined["b"])
+
+
+def log_ratios(a: pd.DataFrame, b: pd.DataFrame, value: str, on: Iterable[str] = ("seed",)) -> list[float]:
+    """log(a / b) of ``value`` per key: sizes compare by ratio, so the interval is on its logarithm."""
+    joined = aligned(a, b, value, on)
+    return [math.log(x / y) for x, y in zip(joined["a"], joined["b"], strict=True) if x > 0 and y > 0]
+
+
+def per_setting(frame: pd.DataFrame, judge: Callable[[pd.DataFrame], tuple[Verdict, str]]) -> tuple[Verdict, str]:
+    """Judge each setting on its own, then :func:`across` them; the evidence names every setting."""
+    verdicts, notes = [], []
+    for key, group in frame.groupby(SETTING, sort=True):
+        verdict, note = judge(group)
+        verdicts.append(verdict)
+        notes.append(f"{'/'.join(map(str, key))}: {note} → {verdict}")
+    return across(verdicts), "; ".join(notes)
+
+
+def seeds_text(frame: pd.DataFrame) -> str:
+    return "seeds " + ",".join(str(s) for s in sorted(frame["seed"].unique()))
+
+
+def _need(n_needed: str) -> tuple[Verdict, str]:
+    return UNDECIDED, n_needed
+
+
+# -- ShrinkBench ------------------------------------------------------------------------------------
+
+BASELINES = ("global_magnitude", "layer_magnitude", "global_gradient", "layer_gradient")
+
+
+def _highest_shared(frame: pd.DataFrame, methods: Iterable[str]) -> float | None:
+    """The highest sparsity at which every one of ``methods`` has rows."""
+    shared = set.intersection(*(set(frame.loc[frame["method"] == m, "sparsity"]) for m in methods))
+    return max(shared) if shared else None
+
+
+@claim(
+    "shrinkbench.random_worst",
+    SHRINKBENCH,
+    "random pruning is the worst method at the highest compression tested",
+    levels_sql(("random", *BASELINES)) + " AND method_params = '{}'",
+)
+def random_worst(frame: pd.DataFrame) -> tuple[Verdict, str]:
+    def judge(group: pd.DataFrame) -> tuple[Verdict, str]:
+        others = [m for m in BASELINES if m in set(group["method"])]
+        if "random" not in set(group["method"]) or not others:
+            return _need("needs random and a magnitude or gradient baseline")
+        sparsity = _highest_shared(group, ["random", *others])
+        if sparsity is None:
+            return _need("no sparsity shared by random and the baselines")
+        at = group[group["sparsity"] == sparsity]
+        parts, notes = [], []
+        for other in others:
+            interval = paired_interval(differences(at[at["method"] == other], at[at["method"] == "random"]))
+            parts.append(above(interval))
+            notes.append(f"{other} − random {interval.text() if interval else 'fewer than 3 paired seeds'}")
+        return all_of(parts), f"at sparsity {sparsity:g}, {seeds_text(at)}: " + "; ".join(notes)
+
+    return per_setting(frame, judge)
+
+
+@claim(
+    "shrinkbench.global_geq_layer",
+    SHRINKBENCH,
+    "global magnitude pruning is at least as accurate as layer-wise (within a point or better) at high compression",
+    levels_sql(("global_magnitude", "layer_magnitude")) + " AND method_params = '{}'",
+)
+def global_geq_layer(frame: pd.DataFrame) -> tuple[Verdict, str]:
+    def judge(group: pd.DataFrame) -> tuple[Verdict, str]:
+        sparsity = _highest_shared(group, ["global_magnitude", "layer_magnitude"])
+        if sparsity is None:
+            return _need("needs global_magnitude and layer_magnitude at one sparsity")
+        at = group[group["sparsity"] == sparsity]
+        g, layer = at[at["method"] == "global_magnitude"], at[at["method"] == "layer_magnitude"]
+        interval = paired_interval(differences(g, layer))
+        evidence = f"at sparsity {sparsity:g}, global − layer {interval.text() if interval else 'fewer than 3 seeds'}"
+        return above(interval, -POINT), evidence + " (holds above −1 pt)"
+
+    return per_setting(frame, judge)
+
+
+# -- the lottery ticket -----------------------------------------------------------------------------
+
+
+def _tickets(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    control = param(frame, "control", "none")
+    return frame[control == "none"], frame[control == "reinit"]
+
+
+@claim(
+    "lottery.beats_reinit",
+    FRANKLE_CARBIN,
+    "at the highest sparsity, the rewound ticket (IMP) is more accurate than the same mask randomly reinitialised",
+    levels_sql(("imp",)),
+)
+def ticket_beats_reinit(frame: pd.DataFrame) -> tuple[Verdict, str]:
+    def judge(group: pd.DataFrame) -> tuple[Verdict, str]:
+        ticket, reinit = _tickets(group)
+        if ticket.empty or reinit.empty:
+            return _need("needs imp and imp with control: reinit")
+        sparsity = min(ticket["sparsity"].max(), reinit["sparsity"].max())
+        t, r = ticket[ticket["sparsity"] == sparsity], reinit[reinit["sparsity"] == sparsity]
+        interval = paired_interval(differences(t, r))
+        text = interval.text() if interval else "fewer than 3 paired seeds"
+        return above(interval), f"at sparsity {sparsity:g}, ticket − reinit {text}, {seeds_text(t)}"
+
+    return per_setting(frame, judge)
+
+
+MODERATE = 0.85  # "moderate sparsity": the largest IMP level at or below 85 % of the weights removed
+
+
+@claim(
+    "lottery.matches_dense",
+    FRANKLE_CARBIN,
+    f"at moderate sparsity (the IMP level nearest {MODERATE:.0%} from below) the ticket is within a point "
+    "of the dense network or better",
+    levels_sql(("imp",)),
+)
+def ticket_matches_dense(frame: pd.DataFrame) -> tuple[Verdict, str]:
+    def judge(group: pd.DataFrame) -> tuple[Verdict, str]:
+        ticket, _ = _tickets(group)
+        moderate = ticket[ticket["sparsity"] <= MODERATE + 1e-9]
+        if moderate.empty:
+            return _need(f"needs an IMP level at or below sparsity {MODERATE}")
+        at = moderate[moderate["sparsity"] == moderate["sparsity"].max()]
+        interval = paired_interval(list(at["top1"] - at["dense_top1"]))
+        text = interval.text() if interval else "fewer than 3 seeds"
+        return above(interval, -POINT), f"at sparsity {at['sparsity'].iloc[0]:g}, ticket − dense {text}"
+
+    return per_setting(frame, judge)
+
+
+@claim(
+    "renda.lr_rewinding_geq_finetuning",
+    RENDA,
+    "at the highest sparsity, learning-rate rewinding is at least as accurate as fine-tuning (within a point or "
+    "better), both iterative global magnitude pruning",
+    levels_sql(("lr_rewinding", "iterative")),
+)
+def lr_rewinding_geq_finetuning(frame: pd.DataFrame) -> tuple[Verdict, str]:
+    frame = frame.assign(rewind=param(frame, "rewind", None), score=param(frame, "score", "global_magnitude"))
+    finetuning = (frame["method"] == "iterative") & frame["rewind"].isin([None, "none"])
+    frame = frame[(frame["method"] == "lr_rewinding") | (finetuning & (frame["score"] == "global_magnitude"))]
+
+    def judge(group: pd.DataFrame) -> tuple[Verdict, str]:
+        lr, ft = group[group["method"] == "lr_rewinding"], group[group["method"] == "iterative"]
+        if lr.empty or ft.empty:
+            return _need("needs lr_rewinding and iterative (rewind: none) pruning")
+        sparsity = min(lr["sparsity"].max(), ft["sparsity"].max())
+        interval = paired_interval(differences(lr[lr["sparsity"] == sparsity], ft[ft["sparsity"] == sparsity]))
+        text = interval.text() if interval else "fewer than 3 paired seeds"
+        return above(interval, -POINT), f"at sparsity {sparsity:g}, lr rewinding − fine-tuning {text}"
+
+    return per_setting(frame, judge)
+
+
+SUPERMASK_FACTOR = 3  # "far above chance": at least three times the chance accuracy
+
+
+@claim(
+    "supermask.above_chance",
+    ZHOU,
+    f"the untrained ticket (mask only, supermask) scores at least {SUPERMASK_FACTOR}× chance at its best sparsity",
+    levels_sql(("lottery_anatomy",), ("supermask_top1",)),
+)
+def supermask_above_chance(frame: pd.DataFrame) -> tuple[Verdict, str]:
+    def judge(group: pd.DataFrame) -> tuple[Verdict, str]:
+        classes = CHANCE_CLASSES.get(group["dataset"].iloc[0])
+        if classes is None:
+            return _need("chance accuracy of this data set is not known to the claim")
+        bar = SUPERMASK_FACTOR / classes
+        rows = group[param(group, "criterion", "large_final") == "large_final"].dropna(subset=["supermask_top1"])
+        if rows.empty:
+            return _need("no large_final supermask rows")
+        best = rows.groupby("sparsity")["supermask_top1"].mean().idxmax()  # Zhou et al. report the best rate
+        rows = rows[rows["sparsity"] == best]
+        interval = paired_interval(list(rows["supermask_top1"] - bar))
+        text = interval.text() if interval else "fewer than 3 seeds"
+        mean = rows["supermask_top1"].mean()
+        return above(interval), f"at sparsity {best:g} (its best), supermask top-1 {mean:.1%} vs {bar:.0%}: {text}"
+
+    return per_setting(frame, judge)
+
+
+# -- compression -----------------------------------------------------------------------------------
+
+STAGES = """
+SELECT benchmark, model, dataset, method, cell_id, seed, level, sparsity, stage, top1, size_bytes,
+       level = max(level) OVER (PARTITION BY benchmark, cell_id) AS final
+FROM cells WHERE status = 'ok' AND method IN ('deep_compression', 'pipeline')
+"""
+
+
+@claim(
+    "deep_compression.smaller_than_pruning",
+    DEEP_COMPRESSION,
+    "pruning + weight sharing + Huffman stores the model in fewer bytes than pruning alone, within a point of "
+    "its accuracy",
+    STAGES + " AND method = 'deep_compression'",
+)
+def deep_compression_smaller(frame: pd.DataFrame) -> tuple[Verdict, str]:
+    def judge(group: pd.DataFrame) -> tuple[Verdict, str]:
+        final = group[group["final"]]
+        pruned = group[group["stage"] == "iterative"]
+        pruned = pruned[pruned["level"] == pruned.groupby("cell_id")["level"].transform("max")]
+        size = paired_interval(log_ratios(pruned, final, "size_bytes"))
+        accuracy = paired_interval(differences(final, pruned))
+        if size is None or accuracy is None:
+            return _need(f"fewer than 3 seeds with both rows ({seeds_text(final)})")
+        factor = math.exp(size.mean)
+        evidence = (
+            f"pruned alone / full pipeline bytes ×{factor:.2f} (log ratio {size.text(1, '')}); "
+            f"accuracy full − pruned {accuracy.text()}"
+        )
+        return all_of([above(size), above(accuracy, -POINT)]), evidence
+
+    return per_setting(frame, judge)
+
+
+def _encoder_vs_huffman(frame: pd.DataFrame, encoder: str) -> tuple[Verdict, str]:
+    """``encoder``'s pipelines against the smallest Huffman-coded model of the same seed and sparsity
+    (the strongest Huffman baseline present, so a "holds" is not won against a weak one)."""
+
+    def judge(group: pd.DataFrame) -> tuple[Verdict, str]:
+        mine, huffman = group[group["stage"] == encoder], group[group["stage"] == "huffman"]
+        if mine.empty or huffman.empty:
+            return _need(f"needs a pipeline ending in {encoder} and one ending in huffman")
+        best = huffman.loc[huffman.groupby(["seed", "sparsity"])["size_bytes"].idxmin()]
+        on = ("seed", "sparsity")
+        ratio = paired_interval(log_ratios(best, mine, "size_bytes", on))
+        accuracy = paired_interval(differences(mine, best, "top1", on))
+        if ratio is None or accuracy is None:
+            return _need("fewer than 3 paired seeds")
+        evidence = (
+            f"Huffman / {encoder} bytes ×{math.exp(ratio.mean):.2f} (log ratio {ratio.text(1, '')}); "
+            f"accuracy {encoder} − Huffman {accuracy.text()}"
+        )
+        return all_of([above(ratio), above(accuracy, -POINT)]), evidence
+
+    return per_setting(frame[frame["final"]], judge)
+
+
+@claim(
+    "deepsz.smaller_than_huffman",
+    DEEPSZ,
+    "an SZ-coded pruned model is smaller than the Huffman-coded one (Deep Compression's coding), within a point",
+    STAGES,
+)
+def sz_vs_huffman(frame: pd.DataFrame) -> tuple[Verdict, str]:
+    return _encoder_vs_huffman(frame, "sz")
+
+
+@claim(
+    "weightless.smaller_than_huffman",
+    WEIGHTLESS,
+    "a Bloomier-filter-coded pruned model is smaller than the Huffman-coded one, within a point",
+    STAGES,
+)
+def bloomier_vs_huffman(frame: pd.DataFrame) -> tuple[Verdict, str]:
+    return _encoder_vs_huffman(frame, "bloomier")
+
+
+# -- quantisation ----------------------------------------------------------------------------------
+
+PTQ = levels_sql(("ptq",)) + " AND sparsity = 0"
+
+
+def _ptq(frame: pd.DataFrame) -> pd.DataFrame:
+    """Final PTQ rows with their bits and granularity, weights only (activations left float)."""
+    frame = frame[frame["final"]].assign(
+        bits=param(frame, "bits", 8),
+        granularity=param(frame, "granularity", "per_channel"),
+        activation_bits=param(frame, "activation_bits", None),
+    )
+    return frame[frame["activation_bits"].isna()]
+
+
+@claim(
+    "quantization.int8_within_point",
+    NAGEL,
+    "8-bit post-training weight quantisation of the unpruned model is within a point of float accuracy",
+    PTQ,
+)
+def int8_within_point(frame: pd.DataFrame) -> tuple[Verdict, str]:
+    def judge(group: pd.DataFrame) -> tuple[Verdict, str]:
+        int8 = group[group["bits"] == 8]
+        interval = paired_interval(list(int8["top1"] - int8["dense_top1"]))
+        text = interval.text() if interval else "fewer than 3 seeds"
+        return above(interval, -POINT), f"int8 − float {text}, {seeds_text(int8) if len(int8) else 'no seeds'}"
+
+    return per_setting(_ptq(frame), judge)
+
+
+@claim(
+    "quantization.per_channel_4bit",
+    NAGEL,
+    "at 4 bits, per-channel weight ranges are more accurate than one range per tensor (where the task separates them)",
+    PTQ,
+)
+def per_channel_beats_per_tensor(frame: pd.DataFrame) -> tuple[Verdict, str]:
+    def judge(group: pd.DataFrame) -> tuple[Verdict, str]:
+        four = group[group["bits"] == 4]
+        channel, tensor = four[four["granularity"] == "per_channel"], four[four["granularity"] == "per_tensor"]
+        interval = paired_interval(differences(channel, tensor))
+        if interval is None:
+            return _need("needs 4-bit per_channel and per_tensor PTQ on 3 seeds")
+        verdict = above(interval)
+        note = "" if verdict != UNDECIDED else " — the task does not separate them"
+        return verdict, f"per-channel − per-tensor {interval.text()}{note}"
+
+    return per_setting(_ptq(frame), judge)
+
+
+# -- gradient flow (Evci et al.): the GradientFlow callback's epoch columns ---------------------------
+
+GRADIENT_INIT = """
+SELECT c.benchmark, c.model, c.dataset, c.method, c.method_params, c.seed, c.sparsity, e.gradient_flow_init AS value
+FROM epochs e JOIN cells c USING (benchmark, cell_id)
+WHERE c.status = 'ok' AND c.level = 0 AND e.epoch = 0 AND e.gradient_flow_init IS NOT NULL
+"""
+
+
+@claim(
+    "gradient_flow.sparse_lower_at_init",
+    EVCI,
+    "at initialisation the sparser network of a method has the lower gradient norm (lowest vs highest sparsity)",
+    GRADIENT_INIT,
+)
+def sparse_lower_gradient_at_init(frame: pd.DataFrame) -> tuple[Verdict, str]:
+    def judge(group: pd.DataFrame) -> tuple[Verdict, str]:
+        parts, notes = [], []
+        for (method, _), rows in group.groupby(["method", "method_params"]):
+            low, high = rows["sparsity"].min(), rows["sparsity"].max()
+            if low == high:
+                continue
+            interval = paired_interval(
+                log_ratios(rows[rows["sparsity"] == high], rows[rows["sparsity"] == low], "value")
+            )
+            parts.append(below(interval))
+            text = interval.text(1, "") if interval else "fewer than 3 seeds"
+            notes.append(f"{method} log(norm at {high:g} / at {low:g}) {text}")
+        if not parts:
+            return _need("needs one method at two sparsities with gradient_flow_init")
+        return all_of(parts), "; ".join(notes)
+
+    return per_setting(frame, judge)
+
+
+GRADIENT_TRAINING = """
+SELECT c.benchmark, c.model, c.dataset, c.method, c.seed, c.sparsity, avg(e.gradient_flow) AS value
+FROM epochs e JOIN cells c USING (benchmark, cell_id)
+WHERE c.status = 'ok' AND c.method IN ('rigl', 'set') AND e.gradient_flow IS NOT NULL
+GROUP BY ALL
+"""
+
+
+@claim(
+    "gradient_flow.rigl_raises",
+    EVCI,
+    "RigL's gradient-based regrowth keeps the gradient norm during training above SET's random regrowth",
+    GRADIENT_TRAINING,
+)
+def rigl_raises_gradient_flow(frame: pd.DataFrame) -> tuple[Verdict, str]:
+    def judge(group: pd.DataFrame) -> tuple[Verdict, str]:
+        rigl, set_ = group[group["method"] == "rigl"], group[group["method"] == "set"]
+        sparsity = _highest_shared(group, ["rigl", "set"])
+        if sparsity is None:
+            return _need("needs rigl and set with gradient_flow: true at one sparsity")
+        rigl, set_ = rigl[rigl["sparsity"] == sparsity], set_[set_["sparsity"] == sparsity]
+        interval = paired_interval(log_ratios(rigl, set_, "value"))
+        text = interval.text(1, "") if interval else "fewer than 3 paired seeds"
+        return above(interval), f"at sparsity {sparsity:g}, log(mean gradient norm RigL / SET) {text}"
+
+    return per_setting(frame, judge)
+
+
+# -- linear mode connectivity (the ``lmc_barrier`` column of iterative schedules) ----------------------
+
+BARRIER = 0.02  # "connected": the test-error barrier stays below two points
+
+
+@claim(
+    "lmc.connected_while_tickets_work",
+    LMC,
+    f"successive IMP levels are linearly mode-connected (error barrier < {BARRIER:.0%}) at every level where the "
+    "ticket is within a point of dense",
+    levels_sql(("imp", "weight_rewinding", "lr_rewinding", "iterative"), ("lmc_barrier",)),
+)
+def connected_while_working(frame: pd.DataFrame) -> tuple[Verdict, str]:
+    def judge(group: pd.DataFrame) -> tuple[Verdict, str]:
+        rows = group[param(group, "control", "none") == "none"]
+        working = rows.groupby("sparsity").filter(lambda r: (r["top1"] - r["dense_top1"]).mean() >= -POINT)
+        if working.empty:
+            return _need("no level with a barrier where the ticket works")
+        parts, notes = [], []
+        for sparsity, level in working.groupby("sparsity"):
+            interval = paired_interval(list(level["lmc_barrier"] - BARRIER))
+            parts.append(below(interval))
+            notes.append(f"s={sparsity:g}: barrier − {BARRIER:g} {interval.text() if interval else 'n<3'}")
+        return all_of(parts), "; ".join(notes)
+
+    return per_setting(frame.dropna(subset=["lmc_barrier"]), judge)
+
+
+@claim(
+    "lmc.barrier_rises",
+    LMC,
+    "the error barrier between successive IMP levels is higher at the sparsest level than at the first one measured",
+    levels_sql(("imp", "weight_rewinding", "lr_rewinding", "iterative"), ("lmc_barrier",)),
+)
+def barrier_rises(frame: pd.DataFrame) -> tuple[Verdict, str]:
+    def judge(group: pd.DataFrame) -> tuple[Verdict, str]:
+        rows = group[param(group, "control", "none") == "none"]
+        if rows["sparsity"].nunique() < 2:
+            return _need("needs barriers at two levels or more")
+        low, high = rows["sparsity"].min(), rows["sparsity"].max()
+        interval = paired_interval(
+            differences(rows[rows["sparsity"] == high], rows[rows["sparsity"] == low], "lmc_barrier")
+        )
+        text = interval.text() if interval else "fewer than 3 seeds"
+        return above(interval), f"barrier at s={high:g} − at s={low:g} {text}"
+
+    return per_setting(frame.dropna(subset=["lmc_barrier"]), judge)
