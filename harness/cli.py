@@ -54,7 +54,9 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, help=HELP, cls=_Gr
 console = Console()
 errors = Console(stderr=True)
 
-ResultsOption = Annotated[Path, typer.Option("--results", help="Results folder.")]
+ResultsOption = Annotated[
+    str, typer.Option("--results", help="Results folder, or object-store prefix: s3://BUCKET/PREFIX, gs://….")
+]
 PluginOption = Annotated[
     list[str] | None, typer.Option("--plugin", help="Plugin module (importable name or .py path); repeatable.")
 ]
@@ -116,8 +118,20 @@ def guarded(command: Command) -> Command:
     return wrapper  # type: ignore[return-value]
 
 
-def _results_folder(results: Path, writing: bool = False) -> None:
-    """Refuse a --results that is a file, or (when writing) a folder this user cannot create or write."""
+def _results_folder(location: str | Path, writing: bool = False) -> str | Path:
+    """The results root to use: a local folder (refused if it is a file, or when writing a folder this
+    user cannot create or write) or an object-store URI (refused if its filesystem or bucket is missing)."""
+    from harness.storage import ObjectFiles, is_remote, local_path
+
+    if is_remote(location):
+        try:
+            files = ObjectFiles(str(location))
+            if writing:
+                files.check_writable()
+        except ValueError as exc:
+            raise _fail_input(f"--results {exc}") from None
+        return str(location)
+    results = local_path(location)
     if results.exists() and not results.is_dir():
         raise _fail_input(f"--results {results} is a file; give a folder (it is created if missing)")
     if writing:
@@ -126,13 +140,14 @@ def _results_folder(results: Path, writing: bool = False) -> None:
             folder = folder.parent
         if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
             raise _fail_input(f"--results {results}: {folder} is not a folder this user can write")
+    return results
 
 
 @app.command(cls=_Command)
 @guarded
 def run(
     spec_path: Annotated[Path, typer.Argument(metavar="SPEC.yaml", help="Benchmark file.")],
-    results: ResultsOption = Path("results"),
+    results: ResultsOption = "results",
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the cells and what is done; run nothing.")] = False,
     retry_failed: Annotated[bool, typer.Option("--retry-failed", help="Run the failed cells again.")] = False,
     plugin: PluginOption = None,
@@ -151,7 +166,7 @@ def run(
 ) -> None:
     """Run every cell of a benchmark that is not in the results table yet, then print the leaderboard."""
     spec, cells = _load_cells(spec_path, plugin, max_cells)
-    _results_folder(results)
+    results = _results_folder(results)
 
     from harness.runner import plan
     from harness.store import ResultsStore
@@ -195,7 +210,7 @@ def _load_cells(spec_path: Path, plugins: list[str] | None, max_cells: int = MAX
         raise _fail_input(str(exc)) from None
 
 
-def _check_before_start(spec_path: Path, spec, cells, results: Path, address: str | None) -> None:
+def _check_before_start(spec_path: Path, spec, cells, results: str | Path, address: str | None) -> None:
     """What would fail only after Ray, mlflow.db or the spec copy exist: the folder, the resources, MLflow."""
     from harness.runner import SchedulingError, check_local_resources
     from harness.tracking import check_tracking_uri, resolve_tracking_uri
@@ -205,21 +220,21 @@ def _check_before_start(spec_path: Path, spec, cells, results: Path, address: st
         check_local_resources(cells, address)
     except SchedulingError as exc:
         raise _fail_input(f"{spec_path}: resources: {exc}") from None
-    uri = resolve_tracking_uri(spec.tracking_uri, results)
     try:
-        check_tracking_uri(uri)
+        check_tracking_uri(resolve_tracking_uri(spec.tracking_uri, results))
     except ValueError as exc:
         where = f"{spec_path}: tracking_uri" if spec.tracking_uri else "$MLFLOW_TRACKING_URI"
         raise _fail_input(f"{where}: {exc}") from None
 
 
 def _run_with_progress(
-    spec, cells, store, results: Path, plugins: list[str], resume: str, scheduling: dict
+    spec, cells, store, results: str | Path, plugins: list[str], resume: str, scheduling: dict
 ) -> dict[str, int]:
     from harness.runner import SchedulingError, run_matrix
     from harness.tracking import MatrixRun, resolve_tracking_uri
 
-    results.mkdir(parents=True, exist_ok=True)
+    if isinstance(results, Path):
+        results.mkdir(parents=True, exist_ok=True)
     uri = resolve_tracking_uri(spec.tracking_uri, results)
     matrix = MatrixRun.start(uri, spec.name, results, {"cells": len(cells), "spec": spec.model_dump_json()})
     cells = [cell.model_copy(update={"plugins": tuple(plugins) + cell.plugins}) for cell in cells]
@@ -275,26 +290,29 @@ LOGS_SHOWN = 3
 def _print_failed_logs(store, cell_ids: list[str]) -> None:
     """The end of the first failed cells' logs: usually enough to see what broke without opening a file."""
     for cell_id in cell_ids[:LOGS_SHOWN]:
-        path = store.log_path(cell_id)
-        if path.exists():
-            tail = path.read_text(errors="replace").splitlines()[-LOG_TAIL_LINES:]
-            console.rule(f"log of failed cell {cell_id} (last {len(tail)} lines; all of it: {path})")
+        text = store.load_log(cell_id)
+        if text is not None:
+            tail = text.splitlines()[-LOG_TAIL_LINES:]
+            where = store.log_location(cell_id)
+            console.rule(f"log of failed cell {cell_id} (last {len(tail)} lines; all of it: {where})")
             console.print("\n".join(tail), highlight=False, markup=False)
     if len(cell_ids) > LOGS_SHOWN:
-        console.print(f"... and {len(cell_ids) - LOGS_SHOWN} more failed cells; their logs are in {store.root}/logs/")
+        console.print(
+            f"... and {len(cell_ids) - LOGS_SHOWN} more failed cells; their logs are in {store.location}/logs/"
+        )
 
 
 @app.command(cls=_Command)
 @guarded
 def status(
     spec_path: Annotated[Path, typer.Argument(metavar="SPEC.yaml", help="Benchmark file.")],
-    results: ResultsOption = Path("results"),
+    results: ResultsOption = "results",
     plugin: PluginOption = None,
     max_cells: MaxCellsOption = MAX_CELLS,
 ) -> None:
     """Show done / failed / pending per axis of a benchmark, without running anything."""
     spec, cells = _load_cells(spec_path, plugin, max_cells)
-    _results_folder(results)
+    results = _results_folder(results)
 
     from harness.runner import plan
     from harness.store import ResultsStore
@@ -321,7 +339,9 @@ def status(
     console.print(table)
     for cell in todo.failed_before:
         console.print(f"[red]failed[/red] {cell.cell_id} {cell.method} s={cell.sparsity:g} seed={cell.seed}", end="")
-        console.print(f": log {store.log_path(cell.cell_id)}" if store.log_path(cell.cell_id).exists() else "")
+        console.print(
+            f": log {store.log_location(cell.cell_id)}" if store.files.exists(store.log_path(cell.cell_id)) else ""
+        )
     if todo.failed_before:
         console.print(f"rerun only these with: harness run {spec_path} --results {results} --retry-failed")
 
@@ -334,7 +354,10 @@ WORKING_DIR_EXCLUDES = [".git", ".venv", "results", "mlruns", "mlartifacts", "*.
 def submit(
     spec_path: Annotated[Path, typer.Argument(metavar="SPEC.yaml", help="Benchmark file, inside --working-dir.")],
     results: Annotated[
-        Path, typer.Option("--results", help="Results folder ON THE CLUSTER'S HEAD NODE (absolute path).")
+        str,
+        typer.Option(
+            "--results", help="Results folder ON THE CLUSTER'S HEAD NODE (absolute path), or s3://BUCKET/PREFIX."
+        ),
     ],
     address: Annotated[
         str,
@@ -353,7 +376,9 @@ def submit(
     import shlex
 
     _load_cells(spec_path, plugin, max_cells)  # a spec that cannot load fails here, not minutes later on the cluster
-    if not results.is_absolute():
+    from harness.storage import is_remote
+
+    if not is_remote(results) and not Path(results).is_absolute():
         raise _fail_input(
             f"--results {results} is relative: the job runs in a temporary copy of the working directory, "
             "so give an absolute path on the head node, e.g. --results /home/ray/results"
@@ -407,11 +432,12 @@ def _print_cells(cells, done: set[str], failed: set[str]) -> None:
     console.print(table)
 
 
-def _print_summary(benchmark: str, results: Path, counts: dict[str, int]) -> None:
+def _print_summary(benchmark: str, results: str | Path, counts: dict[str, int]) -> None:
     from harness.leaderboard import leaderboard, print_leaderboard
     from harness.results import connect
+    from harness.store import ResultsStore
 
-    frame = leaderboard(connect(results), benchmark) if (results / "cells").exists() else None
+    frame = leaderboard(connect(results), benchmark) if ResultsStore(results).partitions("cells") else None
     if frame is not None and len(frame):
         print_leaderboard(frame, console)
     console.print(
@@ -462,7 +488,7 @@ class Format(StrEnum):
 @guarded
 def query(
     sql: Annotated[str, typer.Argument(help="DuckDB SQL over the views cells, epochs, layers.")],
-    results: ResultsOption = Path("results"),
+    results: ResultsOption = "results",
     format: Annotated[Format, typer.Option("--format")] = Format.table,
 ) -> None:
     """Run read-only SQL over the results views (cells, epochs, layers); columns: docs/reference/columns.md."""
@@ -471,11 +497,11 @@ def query(
     from harness.results import ReadOnlyError
     from harness.results import query as run_query
 
-    if not results.exists():
-        raise _fail_input(f"results folder {results} does not exist; run a benchmark first or pass --results")
-    _results_folder(results)
+    results = _results_folder(results)
     try:
         frame = run_query(results, sql)
+    except FileNotFoundError:
+        raise _fail_input(f"results folder {results} does not exist; run a benchmark first or pass --results") from None
     except ReadOnlyError as exc:
         raise _fail_input(str(exc)) from None
     except duckdb.Error as exc:
@@ -503,8 +529,11 @@ class ReportFormat(StrEnum):
 @guarded
 def report(
     results: Annotated[
-        list[Path] | None,
-        typer.Option("--results", help="Results folder; repeat to compare several side by side. [default: results]"),
+        list[str] | None,
+        typer.Option(
+            "--results",
+            help="Results folder or s3://BUCKET/PREFIX; repeat to compare several side by side. [default: results]",
+        ),
     ] = None,
     out: Annotated[Path, typer.Option("--out", help="Folder the report is written to.")] = Path("site"),
     format: Annotated[
@@ -536,12 +565,9 @@ def report(
     tracking = os.environ.get("MLFLOW_TRACKING_URI", "")
     default_url = tracking if tracking.startswith(("http://", "https://")) else Options.mlflow_url
     formats = tuple(f.value for f in format) if format else ("html", "markdown")
-    for folder in results or []:
-        _results_folder(folder)
+    roots = [_results_folder(folder) for folder in results or ["results"]]
     try:
-        written = build_report(
-            results or [Path("results")], out, formats, label, Options(heatmap_at, mlflow_url or default_url)
-        )
+        written = build_report(roots, out, formats, label, Options(heatmap_at, mlflow_url or default_url))
     except ReportError as exc:
         raise _fail_input(str(exc)) from None
     pages = [p for p in written if p.stem == "index" or p.suffix == ".tex"]
