@@ -53,9 +53,9 @@ def object_filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
         uri = parts._replace(query=query).geturl()
     try:
         return pafs.FileSystem.from_uri(uri)
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
-        if "scheme" not in str(exc).lower() and "unrecognized" not in str(exc).lower():
-            raise ValueError(f"results location {uri}: {exc}") from None
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError) as exc:  # OSError: e.g. no bucket, no libhdfs
+        if "unrecognized filesystem type" not in str(exc).lower():
+            raise ValueError(f"results location {uri}: {str(exc).strip().splitlines()[0]}") from None
     try:
         import fsspec
 
@@ -77,7 +77,6 @@ class Entry:
     name: str
     path: Path | PurePosixPath
     is_dir: bool
-    mtime: float
 
 
 class LocalFiles:
@@ -95,7 +94,7 @@ class LocalFiles:
     def list(self, folder: Path) -> list[Entry]:
         if not folder.is_dir():
             return []
-        return [Entry(e.name, Path(e.path), e.is_dir(), 0.0) for e in os.scandir(folder)]
+        return [Entry(e.name, Path(e.path), e.is_dir()) for e in os.scandir(folder)]
 
     def mtime(self, path: Path) -> float:
         return path.stat().st_mtime
@@ -155,12 +154,10 @@ class ObjectFiles:
 
     def list(self, folder: PurePosixPath) -> list[Entry]:
         infos = self.fs.get_file_info(pafs.FileSelector(str(folder), allow_not_found=True))
-        return [
-            Entry(i.base_name, PurePosixPath(i.path), i.type == pafs.FileType.Directory, i.mtime_ns or 0) for i in infos
-        ]
+        return [Entry(i.base_name, PurePosixPath(i.path), i.type == pafs.FileType.Directory) for i in infos]
 
     def mtime(self, path: PurePosixPath) -> float:
-        return self.fs.get_file_info(str(path)).mtime_ns or 0
+        return (self.fs.get_file_info(str(path)).mtime_ns or 0) / 1e9
 
     def read_bytes(self, path: PurePosixPath) -> bytes | None:
         try:

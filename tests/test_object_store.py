@@ -234,3 +234,14 @@ def test_bad_object_store_results_exit_2_before_anything_is_written(
 
     assert s3_objects(endpoint, bucket, "") == {}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny.yaml"]
+
+
+def test_any_fsspec_filesystem_holds_a_results_table() -> None:
+    """A scheme pyarrow does not know goes through fsspec: here its in-memory filesystem."""
+    root = f"memory://results-{uuid.uuid4().hex[:8]}/table"
+    store = ResultsStore(root, fresh_limit=2)
+    for seed in range(3):
+        store.write(cell(seed, top1=0.5 + seed / 10))
+    store.save_spec("two", "name: two\n")
+    assert load(root).sort_values("seed")["top1"].tolist() == [0.5, 0.6, 0.7]
+    assert [store.read_spec(p) for p in store.specs("two")] == ["name: two\n"]
