@@ -221,7 +221,11 @@ def _check_before_start(spec_path: Path, spec, cells, results: str | Path, addre
     except SchedulingError as exc:
         raise _fail_input(f"{spec_path}: resources: {exc}") from None
     try:
-        check_tracking_uri(resolve_tracking_uri(spec.tracking_uri, results))
+        uri = resolve_tracking_uri(spec.tracking_uri, results)
+    except ValueError as exc:  # results on an object store, and no tracking store named
+        raise _fail_input(f"--results {exc}") from None
+    try:
+        check_tracking_uri(uri)
     except ValueError as exc:
         where = f"{spec_path}: tracking_uri" if spec.tracking_uri else "$MLFLOW_TRACKING_URI"
         raise _fail_input(f"{where}: {exc}") from None

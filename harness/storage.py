@@ -72,6 +72,10 @@ def sql_string(value: str | os.PathLike) -> str:
     return "'" + str(value).replace("'", "''") + "'"
 
 
+class FileGone(FileNotFoundError):
+    """A file that was listed is gone: a compaction removed it; listing again finds its successor."""
+
+
 @dataclass(frozen=True)
 class Entry:
     name: str
@@ -177,8 +181,14 @@ class ObjectFiles:
     def relation(self, con: duckdb.DuckDBPyConnection, files: list[PurePosixPath]) -> str:
         """The files as one Arrow dataset registered in ``con`` (its name returned), columns united by name."""
         paths = [str(p) for p in files]
-        found = ds.dataset(paths, filesystem=self.fs, format="parquet")
-        schema = pa.unify_schemas([f.physical_schema for f in found.get_fragments()], promote_options="permissive")
+        try:
+            found = ds.dataset(paths, filesystem=self.fs, format="parquet")
+            schemas = [fragment.physical_schema for fragment in found.get_fragments()]
+        except OSError:  # pyarrow says so for any failed GET; a missing file is one the caller may list again
+            if gone := next((p for p in files if not self.exists(p)), None):
+                raise FileGone(str(gone)) from None
+            raise
+        schema = pa.unify_schemas(schemas, promote_options="permissive")
         name = f"__harness_files_{next(_registered)}"
         con.register(name, ds.dataset(paths, schema=schema, filesystem=self.fs, format="parquet"))
         return name

@@ -38,6 +38,7 @@ import os
 import re
 import secrets
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -50,12 +51,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from harness.schema import VIEWS, CellResult, empty_select, to_arrow
-from harness.storage import Files, atomic_write_bytes, open_root, sql_string
+from harness.storage import FileGone, Files, atomic_write_bytes, open_root, sql_string
 
 FRESH_LIMIT = 64  # fresh cell files in a partition that trigger a compaction
 FANOUT = 8  # segments of equal span merged into one
 ROW_GROUP_SIZE = 122_880  # DuckDB's own: one row group per scan thread
-READ_ATTEMPTS = 3  # a compaction may delete a file between listing and reading it; the next listing is whole
+READ_ATTEMPTS = 5  # a compaction may delete a file between listing and reading it; the next listing is whole
+RETRY_SECONDS = 0.05  # waited before the third attempt, twice that before the fourth, ...
 COPY_OPTIONS = f"FORMAT parquet, COMPRESSION zstd, ROW_GROUP_SIZE {ROW_GROUP_SIZE}"
 
 T = TypeVar("T")
@@ -76,12 +78,13 @@ def _atomic_write_table(files: Files, path: FilePath, table: pa.Table) -> None:
 
 
 def read_retrying(read: Callable[[], T]) -> T:
-    """``read()``, listed and read again if a compaction removed one of its files meanwhile."""
-    for _ in range(READ_ATTEMPTS - 1):
+    """``read()``, listed and read again if a compaction removed one of its files meanwhile (DuckDB
+    says IOException for its own reads, InvalidInputException for pyarrow's on an object store)."""
+    for attempt in range(READ_ATTEMPTS - 1):
         try:
             return read()
-        except (duckdb.IOException, FileNotFoundError):
-            continue
+        except (duckdb.IOException, duckdb.InvalidInputException, FileGone):
+            time.sleep(RETRY_SECONDS * attempt)  # a compaction in progress deletes several files in a row
     return read()
 
 
@@ -215,23 +218,25 @@ class ResultsStore:
         object store, each cell's rows from the newest run that wrote it."""
         if not self.files.remote:
             return _run_select(self.files, con, self.partitions(view)) or empty_select(view)
-        runs = _by_run(self.partitions(view))
-        if not runs:
+        done = {run: _run_select(self.files, con, p) for run, p in _by_run(self.partitions("cells")).items()}
+        runs = (
+            done
+            if view == "cells"
+            else {r: _run_select(self.files, con, p) for r, p in _by_run(self.partitions(view)).items()}
+        )
+        if not done or not runs:
             return empty_select(view)
         tagged = " UNION ALL BY NAME ".join(
-            f"(SELECT *, {sql_string(run)} AS {_RUN_COLUMN} FROM ({_run_select(self.files, con, parts)}))"
-            for run, parts in runs.items()
+            f"(SELECT *, {sql_string(run)} AS {_RUN_COLUMN} FROM ({select}))" for run, select in runs.items()
         )
-        done = [
-            f"(SELECT benchmark, cell_id, {sql_string(run)} AS {_RUN_COLUMN} FROM ({_run_select(self.files, con, p)}))"
-            for run, p in _by_run(self.partitions("cells")).items()
-        ]
-        if not done:
-            return empty_select(view)
-        newest = f"SELECT benchmark, cell_id, max({_RUN_COLUMN}) AS {_RUN_COLUMN} FROM ({' UNION ALL '.join(done)})"
+        newest = " UNION ALL ".join(
+            f"(SELECT benchmark, cell_id, {sql_string(run)} AS {_RUN_COLUMN} FROM ({select}))"
+            for run, select in done.items()
+        )
         return (
-            f"SELECT * EXCLUDE ({_RUN_COLUMN}) FROM ({tagged}) "
-            f"SEMI JOIN ({newest} GROUP BY ALL) USING (benchmark, cell_id, {_RUN_COLUMN})"
+            f"SELECT * EXCLUDE ({_RUN_COLUMN}) FROM ({tagged}) SEMI JOIN "
+            f"(SELECT benchmark, cell_id, max({_RUN_COLUMN}) AS {_RUN_COLUMN} FROM ({newest}) GROUP BY ALL) "
+            f"USING (benchmark, cell_id, {_RUN_COLUMN})"
         )
 
     def statuses(self, benchmark: str | None = None) -> dict[str, str]:

@@ -52,8 +52,8 @@ def resolve_tracking_uri(configured: str | None, results_dir: str | Path) -> str
         return configured or os.environ["MLFLOW_TRACKING_URI"]
     if is_remote(results_dir):
         raise ValueError(
-            f"results on an object store ({results_dir}) need a tracking store of their own: set "
-            "MLFLOW_TRACKING_URI or the spec's tracking_uri (a server, http://HOST:5000, or e.g. sqlite:///mlflow.db)"
+            f"{results_dir} is on an object store, which cannot hold MLflow's SQLite store: set $MLFLOW_TRACKING_URI "
+            "or the spec's tracking_uri (a server, http://HOST:5000, or a file you keep, e.g. sqlite:///mlflow.db)"
         )
     results_dir = Path(results_dir)
     return f"sqlite:///{(results_dir / 'mlflow.db').resolve()}"

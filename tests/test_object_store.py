@@ -213,6 +213,37 @@ def test_two_drivers_on_one_prefix_keep_every_row_and_the_newest_write_of_a_cell
     assert load(root).sort_values("seed")["top1"].tolist() == [0.1] * 5 + [0.2] * 10
 
 
+def test_a_reader_sees_every_cell_once_while_a_driver_compacts_and_deletes_its_files(bucket: str) -> None:
+    root = f"s3://{bucket}/busy"
+    writer = ResultsStore(root, fresh_limit=2)  # a compaction (rewrite, delete) every other cell
+    seen: list[list[int]] = []
+    with ThreadPoolExecutor(1) as pool:
+        writing = pool.submit(lambda: [writer.write(cell(seed, 0.3)) for seed in range(16)])
+        while not writing.done() or len(seen) < 2:
+            seen.append(load(root)["seed"].tolist() if writer.exists() else [])
+        writing.result()
+    assert len({len(s) for s in seen}) > 2, "the reads overlapped the writes"
+    for seeds in seen:  # each snapshot holds every cell written so far, once: a prefix of the writes
+        assert sorted(seeds) == list(range(len(seeds)))
+    assert [len(s) for s in seen] == sorted(len(s) for s in seen)
+    assert sorted(load(root)["seed"]) == list(range(16))
+
+
+def test_harness_query_on_s3_loads_no_torch_lightning_ray_or_mlflow(bucket: str) -> None:
+    from test_import_structure import heavy_modules_after
+
+    root = f"s3://{bucket}/light"
+    ResultsStore(root).write(cell(0, 0.4))
+    code = (
+        "import sys\nfrom harness.cli import app\n"
+        f"sys.argv = ['harness', 'query', 'SELECT seed, top1 FROM cells', '--results', {root!r}, '--format', 'csv']\n"
+        "try:\n    app()\nexcept SystemExit as exit:\n    assert exit.code in (0, None), exit.code"
+    )
+    loaded, done = heavy_modules_after(code)
+    assert done.stdout.splitlines()[:2] == ["seed,top1", "0,0.4"]
+    assert loaded == []
+
+
 def test_bad_object_store_results_exit_2_before_anything_is_written(
     endpoint: str, bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
