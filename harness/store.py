@@ -57,7 +57,7 @@ FRESH_LIMIT = 64  # fresh cell files in a partition that trigger a compaction
 FANOUT = 8  # segments of equal span merged into one
 ROW_GROUP_SIZE = 122_880  # DuckDB's own: one row group per scan thread
 READ_ATTEMPTS = 5  # a compaction may delete a file between listing and reading it; the next listing is whole
-RETRY_SECONDS = 0.05  # waited before the third attempt, twice that before the fourth, ...
+RETRY_SECONDS = 0.05  # waited before the second attempt, twice that before the third, ...
 COPY_OPTIONS = f"FORMAT parquet, COMPRESSION zstd, ROW_GROUP_SIZE {ROW_GROUP_SIZE}"
 
 T = TypeVar("T")
@@ -84,7 +84,7 @@ def read_retrying(read: Callable[[], T]) -> T:
         try:
             return read()
         except (duckdb.IOException, duckdb.InvalidInputException, FileGone):
-            time.sleep(RETRY_SECONDS * attempt)  # a compaction in progress deletes several files in a row
+            time.sleep(RETRY_SECONDS * 2**attempt)  # a compaction in progress deletes several files in a row
     return read()
 
 

@@ -215,7 +215,7 @@ def test_two_drivers_on_one_prefix_keep_every_row_and_the_newest_write_of_a_cell
 
 def test_a_reader_sees_every_cell_once_while_a_driver_compacts_and_deletes_its_files(bucket: str) -> None:
     root = f"s3://{bucket}/busy"
-    writer = ResultsStore(root, fresh_limit=2)  # a compaction (rewrite, delete) every other cell
+    writer = ResultsStore(root, fresh_limit=4)  # a compaction (new segment, fresh files deleted) every 4 cells
     seen: list[list[int]] = []
     with ThreadPoolExecutor(1) as pool:
         writing = pool.submit(lambda: [writer.write(cell(seed, 0.3)) for seed in range(16)])
