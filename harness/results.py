@@ -38,8 +38,7 @@ def connect(results_dir: str | os.PathLike = "results", read_only: bool = False)
     con = duckdb.connect()
     con.execute("SET enable_progress_bar = false")
     con.execute("SET parquet_metadata_cache = true")  # each file's footer is read once, not at every bind
-    for view in VIEWS:
-        files = store.view_sql(view, con)
+    for view, files in store.view_sqls(con, list(VIEWS)).items():
         present = [name for name, *_ in con.execute(f"DESCRIBE {files}").fetchall()]
         con.execute(f"CREATE VIEW {view} AS SELECT {core_first(view, present)} FROM ({files})")
     if read_only:  # object-store files are read by pyarrow, through the datasets registered above

@@ -15,6 +15,7 @@ import itertools
 import os
 import re
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from urllib.parse import urlencode, urlsplit
@@ -26,6 +27,7 @@ import pyarrow.fs as pafs
 
 _URI = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 _registered = itertools.count()
+FOOTER_READS = 16  # Parquet footers read at once from an object store
 
 
 def is_remote(root: str | os.PathLike) -> bool:
@@ -183,7 +185,8 @@ class ObjectFiles:
         paths = [str(p) for p in files]
         try:
             found = ds.dataset(paths, filesystem=self.fs, format="parquet")
-            schemas = [fragment.physical_schema for fragment in found.get_fragments()]
+            with ThreadPoolExecutor(FOOTER_READS) as pool:  # one round trip each: overlap them
+                schemas = list(pool.map(lambda fragment: fragment.physical_schema, found.get_fragments()))
         except OSError:  # pyarrow says so for any failed GET; a missing file is one the caller may list again
             if gone := next((p for p in files if not self.exists(p)), None):
                 raise FileGone(str(gone)) from None

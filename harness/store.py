@@ -216,28 +216,37 @@ class ResultsStore:
         """A SELECT over the files that hold ``view`` now, valid on ``con`` (object-store files are
         registered there): per partition, segments minus rewritten cells, plus fresh files; on an
         object store, each cell's rows from the newest run that wrote it."""
+        return self.view_sqls(con, [view])[view]
+
+    def view_sqls(self, con: duckdb.DuckDBPyConnection, views: list[str]) -> dict[str, str]:
+        """``view_sql`` of several views at once: on an object store the ``cells`` files, which say
+        which run's rows are the newest, are listed and registered once for all of them."""
         if not self.files.remote:
-            return _run_select(self.files, con, self.partitions(view)) or empty_select(view)
+            return {v: _run_select(self.files, con, self.partitions(v)) or empty_select(v) for v in views}
         done = {run: _run_select(self.files, con, p) for run, p in _by_run(self.partitions("cells")).items()}
-        runs = (
-            done
-            if view == "cells"
-            else {r: _run_select(self.files, con, p) for r, p in _by_run(self.partitions(view)).items()}
-        )
-        if not done or not runs:
-            return empty_select(view)
-        tagged = " UNION ALL BY NAME ".join(
-            f"(SELECT *, {sql_string(run)} AS {_RUN_COLUMN} FROM ({select}))" for run, select in runs.items()
-        )
         newest = " UNION ALL ".join(
             f"(SELECT benchmark, cell_id, {sql_string(run)} AS {_RUN_COLUMN} FROM ({select}))"
             for run, select in done.items()
         )
-        return (
-            f"SELECT * EXCLUDE ({_RUN_COLUMN}) FROM ({tagged}) SEMI JOIN "
-            f"(SELECT benchmark, cell_id, max({_RUN_COLUMN}) AS {_RUN_COLUMN} FROM ({newest}) GROUP BY ALL) "
-            f"USING (benchmark, cell_id, {_RUN_COLUMN})"
-        )
+        selects = {}
+        for view in views:
+            runs = (
+                done
+                if view == "cells"
+                else {r: _run_select(self.files, con, p) for r, p in _by_run(self.partitions(view)).items()}
+            )
+            if not done or not runs:
+                selects[view] = empty_select(view)
+                continue
+            tagged = " UNION ALL BY NAME ".join(
+                f"(SELECT *, {sql_string(run)} AS {_RUN_COLUMN} FROM ({select}))" for run, select in runs.items()
+            )
+            selects[view] = (
+                f"SELECT * EXCLUDE ({_RUN_COLUMN}) FROM ({tagged}) SEMI JOIN "
+                f"(SELECT benchmark, cell_id, max({_RUN_COLUMN}) AS {_RUN_COLUMN} FROM ({newest}) GROUP BY ALL) "
+                f"USING (benchmark, cell_id, {_RUN_COLUMN})"
+            )
+        return selects
 
     def statuses(self, benchmark: str | None = None) -> dict[str, str]:
         """``{cell_id: "ok" | "failed"}`` for every cell in the table, or in one benchmark's partition.
