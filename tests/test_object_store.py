@@ -136,6 +136,8 @@ def test_a_matrix_runs_into_s3_and_status_query_and_report_read_it_back(
     ].decode() == SPEC
     runs = {key.split("/")[4] for key in objects if key.startswith("exp/one/cells/")}
     assert len(runs) == 1 and runs.pop().startswith("run="), "one driver, one run partition"
+    tables = [key.rsplit("/", 1)[1] for key in objects if key.endswith(".parquet")]
+    assert tables == ["seg-00000001-00000001.parquet"] * 3, "the driver compacted its files when it ended"
 
     # query reads the same numbers boto3 found in the files
     monkeypatch.chdir(tmp_path)
