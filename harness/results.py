@@ -16,7 +16,7 @@ import duckdb
 import pandas as pd
 
 from harness.schema import VIEWS, core_first
-from harness.storage import is_remote, sql_string
+from harness.storage import is_remote, shown_uri, sql_string
 from harness.store import ResultsStore, read_retrying
 
 
@@ -34,7 +34,7 @@ def connect(results_dir: str | os.PathLike = "results", read_only: bool = False)
     """
     store = ResultsStore(results_dir if is_remote(results_dir) else Path(results_dir).resolve())
     if not store.exists():
-        raise FileNotFoundError(f"results folder {results_dir} does not exist; run a benchmark or pass its folder")
+        raise FileNotFoundError(f"results folder {store.location} does not exist; run a benchmark or pass its folder")
     con = duckdb.connect()
     con.execute("SET enable_progress_bar = false")
     con.execute("SET parquet_metadata_cache = true")  # each file's footer is read once, not at every bind
@@ -80,4 +80,4 @@ def _read(results_dir: str | os.PathLike, sql: str, read_only: bool) -> pd.DataF
 
 
 def _shown(results_dir: str | os.PathLike) -> str:
-    return str(results_dir) if is_remote(results_dir) else str(Path(results_dir).resolve())
+    return shown_uri(str(results_dir)) if is_remote(results_dir) else str(Path(results_dir).resolve())

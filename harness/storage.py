@@ -49,6 +49,7 @@ def object_filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
     not read it. Any other scheme goes to fsspec (``memory://``, ``az://``, ...), if it knows it.
     """
     parts = urlsplit(uri)
+    shown = shown_uri(uri)
     endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
     if parts.scheme.lower() == "s3" and endpoint and "endpoint_override=" not in parts.query:
         query = "&".join(filter(None, [parts.query, urlencode({"endpoint_override": endpoint})]))
@@ -57,17 +58,22 @@ def object_filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
         return pafs.FileSystem.from_uri(uri)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError) as exc:  # OSError: e.g. no bucket, no libhdfs
         if "unrecognized filesystem type" not in str(exc).lower():
-            raise ValueError(f"results location {uri}: {str(exc).strip().splitlines()[0]}") from None
+            raise ValueError(f"{shown}: {str(exc).strip().splitlines()[0]}") from None
     try:
         import fsspec
 
         filesystem, path = fsspec.core.url_to_fs(uri)
     except (ImportError, ValueError) as exc:
         raise ValueError(
-            f"results location {uri}: no filesystem for {parts.scheme}:// ({exc}); use a local folder, "
+            f"{shown}: no filesystem for {parts.scheme}:// ({exc}); use a local folder, "
             "s3://BUCKET/PREFIX, gs://BUCKET/PREFIX or a scheme an installed fsspec package provides"
         ) from None
     return pafs.PyFileSystem(pafs.FSSpecHandler(filesystem)), path
+
+
+def shown_uri(uri: str) -> str:
+    """A URI as messages show it: without its query, which may hold keys (``?access_key=…``)."""
+    return urlsplit(uri)._replace(query="", fragment="").geturl().rstrip("/")
 
 
 def sql_string(value: str | os.PathLike) -> str:
@@ -143,7 +149,7 @@ class ObjectFiles:
     def __init__(self, uri: str) -> None:
         self.fs, base = object_filesystem(uri)
         self.root = PurePosixPath(base.rstrip("/"))
-        self.location = uri.rstrip("/")
+        self.location = shown_uri(uri)
 
     def exists(self, path: PurePosixPath) -> bool:
         return self.fs.get_file_info(str(path)).type != pafs.FileType.NotFound

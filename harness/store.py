@@ -64,6 +64,7 @@ T = TypeVar("T")
 FilePath = Path | PurePosixPath
 _PARTITION = "benchmark="
 _RUN = "run="
+_ARROW_READ = "reading the stream registered as"  # DuckDB's words when pyarrow failed to read a file
 _RUN_COLUMN = "__harness_run"  # which driver run a row came from, while readers pick the newest
 _FRESH = re.compile(r"^cell-(.+)\.parquet$")
 _SEGMENT = re.compile(r"^seg-(\d+)-(\d+)\.parquet$")
@@ -78,13 +79,16 @@ def _atomic_write_table(files: Files, path: FilePath, table: pa.Table) -> None:
 
 
 def read_retrying(read: Callable[[], T]) -> T:
-    """``read()``, listed and read again if a compaction removed one of its files meanwhile (DuckDB
-    says IOException for its own reads, InvalidInputException for pyarrow's on an object store)."""
+    """``read()``, listed and read again if a compaction removed one of its files meanwhile."""
     for attempt in range(READ_ATTEMPTS - 1):
         try:
             return read()
-        except (duckdb.IOException, duckdb.InvalidInputException, FileGone):
-            time.sleep(RETRY_SECONDS * 2**attempt)  # a compaction in progress deletes several files in a row
+        except (duckdb.IOException, FileGone):
+            pass
+        except duckdb.InvalidInputException as exc:  # pyarrow's read of a registered dataset failed
+            if _ARROW_READ not in str(exc):
+                raise
+        time.sleep(RETRY_SECONDS * 2**attempt)  # a compaction in progress deletes several files in a row
     return read()
 
 
