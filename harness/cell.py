@@ -14,12 +14,12 @@ import json
 import logging
 import subprocess
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import lightning as L
 import torch
@@ -32,12 +32,15 @@ from harness.data import DataSplits, load_splits
 from harness.encoding import Storage, size_columns
 from harness.latency import LatencyMeter, latency_batch
 from harness.masks import Masks, apply_masks, prunable_weights
-from harness.methods import create_method, load_plugins
-from harness.methods.base import PruningContext
+from harness.methods import create_method, load_plugins, method_provenance
+from harness.methods.base import PluginError, PruningContext, WeightsAt, check_tensors, excluded
 from harness.metrics import model_metrics
 from harness.models import create_model
 from harness.schema import CellResult
 from harness.training import MaskingCallback, Stopwatch, device_for_cell, evaluate, train
+
+if TYPE_CHECKING:
+    from harness.encoding import Encoded, QuantizedWeight
 
 
 @dataclass
@@ -93,11 +96,19 @@ class WeightSnapshots(Callback):
             self.states[trainer.current_epoch + 1] = _state(module.model)
 
 
-def pretrain(cell: CellSpec) -> DenseCheckpoint:
+SplitView = Callable[[DataSplits], DataSplits]  # what a cell may see of its data set's splits
+
+
+def all_splits(data: DataSplits) -> DataSplits:
+    """A benchmark cell sees every split: it trains, validates and reports test accuracy."""
+    return data
+
+
+def pretrain(cell: CellSpec, view: SplitView = all_splits) -> DenseCheckpoint:
     """Train the dense model once; every cell with the same ``pretrain_key`` reuses it."""
     load_plugins(cell.plugins)  # a plugin may register the model or data set
     seed_everything(cell.seed)
-    data = load_splits(cell.dataset, cell.data_root, cell.seed)
+    data = view(load_splits(cell.dataset, cell.data_root, cell.seed))
     model = create_model(cell.model, data.input_shape, data.num_classes).to(device_for_cell())
     init_state = _state(model)
     snapshots = WeightSnapshots(cell.pretrain.save_epochs)
@@ -111,23 +122,28 @@ def pretrain(cell: CellSpec) -> DenseCheckpoint:
 
 
 class CellJob:
-    """The verbs a method uses on a cell: ``context``, ``prune``, ``finetune``, ``finish_level``."""
+    """The harness's side of :class:`~harness.methods.base.Job`: one cell's model, masks, levels and rows.
+
+    A method sees only the protocol's members; ``cell``, ``data``, ``dense``, ``storage`` and the
+    recorded ``rows`` / ``epochs`` / ``layers`` are the harness's (and tests') view of the same job.
+    """
 
     def __init__(self, cell: CellSpec, data: DataSplits, dense: DenseCheckpoint) -> None:
         self.cell = cell
         self.data = data
         self.dense = dense
-        self.model = create_model(cell.model, data.input_shape, data.num_classes)
-        self.model.load_state_dict(dense.trained_state)
-        self.model.to(device_for_cell())
-        self.masks: Masks = {}
+        self._model = create_model(cell.model, data.input_shape, data.num_classes)
+        self._model.load_state_dict(dense.trained_state)
+        self._model.to(device_for_cell())
+        self._masks: Masks = {}
         self.rows: list[dict[str, Any]] = []
         self.epochs: list[dict[str, Any]] = []
         self.layers: list[dict[str, Any]] = []
         self._level: dict[str, Any] = {}
         self._example = data.test[0][0].unsqueeze(0)
         self.storage = Storage()  # how the model is stored (quantised codes, encoding): sets size_bytes
-        self.stage = cell.method  # a pipeline names the stage that records each level
+        self._stage = cell.method  # a pipeline names the stage that records each level
+        self._layer_options: dict[str, Any] = {}  # what the last pruning context allowed: the layers table's columns
         self._latency = LatencyMeter(self._dense_model, latency_batch(data.test, device_for_cell()))
 
     def _dense_model(self) -> nn.Module:
@@ -135,99 +151,208 @@ class CellJob:
         model.load_state_dict(self.dense.trained_state)
         return model.to(device_for_cell())
 
-    def context(self, include_classifier: bool = False) -> PruningContext:
-        """What a score may look at, for the model as it is now."""
-        return PruningContext(
-            model=self.model,
-            weights=prunable_weights(self.model, include_classifier),
-            masks=self.masks,
-            calibration_batch=self.calibration_batch,
-            initial_state=lambda: self.dense.init_state,
-            seed=self.cell.seed,
-            input_shape=self.data.input_shape,
-        )
+    # -- read-only context -----------------------------------------------------------------------
+    @property
+    def model(self) -> nn.Module:
+        return self._model
 
-    def calibration_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
-        generator = torch.Generator().manual_seed(self.cell.seed)
-        size = min(self.cell.finetune.batch_size, len(self.data.train))
-        index = torch.randperm(len(self.data.train), generator=generator)[:size]
-        x, y = zip(*(self.data.train[int(i)] for i in index), strict=True)
-        device = device_for_cell()
-        return torch.stack(x).to(device), torch.stack(y).to(device)
+    @property
+    def masks(self) -> Masks:
+        return self._masks
+
+    @property
+    def sparsity(self) -> float:
+        return self.cell.sparsity
+
+    @property
+    def seed(self) -> int:
+        return self.cell.seed
+
+    @property
+    def pretrain_recipe(self) -> Recipe:
+        return self.cell.pretrain
+
+    @property
+    def finetune_recipe(self) -> Recipe:
+        return self.cell.finetune
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.data.input_shape)
+
+    @property
+    def quantized(self) -> dict[str, QuantizedWeight]:
+        return self.storage.quantized
+
+    def weights(self, at: WeightsAt) -> dict[str, torch.Tensor]:
+        if at == "init":
+            return self.dense.init_state
+        if at == "trained":
+            return self.dense.trained_state
+        return self.dense.weights_at(at)
 
     def fresh_init(self) -> dict[str, torch.Tensor]:
-        """The model's state drawn again from its initialiser with a seed θ0 did not use (re-init controls)."""
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.cell.seed + 1)
             model = create_model(self.cell.model, self.data.input_shape, self.data.num_classes)
         return model.state_dict()
 
+    def train_batches(self, count: int = 1) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        generator = torch.Generator().manual_seed(self.cell.seed)
+        order = torch.randperm(len(self.data.train), generator=generator)
+        size = self.cell.finetune.batch_size
+        device = device_for_cell()
+        batches = []
+        for start in range(0, min(count * size, len(order)), size):
+            x, y = zip(*(self.data.train[int(i)] for i in order[start : start + size]), strict=True)
+            batches.append((torch.stack(x).to(device), torch.stack(y).to(device)))
+        return batches
+
+    def val_batch(self, size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+        x, y = zip(*(self.data.val[i] for i in range(min(size, len(self.data.val)))), strict=True)
+        return torch.stack(x), torch.stack(y)
+
+    def evaluate(self, split: Literal["val", "test"] = "test") -> dict[str, float]:
+        return evaluate(self._model, self.data.val if split == "val" else self.data.test)
+
+    def split_size(self, split: Literal["train", "val", "test"]) -> int:
+        return len(getattr(self.data, split))
+
+    def context(
+        self, include_classifier: bool = False, exclude: Sequence[str] = (), max_layer_sparsity: float | None = None
+    ) -> PruningContext:
+        weights = {
+            name: w
+            for name, w in prunable_weights(self._model, include_classifier).items()
+            if not excluded(name, exclude)
+        }
+        self._layer_options = {"prunable": set(weights), "max_layer_sparsity": max_layer_sparsity}
+        return PruningContext(
+            model=self._model,
+            weights=weights,
+            masks=self._masks,
+            calibration_batch=lambda: self.train_batches(1)[0],
+            initial_state=lambda: self.dense.init_state,
+            seed=self.cell.seed,
+            input_shape=self.data.input_shape,
+            max_layer_sparsity=max_layer_sparsity,
+        )
+
+    # -- verbs -----------------------------------------------------------------------------------
     def prune(self, masks: Masks) -> None:
-        """Apply ``masks`` (they replace the current ones) and record the accuracy before fine-tuning."""
+        shapes = {name: p.shape for name, p in self._model.named_parameters()}
+        check_tensors(f"method {self._stage!r}: job.prune()", "mask", masks, shapes, complete=False)
         with Stopwatch() as clock:
-            self.masks = {name: mask.detach().bool() for name, mask in masks.items()}
-            apply_masks(self.model, self.masks)
+            self._masks = {name: mask.detach().bool() for name, mask in masks.items()}
+            apply_masks(self._model, self._masks)
             self.storage = Storage()  # the weights changed: earlier codes and encodings no longer hold
-        pruned = evaluate(self.model, self.data.test)
+        pruned = evaluate(self._model, self.data.test)
         self._level["prune_seconds"] = self._level.get("prune_seconds", 0.0) + clock.seconds
         self._level.update(top1_pruned=pruned["top1"], top5_pruned=pruned["top5"])
 
-    def finetune(self, recipe: Recipe | None = None, callbacks: list | tuple = (), finish: bool = True) -> None:
-        """Train with the masks fixed (callbacks may change them); by default this ends a level."""
-        level = len(self.rows)
+    def finetune(self, recipe: Recipe | None = None, callbacks: Sequence[Any] = (), finish: bool = True) -> None:
         self.storage = Storage()  # training changes the weights; a quantiser that trains sets its codes again
         with Stopwatch() as clock:
-            self.epochs += train(
-                self.model,
-                self.data.train,
-                self.data.val,
-                recipe or self.cell.finetune,
-                seed=self.cell.seed + 1000 * level,
-                phase=f"finetune-{level}",
-                masks=self.masks,
-                callbacks=callbacks,
-            )
+            self._train(recipe or self.cell.finetune, self._masks, callbacks, "finetune")
         for callback in callbacks:  # a callback that changed the masks while training hands them back
             if isinstance(callback, MaskingCallback):
-                self.masks = callback.masks
+                self._masks = callback.masks
         self._level["finetune_seconds"] = self._level.get("finetune_seconds", 0.0) + clock.seconds
         if finish:
             self.finish_level()
 
+    def train(self, recipe: Recipe, masks: Masks, callbacks: Sequence[Any] = (), phase: str = "aside") -> None:
+        self.storage = Storage()
+        self._train(recipe, masks, callbacks, phase)
+
+    def _train(self, recipe: Recipe, masks: Masks, callbacks: Sequence[Any], phase: str) -> None:
+        level = len(self.rows)
+        self.epochs += train(
+            self._model,
+            self.data.train,
+            self.data.val,
+            recipe,
+            seed=self.cell.seed + 1000 * level,
+            phase=f"{phase}-{level}",
+            masks=masks,
+            callbacks=list(callbacks),
+        )
+
+    def load_weights(self, state: dict[str, torch.Tensor], partial: bool = False) -> None:
+        known = self._model.state_dict()
+        unknown = [name for name in state if name not in known]
+        if unknown:
+            raise PluginError(f"method {self._stage!r}: job.load_weights() got {unknown[0]!r}, not in the model")
+        if partial:
+            with torch.no_grad():
+                for name, value in state.items():
+                    known[name].copy_(value)
+        else:
+            self._model.load_state_dict(state)
+        self.storage = Storage()
+
+    def set_storage(self, quantized: dict[str, QuantizedWeight] | None = None, encoded: Encoded | None = None) -> None:
+        if quantized is not None:
+            self.storage.quantized = quantized
+        if encoded is not None:
+            self.storage.encoded = encoded
+
+    @contextlib.contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        previous, self._stage = self._stage, name
+        try:
+            yield
+        finally:
+            self._stage = previous
+
     def finish_level(self, sparsity: float | None = None, **extra: Any) -> None:
-        """Evaluate the model as it is now and record it as one row (``extra`` adds columns)."""
         level = len(self.rows)
         with Stopwatch() as clock:
-            final = evaluate(self.model, self.data.test)
+            final = evaluate(self._model, self.data.test)
             # the classifier counts toward sparsity_achieved when the method may prune it, as in the spec's targets
-            prunable = prunable_weights(self.model, bool(self.cell.method_params.get("prune_classifier")))
-            sizes, layers = model_metrics(self.model, prunable, self._example.to(device_for_cell()))
-        encoded = self.storage.encode(self.model)
+            prunable = prunable_weights(self._model, bool(self.cell.method_params.get("prune_classifier")))
+            sizes, layers = model_metrics(self._model, prunable, self._example.to(device_for_cell()))
+        encoded = self.storage.encode(self._model)
         self.rows.append(
             {
                 "level": level,
-                "stage": self.stage,
+                "stage": self._stage,
                 "sparsity": self.cell.sparsity if sparsity is None else sparsity,
                 **final,
                 **sizes,
                 **size_columns(encoded, sizes["params_total"]),
-                **self._latency.columns(self.model),
+                **self._latency.columns(self._model),
                 **self._level,
                 "eval_seconds": clock.seconds,
                 **extra,
             }
         )
         self.layers += [
-            {"level": level, **layer.__dict__, "size_bytes": encoded.module_bytes(layer.layer)} for layer in layers
+            {
+                "level": level,
+                **layer.__dict__,
+                "size_bytes": encoded.module_bytes(layer.layer),
+                **self._options(layer.layer),
+            }
+            for layer in layers
         ]
         self._level = {}
 
+    def _options(self, layer: str) -> dict[str, Any]:
+        """The layers-table columns of the common pruning options, once a pruning context set them."""
+        if not self._layer_options:
+            return {}
+        return {
+            "prunable": f"{layer}.weight" in self._layer_options["prunable"],
+            "max_layer_sparsity": self._layer_options["max_layer_sparsity"],
+        }
 
-def run_cell(cell: CellSpec, dense: DenseCheckpoint) -> CellResult:
+
+def run_cell(cell: CellSpec, dense: DenseCheckpoint, view: SplitView = all_splits) -> CellResult:
     """Prune the dense model with the cell's method, fine-tune, evaluate: one row per level."""
     load_plugins(cell.plugins)
     seed_everything(cell.seed)
-    data = load_splits(cell.dataset, cell.data_root, cell.seed)
+    data = view(load_splits(cell.dataset, cell.data_root, cell.seed))
     method = create_method(cell.method, cell.method_params)
     job = CellJob(cell, data, dense)
     method.apply(job)
@@ -236,7 +361,7 @@ def run_cell(cell: CellSpec, dense: DenseCheckpoint) -> CellResult:
     return CellResult(cell.cell_id, job.rows, job.epochs, job.layers)
 
 
-def execute_cell(cell: CellSpec, dense: bytes | DenseCheckpoint) -> CellResult:
+def execute_cell(cell: CellSpec, dense: bytes | DenseCheckpoint, view: SplitView = all_splits) -> CellResult:
     """``run_cell`` plus identity columns, provenance and the cell's log. Never raises: a failure is a row."""
     started = _now()
     dense_metrics: dict[str, float] = {}
@@ -244,7 +369,7 @@ def execute_cell(cell: CellSpec, dense: bytes | DenseCheckpoint) -> CellResult:
         try:
             checkpoint = dense if isinstance(dense, DenseCheckpoint) else DenseCheckpoint.from_bytes(dense)
             dense_metrics = checkpoint.metrics
-            result, error = run_cell(cell, checkpoint), None
+            result, error = run_cell(cell, checkpoint, view), None
         except Exception as exc:  # a failing cell must never take the matrix down
             result, error = _empty_result(cell), describe_error(exc)
             print(error, file=log)
@@ -301,6 +426,7 @@ def _complete(
         "finished_at": _now(),
         **dense_metrics,
         **provenance(),
+        **method_provenance(cell.method, cell.method_params),
     }
     result.rows = [{**common, **row} for row in result.rows]
     for extra in (result.epochs, result.layers):

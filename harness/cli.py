@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import json
 import os
@@ -17,7 +18,8 @@ import click
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-from rich.table import Table
+from rich.table import Column, Table
+from rich.text import Text
 from typer.core import TyperCommand, TyperGroup
 
 from harness.config import MAX_CELLS
@@ -51,8 +53,10 @@ class _Group(_FlagsAsFlags, TyperGroup):
 
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=HELP, cls=_Group)
-console = Console()
-errors = Console(stderr=True)
+# Names, parameters, paths and errors come from users: nothing printed is read as Rich markup
+# (``glob[al]_magnitude`` prints as is, ``[/x]`` cannot raise); colour comes from Text styles only.
+console = Console(markup=False)
+errors = Console(stderr=True, markup=False)
 
 ResultsOption = Annotated[
     str, typer.Option("--results", help="Results folder, or object-store prefix: s3://BUCKET/PREFIX, gs://….")
@@ -78,8 +82,7 @@ def _print_version(value: bool) -> None:
 
 
 def _fail_input(message: str) -> typer.Exit:
-    errors.print("[red]error:[/red] ", end="", highlight=False)
-    errors.print(message, highlight=False, markup=False, soft_wrap=True)
+    errors.print(Text.assemble(("error:", "red"), f" {message}"), highlight=False, soft_wrap=True)
     return typer.Exit(2)
 
 
@@ -163,38 +166,98 @@ def run(
         typer.Option("--working-dir", help="Folder shipped to every Ray worker (plugins, local files) with --address."),
     ] = None,
     max_cells: MaxCellsOption = MAX_CELLS,
+    force: Annotated[
+        bool, typer.Option("--force", help="Run the cells again even if they are in the table (new method code).")
+    ] = False,
+    only: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--only", metavar="FIELD=VALUE", help=f"Only the cells with this {'/'.join(ONLY_FIELDS)}; repeatable."
+        ),
+    ] = None,
 ) -> None:
     """Run every cell of a benchmark that is not in the results table yet, then print the leaderboard."""
     spec, cells = _load_cells(spec_path, plugin, max_cells)
     results = _results_folder(results)
+    cells = _only(cells, only or [])
 
     from harness.runner import plan
     from harness.store import ResultsStore
 
     store = ResultsStore(results)
-    todo = plan(cells, store, retry_failed)
-    console.print(
-        f"[bold]{spec.name}[/bold]: {len(cells)} cells — {len(todo.done)} done, "
-        f"{len(todo.failed_before)} failed before, {len(todo.todo)} to run"
-    )
-    if dry_run:
-        _print_cells(cells, {c.cell_id for c in todo.done}, {c.cell_id for c in todo.failed_before})
-        return
-    counts = {"ok": 0, "failed": 0}
-    if todo.todo:
-        _check_before_start(spec_path, spec, todo.todo, results, address)
-        store.save_spec(spec.name, spec_path.read_text())  # the report links every result to its benchmark file
-        resume = f"harness run {spec_path} --results {results}" + (f" --address {address}" if address else "")
-        runtime_env = {"working_dir": str(working_dir), "excludes": WORKING_DIR_EXCLUDES} if working_dir else None
-        scheduling = {"address": address, "runtime_env": runtime_env, "max_parallel": max_parallel}
-        counts = _run_with_progress(
-            spec, todo.todo, store, results, plugin or [], resume, scheduling | {"max_retries": max_retries}
+    with contextlib.ExitStack() as held:
+        if not dry_run:
+            pending = plan(cells, store, retry_failed, force).todo
+            if pending:  # before anything is written, the lock file included
+                _check_before_start(spec_path, spec, pending, results, address)
+            _lock_results(store, held)  # one driver per results folder, for as long as this one runs
+        todo = plan(cells, store, retry_failed, force)  # under the lock: cells another driver finished are done
+        console.print(
+            Text.assemble(
+                (spec.name, "bold"),
+                f": {len(cells)} cells — {len(todo.done)} done, "
+                f"{len(todo.failed_before)} failed before, {len(todo.todo)} to run",
+            )
         )
-    _print_summary(spec.name, results, counts)
-    failed_still = counts["failed"] + len(todo.failed_before)
-    if failed_still and not counts["failed"]:
-        errors.print(f"{failed_still} cells failed in an earlier run; rerun them with --retry-failed")
-    raise typer.Exit(1 if failed_still else 0)  # 0 only when every cell of the matrix succeeded
+        _print_other_code(todo.other_code, f"harness run {spec_path} --results {results}", force)
+        if dry_run:
+            _print_cells(cells, {c.cell_id for c in todo.done}, {c.cell_id for c in todo.failed_before})
+            return
+        counts = {"ok": 0, "failed": 0}
+        if todo.todo:
+            store.save_spec(spec.name, spec_path.read_text())  # the report links every result to its benchmark file
+            resume = f"harness run {spec_path} --results {results}" + (f" --address {address}" if address else "")
+            runtime_env = {"working_dir": str(working_dir), "excludes": WORKING_DIR_EXCLUDES} if working_dir else None
+            scheduling = {"address": address, "runtime_env": runtime_env, "max_parallel": max_parallel}
+            from harness.methods import frozen_registries
+
+            with frozen_registries():  # what the run started with is what it ends with
+                counts = _run_with_progress(
+                    spec, todo.todo, store, results, plugin or [], resume, scheduling | {"max_retries": max_retries}
+                )
+        _print_summary(spec.name, results, counts)
+        failed_still = counts["failed"] + len(todo.failed_before)
+        if failed_still and not counts["failed"]:
+            errors.print(f"{failed_still} cells failed in an earlier run; rerun them with --retry-failed")
+        raise typer.Exit(1 if failed_still else 0)  # 0 only when every cell of the matrix succeeded
+
+
+def _lock_results(store, held: contextlib.ExitStack) -> None:
+    from harness.store import ResultsLocked
+
+    try:
+        held.enter_context(store.locked())
+    except ResultsLocked as exc:
+        raise _fail_input(str(exc)) from None
+
+
+ONLY_FIELDS = ("method", "model", "dataset", "seed", "sparsity", "cell_id")
+
+
+def _only(cells: list, filters: list[str]) -> list:
+    """The cells matching every ``FIELD=VALUE`` (several values of one field: any of them)."""
+    wanted: dict[str, set[str]] = {}
+    for text in filters:
+        field, sep, value = text.partition("=")
+        if not sep or field not in ONLY_FIELDS or not value:
+            raise _fail_input(f"--only {text!r}: expected FIELD=VALUE with FIELD one of {', '.join(ONLY_FIELDS)}")
+        wanted.setdefault(field, set()).add(value)
+
+    def value_of(cell, field: str) -> set[str]:
+        value = getattr(cell, field)
+        return {str(value), f"{value:g}"} if isinstance(value, float) else {str(value)}
+
+    return [c for c in cells if all(value_of(c, f) & values for f, values in wanted.items())]
+
+
+def _print_other_code(cells: list, command: str, forced: bool) -> None:
+    """Say which methods' rows in the table were produced by different source code than the code here."""
+    if not cells:
+        return
+    for method, count in sorted(Counter(c.method for c in cells).items()):
+        hint = "" if forced else f"; rerun them with: {command} --force --only method={method}"
+        text = f"{count} cells of {method} in the table were produced by different code{hint}"
+        console.print(text, style="yellow", markup=False, highlight=False)
 
 
 def _load_cells(spec_path: Path, plugins: list[str] | None, max_cells: int = MAX_CELLS):
@@ -243,12 +306,12 @@ def _run_with_progress(
     matrix = MatrixRun.start(uri, spec.name, results, {"cells": len(cells), "spec": spec.model_dump_json()})
     cells = [cell.model_copy(update={"plugins": tuple(plugins) + cell.plugins}) for cell in cells]
     columns = (
-        TextColumn("[progress.description]{task.description}"),
+        TextColumn("{task.description}", style="progress.description", markup=False),
         BarColumn(),
         MofNCompleteColumn(),
-        TextColumn("running {task.fields[running]} · failed {task.fields[failed]}"),
+        TextColumn("running {task.fields[running]} · failed {task.fields[failed]}", markup=False),
         TimeElapsedColumn(),
-        TextColumn("ETA"),
+        TextColumn("ETA", markup=False),
         TimeRemainingColumn(),
     )
     failed: list[str] = []
@@ -265,11 +328,7 @@ def _run_with_progress(
             if not result.ok:
                 failed.append(cell.cell_id)
                 error = (result.rows[0]["error"] or "").splitlines()[0]
-                bar.console.print(
-                    f"[red]failed[/red] {cell.cell_id} {cell.method} s={cell.sparsity:g} seed={cell.seed}: {error}",
-                    highlight=False,
-                    soft_wrap=True,
-                )
+                bar.console.print(_failed_line(cell, f": {error}"), highlight=False, soft_wrap=True)
 
         try:
             progress = run_matrix(cells, store, matrix, on_result=on_result, on_progress=on_progress, **scheduling)
@@ -285,6 +344,11 @@ def _run_with_progress(
     console.print(f"dense models: {progress.pretrained} trained, {progress.reused} reused from {results}/checkpoints")
     _print_failed_logs(store, failed)
     return counts
+
+
+def _failed_line(cell, detail: str) -> Text:
+    where = f" {cell.cell_id} {cell.method} s={cell.sparsity:g} seed={cell.seed}"
+    return Text.assemble(("failed", "red"), where + detail)
 
 
 LOG_TAIL_LINES = 15
@@ -306,6 +370,114 @@ def _print_failed_logs(store, cell_ids: list[str]) -> None:
         )
 
 
+class Protocol(StrEnum):
+    defaults = "defaults"
+    equal = "equal"
+    qmc = "qmc"
+
+
+class Sampler(StrEnum):
+    tpe = "tpe"
+    qmc = "qmc"
+
+
+class Pruner(StrEnum):
+    median = "median"
+    halving = "halving"
+    none = "none"
+
+
+@app.command(cls=_Command)
+@guarded
+def tune(
+    spec_path: Annotated[Path, typer.Argument(metavar="SPEC.yaml", help="Benchmark file; its tune: section.")],
+    trials: Annotated[int, typer.Option("--trials", min=1, help="Trials per study, the same for every study.")] = 8,
+    results: ResultsOption = "results",
+    protocol: Annotated[
+        Protocol, typer.Option("--protocol", help="defaults: no tuning; equal: N trials each; qmc: quasi-random.")
+    ] = Protocol.equal,
+    sampler: Annotated[
+        Sampler | None, typer.Option("--sampler", help="tpe (seeded, multivariate, constant liar) or qmc (Sobol).")
+    ] = None,
+    pruner: Annotated[
+        Pruner,
+        typer.Option("--pruner", help="On the per-epoch validation curve once a trial is back: saves no compute."),
+    ] = Pruner.none,
+    storage: Annotated[
+        str | None, typer.Option("--storage", help="Optuna RDB URL (default: results/tuning/<name>.journal).")
+    ] = None,
+    plugin: PluginOption = None,
+    address: AddressOption = None,
+    max_parallel: Annotated[
+        int | None, typer.Option("--max-parallel", min=1, help="At most this many trials at once.")
+    ] = None,
+    max_retries: Annotated[int, typer.Option("--max-retries", min=0, help="Retries of a trial whose worker died.")] = 3,
+) -> None:
+    """Tune every method with the same budget on VALIDATION data; write results/tuned/<name>.yaml to run."""
+    spec, _ = _load_cells(spec_path, plugin)
+    results = _results_folder(results)
+    if not isinstance(results, Path):  # the Optuna journal, tuned spec and importances are local files
+        from harness.storage import shown_uri
+
+        raise _fail_input(
+            f"--results {shown_uri(results)}: harness tune needs a local results folder; "
+            "run the tuned spec it writes into the object store"
+        )
+    chosen = sampler.value if sampler else ("qmc" if protocol is Protocol.qmc else "tpe")
+    if protocol is Protocol.qmc and chosen != "qmc":
+        raise _fail_input(f"--protocol qmc searches quasi-randomly; --sampler {chosen} contradicts it (allowed: qmc)")
+
+    from harness.runner import SchedulingError
+    from harness.tuning.driver import Settings, StorageError, summary
+    from harness.tuning.driver import tune as run_tune
+
+    settings = Settings(trials, protocol.value, chosen, pruner.value, storage, address, max_parallel, max_retries)
+    if plugin:
+        spec = spec.model_copy(update={"plugins": tuple(plugin) + spec.plugins})
+
+    def on_trial(outcome) -> None:
+        study, value = outcome.study, "—" if outcome.value is None else f"{outcome.value:.4f}"
+        line = f"{study.base.method} s={study.base.sparsity:g} {study.base.model}/{study.base.dataset}"
+        error = f": {(outcome.error or '').splitlines()[0]}" if outcome.error else ""
+        text = f"trial {outcome.number} {outcome.state} val_top1={value} {line}{error}"
+        console.print(text, highlight=False, markup=False, soft_wrap=True)
+
+    try:
+        result = run_tune(spec, spec_path.read_text(), spec_path, results, settings, on_trial)
+    except (SchedulingError, StorageError) as exc:
+        raise _fail_input(str(exc)) from None
+    except KeyboardInterrupt:
+        again = f"harness tune {spec_path} --trials {trials} --results {results} --protocol {settings.protocol}"
+        again += f" --sampler {chosen} --pruner {settings.pruner}" + (f" --storage {storage}" if storage else "")
+        errors.print(f"interrupted; finished trials are kept. Resume with: {again}", soft_wrap=True)
+        raise typer.Exit(130) from None
+    rows = summary(result.studies, trials)
+    if rows:
+        table = Table(
+            Column("method", overflow="fold"),
+            "studies",
+            "trials",
+            "complete",
+            "pruned",
+            "failed",
+            "epochs",
+            "best val top-1 (mean)",
+            title=f"{spec.name}: {settings.protocol}, {trials} trials per study",
+        )
+        for row in rows:
+            best = "—" if row["best_val_top1"] is None else f"{row['best_val_top1']:.4f}"
+            table.add_row(
+                *(str(row[k]) for k in ("method", "studies", "trials", "complete", "pruned", "failed", "epochs")), best
+            )
+        console.print(table)
+    console.print(
+        f"ran {result.ran} trials; tuned spec: {result.tuned_spec}\n"
+        f"measure it on test data: harness run {result.tuned_spec} --results {results}",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
 @app.command(cls=_Command)
 @guarded
 def status(
@@ -314,7 +486,7 @@ def status(
     plugin: PluginOption = None,
     max_cells: MaxCellsOption = MAX_CELLS,
 ) -> None:
-    """Show done / failed / pending per axis of a benchmark, without running anything."""
+    """Show done / failed / pending per axis of a benchmark; runs no cell, but imports the spec's plugins."""
     spec, cells = _load_cells(spec_path, plugin, max_cells)
     results = _results_folder(results)
 
@@ -323,6 +495,7 @@ def status(
 
     store = ResultsStore(results)
     todo = plan(cells, store)
+    _print_other_code(todo.other_code, f"harness run {spec_path} --results {results}", False)
     state = {c.cell_id: "done" for c in todo.done} | {c.cell_id: "failed" for c in todo.failed_before}
     table = Table("axis", "value", "done", "failed", "pending", title=f"{spec.name} in {results}/")
     axes = {
@@ -342,10 +515,8 @@ def status(
     table.add_row("all", "", str(len(todo.done)), str(len(todo.failed_before)), str(len(todo.todo)))
     console.print(table)
     for cell in todo.failed_before:
-        console.print(f"[red]failed[/red] {cell.cell_id} {cell.method} s={cell.sparsity:g} seed={cell.seed}", end="")
-        console.print(
-            f": log {store.log_location(cell.cell_id)}" if store.files.exists(store.log_path(cell.cell_id)) else ""
-        )
+        log = f": log {store.log_location(cell.cell_id)}" if store.files.exists(store.log_path(cell.cell_id)) else ""
+        console.print(_failed_line(cell, log), highlight=False, soft_wrap=True)
     if todo.failed_before:
         console.print(f"rerun only these with: harness run {spec_path} --results {results} --retry-failed")
 
@@ -464,15 +635,15 @@ def list_(
     markdown: Annotated[bool, typer.Option("--markdown", help="Print a Markdown table (docs/reference/).")] = False,
 ) -> None:
     """List the registered methods, models or data sets, and where each came from."""
+    from harness.docs import markdown_table, registry_table
+    from harness.registry import RegistryError
     from harness.spec import SpecError, import_plugins
 
     try:
         import_plugins(plugin or [])
-    except SpecError as exc:
+        columns, rows = registry_table(what.value)  # imports lazy entries and entry points: each is checked then
+    except (SpecError, RegistryError) as exc:
         raise _fail_input(str(exc)) from None
-    from harness.docs import markdown_table, registry_table
-
-    columns, rows = registry_table(what.value)
     if markdown:
         sys.stdout.write(markdown_table(columns, rows))
     else:
@@ -491,11 +662,11 @@ class Format(StrEnum):
 @app.command(cls=_Command)
 @guarded
 def query(
-    sql: Annotated[str, typer.Argument(help="DuckDB SQL over the views cells, epochs, layers.")],
+    sql: Annotated[str, typer.Argument(help="DuckDB SQL over the views cells, epochs, layers, trials.")],
     results: ResultsOption = "results",
     format: Annotated[Format, typer.Option("--format")] = Format.table,
 ) -> None:
-    """Run read-only SQL over the results views (cells, epochs, layers); columns: docs/reference/columns.md."""
+    """Run read-only SQL over the results views (cells, epochs, layers, trials); columns: docs/reference/columns.md."""
     import duckdb
 
     from harness.results import ReadOnlyError
@@ -515,8 +686,6 @@ def query(
     elif format is Format.json:
         sys.stdout.write(frame.to_json(orient="records", date_format="iso") + "\n")
     else:
-        from rich.text import Text
-
         table = Table(*map(str, frame.columns))
         for row in frame.itertuples(index=False):  # Text: a value is shown as it is, never read as markup
             table.add_row(*(Text(f"{v:.4g}" if isinstance(v, float) else str(v)) for v in row))

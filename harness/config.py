@@ -18,6 +18,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
+from harness.tuning.space import Tuned, TuneSection
+
 MAX_CELLS = 1_000_000  # default cap on a matrix's cells (harness run --max-cells)
 SEED_MAX = 2**32 - 1  # numpy's and Lightning's seed range is 0..2^32-1
 NAME_MAX = 100  # characters of a benchmark name: it names a folder and a partition
@@ -137,7 +139,12 @@ class BenchmarkSpec(_Frozen):
     tracking_uri: str | None = None
     """MLflow tracking URI (null: $MLFLOW_TRACKING_URI, else sqlite:///RESULTS/mlflow.db)."""
     plugins: tuple[str, ...] = ()
-    """Plugin modules (importable names or .py paths) loaded before the names are checked."""
+    """Plugin modules (importable names or .py paths) loaded before the names are checked: their code runs as
+    you, also for `status` and `--dry-run`."""
+    tune: TuneSection | None = None
+    """What `harness tune` searches: the space, the epoch cap, the sampler (harness/tuning/space.py)."""
+    tuned: Tuned | None = None
+    """Written by `harness tune`: the best point of each study, with its provenance."""
 
     @field_validator("name")
     @classmethod
@@ -197,6 +204,7 @@ class CellSpec(_Frozen):
     dataset: str
     method: str
     method_params: dict[str, Any] = {}
+    method_version: str | None = None  # the method class's ``version`` when it is not the default
     sparsity: float
     compression: float | None = None  # the target it came from, when the spec gave compressions
     seed: Seed

@@ -9,6 +9,7 @@ differ from what this module writes. ``harness list --markdown`` prints the same
 from __future__ import annotations
 
 import argparse
+import functools
 import inspect
 import json
 import re
@@ -220,12 +221,59 @@ def columns_page() -> str:
     return out
 
 
+# -- the plugin API: Job, PruningContext and the method base classes ---------------------------------
+
+
+def _call_form(function: Callable[..., Any]) -> str:
+    """``(arg, arg=default)`` without ``self`` or annotations: what a plugin author writes."""
+    params = [p for p in inspect.signature(function).parameters.values() if p.name not in ("self", "cls")]
+    prefix = {inspect.Parameter.VAR_POSITIONAL: "*", inspect.Parameter.VAR_KEYWORD: "**"}
+    shown = [
+        prefix.get(p.kind, "") + p.name if p.default is p.empty else f"{p.name}={p.default!r}" for p in params
+    ]
+    return "(" + ", ".join(shown) + ")"
+
+
+def _member_rows(cls: type) -> list[list[str]]:
+    """One row per public property or function ``cls`` itself defines: how it is called and its contract."""
+    rows = []
+    for name, member in vars(cls).items():
+        if name.startswith("_"):
+            continue
+        member = getattr(member, "__func__", member)  # classmethods
+        if isinstance(member, property | functools.cached_property):
+            form, target = f"`{name}`", getattr(member, "fget", None) or member.func
+        elif inspect.isfunction(member):
+            form, target = f"`{name}{_call_form(member)}`", member
+        else:
+            continue
+        inherited = inspect.getdoc(getattr(cls, name)) if target is not None else None  # an override keeps the base's
+        rows.append([form, _markdown(target.__doc__ or inherited) or "—"])
+    return rows
+
+
+def plugin_api_page() -> str:
+    from harness.methods.base import CompressionMethod, Job, Method, PruningContext, PruningMethod
+
+    out = GENERATED.format(source="the docstrings of harness/methods/base.py") + "# Plugin API\n\n"
+    out += (
+        "Everything a method may use, with the contract written where it is defined; nothing else of the "
+        "harness is API, and a test fails when a built-in method touches anything else. How to write a "
+        "method, with examples a test runs: [../plugins.md](../plugins.md).\n"
+    )
+    for cls in (Job, PruningContext, Method, PruningMethod, CompressionMethod):
+        out += f"\n## `{cls.__name__}`\n\n{_markdown(cls.__doc__)}\n\n"
+        out += markdown_table(["member", "contract"], _member_rows(cls))
+    return out
+
+
 PAGES: dict[str, Callable[[], str]] = {
     "spec.md": spec_page,
     "methods.md": methods_page,
     "models.md": models_page,
     "datasets.md": datasets_page,
     "columns.md": columns_page,
+    "plugin-api.md": plugin_api_page,
 }
 
 

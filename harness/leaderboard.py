@@ -46,7 +46,8 @@ def method_label(method: str, method_params: str | None) -> str:
 def print_leaderboard(frame: pd.DataFrame, console: Console) -> None:
     for (dataset, model), group in frame.groupby(["dataset", "model"], sort=False):
         dense = group["dense_top1"].mean()
-        table = Table(title=f"{dataset} / {model}  (dense top1 {100 * dense:.2f}%)", title_justify="left")
+        title = Text(f"{dataset} / {model}  (dense top1 {100 * dense:.2f}%)")  # names are never markup
+        table = Table(title=title, title_justify="left")
         for column in ("method", "sparsity", "top1 % (mean ± std)", "seeds", "compression", "speedup"):
             table.add_column(column, justify="left" if column == "method" else "right")
         for row in group.itertuples():

@@ -9,6 +9,7 @@ never move a pruned weight) and zeroing them again after each optimiser step.
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import torch
@@ -41,25 +42,52 @@ def masks_from_scores(
     sparsity: float,
     scope: Literal["global", "layer"],
     existing: Masks | None = None,
+    max_layer_sparsity: float | None = None,
 ) -> Masks:
     """Keep the highest scores, removing ``round(sparsity · n)`` weights.
 
     ``global`` ranks all weights together; ``layer`` removes the same fraction from each layer.
     Weights already pruned in ``existing`` rank below every other weight, so masks only shrink.
-    Ties are broken by position, so the removed count is exact.
+    Ties are broken by position, so the removed count is exact. With ``max_layer_sparsity`` a
+    layer pruned beyond it gets its best-scored weights back (:func:`cap_layer_sparsity`).
     """
     if not 0.0 <= sparsity < 1.0:
         raise ValueError(f"sparsity must be in [0, 1), got {sparsity}")
     ranked = {name: _rank_key(s, (existing or {}).get(name)) for name, s in scores.items()}
     if scope == "layer":
-        return {name: _keep_top(s, round(sparsity * s.numel())) for name, s in ranked.items()}
-    flat = torch.cat([s.flatten() for s in ranked.values()])
-    keep = _keep_top(flat, round(sparsity * flat.numel()))
-    masks, start = {}, 0
-    for name, s in ranked.items():
-        masks[name] = keep[start : start + s.numel()].view_as(s)
-        start += s.numel()
-    return masks
+        masks = {name: _keep_top(s, round(sparsity * s.numel())) for name, s in ranked.items()}
+    else:
+        flat = torch.cat([s.flatten() for s in ranked.values()])
+        keep = _keep_top(flat, round(sparsity * flat.numel()))
+        masks, start = {}, 0
+        for name, s in ranked.items():
+            masks[name] = keep[start : start + s.numel()].view_as(s)
+            start += s.numel()
+    return masks if max_layer_sparsity is None else cap_layer_sparsity(masks, scores, max_layer_sparsity, existing)
+
+
+def cap_layer_sparsity(
+    masks: Masks, scores: dict[str, torch.Tensor], cap: float, existing: Masks | None = None
+) -> Masks:
+    """No layer of ``scores`` keeps fewer than ``n − floor(cap · n)`` weights: a layer pruned beyond the
+    cap gets back its pruned weights of highest score (never one ``existing`` already removed). The
+    overall sparsity then falls below the target; the row's ``sparsity_achieved`` shows by how much."""
+    capped = dict(masks)
+    for name, score in scores.items():
+        if name not in masks:
+            continue
+        mask = masks[name].bool()
+        excess = int((~mask).sum()) - math.floor(cap * mask.numel() + 1e-9)
+        if excess <= 0:
+            continue
+        revivable = _rank_key(score, (existing or {}).get(name)).flatten()
+        revivable = torch.where(mask.flatten().to(revivable.device), -torch.inf, revivable)
+        order = torch.argsort(revivable, descending=True, stable=True)[:excess]
+        order = order[revivable[order] > -torch.inf]
+        flat = mask.flatten().clone()
+        flat[order.to(flat.device)] = True
+        capped[name] = flat.view_as(mask)
+    return capped
 
 
 def _rank_key(score: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:

@@ -1,9 +1,10 @@
 """One small typed registry serving models, datasets and methods.
 
-Entries are registered with a decorator (``@MODELS.register("lenet5")``), as lazy
-``"module:attr"`` strings (so listing names never imports heavy back-ends), or through a
-package entry-point group. Unknown names get a "did you mean"; a second entry under a taken
-name is an error, never a silent override.
+Entries are registered with a decorator (``@register_model("lenet5")``), as lazy modules whose
+decorators run on the first lookup, or through a package entry-point group (``harness.methods``,
+``harness.models``, ``harness.datasets``). Every entry is checked for its kind when it is added
+(a function is not a method class); unknown names get a "did you mean"; a second entry under a
+taken name is an error, never a silent override; :meth:`Registry.freeze` ends registration.
 """
 
 from __future__ import annotations
@@ -34,14 +35,25 @@ class _Entry(Generic[T]):
 
 
 class Registry(Generic[T]):
-    """Name → object, with lazy entries, entry points and helpful errors."""
+    """Name → object, with lazy entries, entry points and helpful errors.
 
-    def __init__(self, kind: str, entry_point_group: str | None = None) -> None:
+    ``check(name, obj)`` returns what is wrong with ``obj`` as an entry of this kind (None: fine);
+    a non-None answer refuses the registration with a :class:`RegistryError`.
+    """
+
+    def __init__(
+        self,
+        kind: str,
+        entry_point_group: str | None = None,
+        check: Callable[[str, object], str | None] | None = None,
+    ) -> None:
         self.kind = kind
         self.entry_point_group = entry_point_group
+        self._check = check
         self._entries: dict[str, _Entry[T]] = {}
         self._lazy_modules: list[str] = []
         self._entry_points_loaded = False
+        self._frozen = False
         self._source = "builtin"
 
     # -- registration -------------------------------------------------------------------------
@@ -55,10 +67,15 @@ class Registry(Generic[T]):
         return decorator
 
     def add(self, name: str, obj: T, source: str | None = None) -> None:
+        source = source or self._source_of_object(obj)
+        problem = self._check(name, obj) if self._check else None
+        if problem:
+            raise RegistryError(f"{self.kind} {name!r} from {source or self._source} is refused: {problem}")
         existing = self._entries.get(name)
         if existing is not None and existing.obj is None and existing.lazy == _qualified(obj):
             existing.obj = obj  # the lazy entry's module is being imported: fill it in
             return
+        self._refuse_if_frozen(name, source)
         if existing is not None and existing.obj is not obj:
             raise RegistryError(
                 f"{self.kind} {name!r} is registered twice: by {existing.source} and by "
@@ -66,8 +83,18 @@ class Registry(Generic[T]):
             )
         self._entries[name] = _Entry(name, source or self._source, obj=obj)
 
+    def _source_of_object(self, obj: object) -> str:
+        """Outside a plugin scope, an object defined outside the harness names its own module, never "builtin"."""
+        module = getattr(obj, "__module__", None) if hasattr(obj, "__qualname__") else None
+        if self._source == "builtin" and module and module not in ("harness", "builtins") and not module.startswith(
+            "harness."
+        ):
+            return module
+        return self._source
+
     def add_lazy(self, name: str, target: str, source: str | None = None) -> None:
-        """Register ``"package.module:attr"`` without importing it yet."""
+        """Register ``"package.module:attr"`` without importing it yet (checked when it is imported)."""
+        self._refuse_if_frozen(name, source)
         if name in self._entries:
             raise RegistryError(
                 f"{self.kind} {name!r} is registered twice: by {self._entries[name].source} and by "
@@ -78,6 +105,23 @@ class Registry(Generic[T]):
     def add_lazy_module(self, module: str) -> None:
         """Import ``module`` (whose decorators register entries) the first time a name is looked up."""
         self._lazy_modules.append(module)
+
+    def freeze(self) -> None:
+        """Load the pending modules and entry-point names, then refuse any new name: the set of entries a
+        run started with is the set it ends with (a lazy entry is still imported on its first use)."""
+        self._load_pending()
+        self._frozen = True
+
+    def thaw(self) -> None:
+        """Allow registration again (the end of a run in a process that goes on, e.g. a notebook or a test)."""
+        self._frozen = False
+
+    def _refuse_if_frozen(self, name: str, source: str | None) -> None:
+        if self._frozen:
+            raise RegistryError(
+                f"{self.kind} {name!r} from {source or self._source} is registered after the {self.kind} registry "
+                "was frozen; register it in a plugin (--plugin, plugins:, an entry point) loaded before the run"
+            )
 
     def loading_from(self, source: str) -> _SourceScope:
         """Context manager: entries registered inside are attributed to ``source``."""
@@ -91,7 +135,11 @@ class Registry(Generic[T]):
             raise RegistryError(self.unknown_message(name))
         if entry.obj is None:
             module_name, _, attr = entry.lazy.partition(":")
-            entry.obj = getattr(importlib.import_module(module_name), attr)
+            obj = getattr(importlib.import_module(module_name), attr)
+            problem = self._check(name, obj) if self._check else None
+            if problem:
+                raise RegistryError(f"{self.kind} {name!r} from {entry.source} is refused: {problem}")
+            entry.obj = obj
         return entry.obj
 
     def __contains__(self, name: object) -> bool:

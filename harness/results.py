@@ -1,4 +1,4 @@
-"""Reading results: DuckDB views ``cells``, ``epochs``, ``layers`` over the store's Parquet files.
+"""Reading results: DuckDB views ``cells``, ``epochs``, ``layers``, ``trials`` over the store's Parquet files.
 
 ``connect`` gives a connection with the views registered, ``load`` a pandas frame, and ``query``
 runs a user's SQL read-only: one or more SELECT statements, and no file outside the results folder
@@ -10,6 +10,8 @@ and the configuration is locked so the query cannot turn it back on). On an obje
 from __future__ import annotations
 
 import os
+import secrets
+import tempfile
 from pathlib import Path
 
 import duckdb
@@ -25,7 +27,7 @@ class ReadOnlyError(ValueError):
 
 
 def connect(results_dir: str | os.PathLike = "results", read_only: bool = False) -> duckdb.DuckDBPyConnection:
-    """An in-memory DuckDB connection with the views ``cells``, ``epochs`` and ``layers``.
+    """An in-memory DuckDB connection with the views ``cells``, ``epochs``, ``layers`` and ``trials``.
 
     ``results_dir`` is a folder or an object-store URI (``s3://BUCKET/PREFIX``). Each view has the
     schema's core columns first, in order (NULL where no file has one yet), then any other column
@@ -37,6 +39,10 @@ def connect(results_dir: str | os.PathLike = "results", read_only: bool = False)
         raise FileNotFoundError(f"results folder {store.location} does not exist; run a benchmark or pass its folder")
     con = duckdb.connect()
     con.execute("SET enable_progress_bar = false")
+    # DuckDB spills to <cwd>/.tmp by default, and a read-only query could read what lies there: its
+    # spill folder is a fresh unguessable path instead, created only if needed and removed on close
+    spill = Path(tempfile.gettempdir()) / f"harness-duckdb-{secrets.token_hex(8)}"
+    con.execute(f"SET temp_directory = {sql_string(spill)}")
     con.execute("SET parquet_metadata_cache = true")  # each file's footer is read once, not at every bind
     for view, files in store.view_sqls(con, list(VIEWS)).items():
         present = [name for name, *_ in con.execute(f"DESCRIBE {files}").fetchall()]

@@ -14,22 +14,27 @@ cell is not retried but becomes a ``failed`` row (see ``execute_cell``).
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
+import secrets
 import time
 import warnings
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import ray
 import torch
+from ray._private import ray_constants
 
-from harness.cell import DenseCheckpoint, execute_cell, failed_result, pretrain
+from harness import reaper
+from harness.cell import DenseCheckpoint, SplitView, all_splits, execute_cell, failed_result, pretrain
 from harness.config import CellSpec, Resources
+from harness.methods import method_provenance
 from harness.schema import CellResult
 from harness.store import ResultsStore
 from harness.tracking import ChildRun, MatrixRun, TrackingWriter
@@ -40,23 +45,36 @@ TRACKING_SECONDS = 10.0  # how often the parent MLflow run gets the matrix's cou
 
 @dataclass
 class Plan:
-    """Which cells run and which are already in the table."""
+    """Which cells run and which are already in the table; ``other_code``: cells in the table whose rows
+    were produced by a different version of their method's source (rerun them with ``--force``)."""
 
     todo: list[CellSpec]
     done: list[CellSpec]
     failed_before: list[CellSpec]
+    other_code: list[CellSpec] = field(default_factory=list)
 
 
-def plan(cells: list[CellSpec], store: ResultsStore, retry_failed: bool = False) -> Plan:
-    statuses = {benchmark: store.statuses(benchmark) for benchmark in {cell.benchmark for cell in cells}}
-    todo, done, failed = [], [], []
+def plan(cells: list[CellSpec], store: ResultsStore, retry_failed: bool = False, force: bool = False) -> Plan:
+    """Sort ``cells`` into to run / done / failed before; ``force`` runs every one of them again."""
+    benchmarks = {cell.benchmark for cell in cells}
+    statuses = {benchmark: store.statuses(benchmark) for benchmark in benchmarks}
+    recorded = {benchmark: store.source_hashes(benchmark) for benchmark in benchmarks}
+    current: dict[str, str | None] = {}
+    todo, done, failed, other_code = [], [], [], []
     for cell in cells:
         status = statuses[cell.benchmark].get(cell.cell_id)
-        if status is None or (status == "failed" and retry_failed):
+        if status is not None:
+            key = json.dumps([cell.method, cell.method_params], sort_keys=True)
+            if key not in current:
+                current[key] = method_provenance(cell.method, cell.method_params)["method_source_hash"]
+            was = recorded[cell.benchmark].get(cell.cell_id)
+            if was is not None and current[key] is not None and was != current[key]:
+                other_code.append(cell)
+        if force or status is None or (status == "failed" and retry_failed):
             todo.append(cell)
         else:
             (done if status == "ok" else failed).append(cell)
-    return Plan(todo, done, failed)
+    return Plan(todo, done, failed, other_code)
 
 
 # -- Ray ------------------------------------------------------------------------------------------
@@ -71,32 +89,90 @@ def ray_session(address: str | None = None, runtime_env: dict | None = None) -> 
     """Ray for one matrix; yields whether it is a local instance started here.
 
     Reuses the connection this process already has (tests, notebooks); joins the cluster at
-    ``address`` (``auto``, ``ray://HOST:10001``; ``$RAY_ADDRESS`` when not given); or else starts a
-    local instance on this machine's CPUs and GPUs and stops it at the end: no dashboard, no usage
-    report, and no token file in the home folder (auth guards clusters others can reach).
+    ``address`` (``auto``, ``ray://HOST:10001``; ``$RAY_ADDRESS`` when not given) with the user's
+    own Ray settings; or else starts a local instance with :func:`_local_ray`.
     """
     if ray.is_initialized():
         yield False
         return
     address = address or os.environ.get("RAY_ADDRESS")
-    if address is None:
-        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-        ray.init(include_dashboard=False, log_to_driver=False, logging_level="warning", runtime_env=runtime_env)
-    else:
+    if address is not None:
         ray.init(address=address, log_to_driver=False, logging_level="warning", runtime_env=runtime_env)
+        try:
+            yield False
+        finally:
+            ray.shutdown()
+        return
+    with _local_ray(runtime_env):
+        yield True
+
+
+LOCAL_RAY_ENV = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_USAGE_STATS_ENABLED", reaper.MARKER)
+
+
+@contextmanager
+def _local_ray(runtime_env: dict | None) -> Iterator[None]:
+    """A Ray instance on this machine's CPUs and GPUs that no one else can use, ended with this process.
+
+    Whatever the caller's environment says, Ray's token authentication is on, with a fresh random
+    token that only this process and its children hold (in their environment, never in a file),
+    so another process cannot join. Every server listens on 127.0.0.1 only: Ray's single-machine
+    mode (its default on macOS) makes the node's address loopback, which the GCS, raylet, workers,
+    agents and metrics bind to (``_node_ip_address`` alone is turned back into the machine's IP).
+    No dashboard, no usage report. The reaper (see :mod:`harness.reaper`) ends every process of the
+    instance when this one ends, also by SIGKILL.
+    """
+    session = secrets.token_hex(8)
+    keeper = reaper.start(session)
+    saved = {name: os.environ.get(name) for name in LOCAL_RAY_ENV}
+    os.environ.update(
+        {
+            "RAY_AUTH_MODE": "token",
+            "RAY_AUTH_TOKEN": secrets.token_hex(32),
+            "RAY_USAGE_STATS_ENABLED": saved["RAY_USAGE_STATS_ENABLED"] or "0",
+            reaper.MARKER: session,
+        }
+    )
+    cluster_mode = ray_constants.ENABLE_RAY_CLUSTER
+    ray_constants.ENABLE_RAY_CLUSTER = False  # read by Ray when it picks the node's address
     try:
-        yield address is None
+        _reload_ray_auth()
+        ray.init(
+            _node_ip_address="127.0.0.1",
+            include_dashboard=False,
+            dashboard_host="127.0.0.1",
+            log_to_driver=False,
+            logging_level="warning",
+            runtime_env=runtime_env,
+        )
+        yield
     finally:
         ray.shutdown()
+        ray_constants.ENABLE_RAY_CLUSTER = cluster_mode
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        _reload_ray_auth()
+        keeper.stdin.close()  # the reaper ends whatever Ray left behind
+        keeper.wait(timeout=reaper.SWEEP_SECONDS + 5)
 
 
-def _pretrain_task(cell: CellSpec) -> bytes:
-    return pretrain(cell).to_bytes()
+def _reload_ray_auth() -> None:
+    """Make Ray read the authentication mode and token from the environment again (it caches both)."""
+    from ray._raylet import AuthenticationTokenLoader, Config
+
+    Config.initialize("")
+    AuthenticationTokenLoader.instance().reset_cache()
 
 
-def _cell_task(cell: CellSpec, dense: bytes) -> CellResult:
-    result = execute_cell(cell, dense)
+def _pretrain_task(cell: CellSpec, view: SplitView = all_splits) -> bytes:
+    return pretrain(cell, view).to_bytes()
+
+
+def _cell_task(cell: CellSpec, dense: bytes, view: SplitView = all_splits) -> CellResult:
+    result = execute_cell(cell, dense, view)
     context = ray.get_runtime_context()
     placement = {"ray_node_id": context.get_node_id(), "gpu_ids": ",".join(context.get_accelerator_ids()["GPU"])}
     for row in result.rows:
@@ -206,7 +282,8 @@ def run_matrix(
 
     ``max_parallel`` bounds the tasks in flight (default: as many as the cluster takes). On
     ``KeyboardInterrupt`` the tasks in flight are cancelled, the results already back are written,
-    and the interrupt propagates. ``on_result`` is called from the thread that writes results.
+    and the interrupt propagates. ``on_result`` is called from the thread that writes results; what it
+    raises is a warning, and the matrix goes on.
     """
     tracking = TrackingWriter(matrix) if matrix else None  # it starts up while Ray does
     try:
@@ -375,7 +452,10 @@ class _Scheduler:
             self.progress.ok += 1
         else:
             self.progress.failed += 1
-        self.on_result(cell, result)
+        try:
+            self.on_result(cell, result)
+        except Exception as exc:  # showing one result must not stop the matrix: its rows are written already
+            warnings.warn(f"cell {cell.cell_id} is saved, but showing it failed: {_error_text(exc)}", stacklevel=1)
 
     def _check_writes(self, wait: bool = False) -> None:
         """Raise a write's error in the driver's loop (a full disk must stop the matrix)."""

@@ -1,4 +1,4 @@
-"""The results schema: the core columns of the ``cells``, ``epochs`` and ``layers`` views.
+"""The results schema: the core columns of the ``cells``, ``epochs``, ``layers`` and ``trials`` views.
 
 This is the documented contract readers rely on (docs/reference/columns.md is generated from it). The store casts every
 core column it writes to the type declared here, so files written months apart still union cleanly;
@@ -94,6 +94,8 @@ CELLS = (
     Column("harness_version", pa.string(), "version of the harness that produced the row"),
     Column("torch_version", pa.string(), "PyTorch version"),
     Column("git_commit", pa.string(), "git commit of the harness checkout, when it is one"),
+    Column("method_version", pa.string(), "the method class's declared `version` (in the cell id once not `1`)"),
+    Column("method_source_hash", pa.string(), "sha256 of the method's source files, plugins included (16 hex)"),
     Column("mlflow_run_id", pa.string(), "the cell's MLflow run (per-epoch curves, parameters, error)"),
 )
 
@@ -120,10 +122,38 @@ LAYERS = (
     Column("flops_dense", pa.int64(), "multiply-adds of the layer for one example, from its real output shape"),
     Column("flops_nonzero", pa.float64(), "flops_dense × the layer's weight density"),
     Column("size_bytes", pa.float64(), "bytes of the layer as stored (see the cells row's `storage_format`)"),
+    Column(
+        "prunable", pa.bool_(), "whether the method could prune this layer (not `exclude`d, classifier only if asked)"
+    ),
+    Column("max_layer_sparsity", pa.float64(), "the method's cap on this layer's sparsity, when it set one"),
 )
 
-COLUMNS: dict[str, tuple[Column, ...]] = {"cells": CELLS, "epochs": EPOCHS, "layers": LAYERS}
+TRIALS = (  # written by `harness tune`, one file per study (never compacted: a study is rewritten whole)
+    _VERSION,
+    Column("benchmark", pa.string(), "the benchmark (spec `name`) that was tuned"),
+    Column("study", pa.string(), "the Optuna study: hash of the base cell, search space, sampler, pruner and cap"),
+    Column("method", pa.string(), "registered method name"),
+    Column("model", pa.string(), "registered model name"),
+    Column("dataset", pa.string(), "registered data-set name"),
+    Column("method_params", pa.string(), "the spec's own parameters of the method (canonical JSON)"),
+    Column("sparsity", pa.float64(), "the study's target sparsity"),
+    Column("search_seed", pa.int64(), "seed the study searched with (pretraining, pruning, fine-tuning)"),
+    Column("protocol", pa.string(), "`equal` or `qmc`"),
+    Column("sampler", pa.string(), "`tpe` or `qmc`"),
+    Column("trial", pa.int64(), "Optuna's trial number within the study"),
+    Column("state", pa.string(), "`COMPLETE`, `PRUNED`, `FAIL` or `RUNNING`"),
+    Column("counted", pa.bool_(), "counts against the study's budget (false only for a trial cut off by Ctrl-C)"),
+    Column("value", pa.float64(), "VALIDATION top-1 after fine-tuning (never test); the curve's value if pruned"),
+    Column("params", pa.string(), "the sampled point as canonical JSON"),
+    Column("epochs", pa.int64(), "training epochs the trial ran (its per-epoch curve's length)"),
+    Column("seconds", pa.float64(), "wall seconds from submission to result"),
+    Column("cell_id", pa.string(), "id of the cell the trial ran (its sampled recipe and parameters)"),
+    Column("error", pa.string(), "why a failed trial failed (its log: tuning/logs/<study>-<trial>.log), else null"),
+)
+
+COLUMNS: dict[str, tuple[Column, ...]] = {"cells": CELLS, "epochs": EPOCHS, "layers": LAYERS, "trials": TRIALS}
 VIEWS = tuple(COLUMNS)
+CELL_VIEWS = ("cells", "epochs", "layers")  # the views a cell result writes, one file per cell
 
 
 class SchemaError(ValueError):
@@ -172,5 +202,6 @@ _SQL_TYPES = {
     pa.int64(): "BIGINT",
     pa.float64(): "DOUBLE",
     pa.string(): "VARCHAR",
+    pa.bool_(): "BOOLEAN",
     pa.timestamp("us", tz="UTC"): "TIMESTAMPTZ",
 }

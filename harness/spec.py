@@ -38,8 +38,10 @@ from harness.config import (
 )
 from harness.data import DATASETS
 from harness.methods import METHODS, load_plugins
+from harness.methods.base import DEFAULT_VERSION
 from harness.models import MODELS, IncompatibleInput, create_model
 from harness.registry import RegistryError
+from harness.tuning.space import ParamRange, check_space, default_space
 from harness.validation import SpecError, clip, describe
 
 __all__ = [
@@ -52,11 +54,13 @@ __all__ = [
     "compression_to_sparsity",
     "content_hash",
     "count_cells",
+    "epoch_cap",
     "expand",
     "import_plugins",
     "load_spec",
     "non_default",
     "read_yaml",
+    "tuning_space",
 ]
 
 YAML_MAX_DEPTH = 64  # nesting levels of mappings and lists
@@ -242,6 +246,46 @@ def _check_registries(path: Path, spec: BenchmarkSpec) -> None:
                         _targets(spec, model, dataset, params)
                     except ValueError as exc:
                         raise fail("compressions", str(exc)) from None
+    _check_tuning(path, spec)
+
+
+def tuning_space(spec: BenchmarkSpec) -> dict[str, ParamRange]:
+    """The spec's ``tune.space``, else the default: fine-tune lr plus what each method declares ``tunable``."""
+    if spec.tune and spec.tune.space is not None:
+        return spec.tune.space
+    return default_space([(m.name, m.params, METHODS.get(m.name).tunable) for m in spec.methods])
+
+
+def epoch_cap(spec: BenchmarkSpec) -> int:
+    """The most fine-tune epochs one trial may train: ``tune.max_epochs``, else the recipe's."""
+    return (spec.tune.max_epochs if spec.tune else None) or spec.finetune_recipe.epochs
+
+
+def _check_tuning(path: Path, spec: BenchmarkSpec) -> None:
+    params = {m.name: set(METHODS.get(m.name).Params.model_fields) for m in spec.methods}
+    problem = check_space(tuning_space(spec), params, epoch_cap(spec))
+    if problem:
+        raise SpecError(f"{path}: tune.space.{problem[0]}: {problem[1]}")
+    if spec.tuned is None:
+        return
+    cells = {_tuned_key(c.model, c.dataset, c.method, c.method_params, c.sparsity) for c in expand(spec, tuned=False)}
+    for i, entry in enumerate(spec.tuned.cells):
+        field = f"tuned.cells[{i}]"
+        if _tuned_key(entry.model, entry.dataset, entry.method, entry.method_params, entry.sparsity) not in cells:
+            raise SpecError(f"{path}: {field}: matches no cell of the spec (model, dataset, method, params, sparsity)")
+        try:
+            Recipe(**{**spec.finetune_recipe.model_dump(), **entry.finetune})
+        except pydantic.ValidationError as exc:
+            raise SpecError(_in_file(path, describe(exc, Recipe, prefix=f"{field}.finetune."))) from None
+        params = METHODS.get(entry.method).Params
+        try:
+            params.model_validate({**entry.method_params, **entry.params})
+        except pydantic.ValidationError as exc:
+            raise SpecError(_in_file(path, describe(exc, params, prefix=f"{field}.params."))) from None
+
+
+def _tuned_key(model: str, dataset: str, method: str, params: dict[str, Any], sparsity: float) -> str:
+    return json.dumps([model, dataset, method, params, sparsity], sort_keys=True)
 
 
 def _meta_model(model: str, dataset: str) -> torch.nn.Module:
@@ -294,33 +338,49 @@ def count_cells(spec: BenchmarkSpec) -> int:
     return per_pair * len(spec.models) * len(spec.datasets) * len(spec.seeds)
 
 
-def expand(spec: BenchmarkSpec) -> list[CellSpec]:
-    """The matrix, in a breadth-first order: all cells of the first seed, then the next."""
+def expand(spec: BenchmarkSpec, tuned: bool = True) -> list[CellSpec]:
+    """The matrix, in a breadth-first order: all cells of the first seed, then the next.
+
+    A cell the spec's ``tuned`` section names gets the recipe fields and parameters chosen for it
+    (``tuned=False``: the matrix as it was before tuning).
+    """
     finetune = spec.finetune_recipe
+    chosen = {
+        _tuned_key(c.model, c.dataset, c.method, c.method_params, c.sparsity): c
+        for c in (spec.tuned.cells if spec.tuned and tuned else ())
+    }
     methods = []
     for method in spec.methods:
         cls = METHODS.get(method.name)
         params = cls.Params.model_validate(method.params)
-        methods.append((method.name, cls.sets_own_sparsity, params, params.model_dump(exclude_defaults=True)))
+        version = None if cls.version == DEFAULT_VERSION else cls.version
+        methods.append((method.name, cls.sets_own_sparsity, params, params.model_dump(exclude_defaults=True), version))
     cells = []
     for seed in spec.seeds:
         for dataset in spec.datasets:
             for model in spec.models:
-                for name, sets_own_sparsity, params, dumped in methods:
+                for name, sets_own_sparsity, params, dumped, version in methods:
                     targets = [(0.0, None)] if sets_own_sparsity else _targets(spec, model, dataset, params)
                     for sparsity, compression in targets:
+                        entry = chosen.get(_tuned_key(model, dataset, name, dumped, sparsity)) if chosen else None
+                        cell_finetune, cell_params = finetune, dumped
+                        if entry:
+                            cell_finetune = Recipe(**{**finetune.model_dump(), **entry.finetune})
+                            tuned_params = type(params).model_validate({**dumped, **entry.params})
+                            cell_params = tuned_params.model_dump(exclude_defaults=True)
                         cells.append(
                             CellSpec(
                                 benchmark=spec.name,
                                 model=model,
                                 dataset=dataset,
                                 method=name,
-                                method_params=dumped,
+                                method_params=cell_params,
+                                method_version=version,
                                 sparsity=sparsity,
                                 compression=compression,
                                 seed=seed,
                                 pretrain=spec.pretrain,
-                                finetune=finetune,
+                                finetune=cell_finetune,
                                 data_root=spec.data_root,
                                 resources=spec.resources,
                                 plugins=spec.plugins,

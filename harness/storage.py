@@ -218,10 +218,15 @@ def open_root(root: str | os.PathLike) -> Files:
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write a local file under a temporary name and rename it: a crash never leaves half of it."""
+    """Write a local file under a temporary name and rename it: readers see the old file or the whole new one.
+
+    The file gets the mode any new file would (0666 less the umask), not mkstemp's private 0600,
+    so a site or a results folder can be shared as the user's umask says.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~current_umask())
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -230,3 +235,13 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def current_umask() -> int:
+    """The process's umask, read without changing it where Linux allows (``os.umask`` sets it to read it)."""
+    with contextlib.suppress(OSError, StopIteration, ValueError):
+        status = Path("/proc/self/status").read_text()
+        return int(next(line for line in status.splitlines() if line.startswith("Umask:")).split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask

@@ -10,11 +10,16 @@ Layout of a local folder::
       logs/<cell_id>.log                              each cell's captured log
       specs/<name>/<hash>.yaml                        every benchmark file that was run
       mlflow.db                                       embedded tracking store
+      .lock                                           held by the one driver writing here (its PID inside)
 
 Every file is written under a temporary name and renamed into place, so a crash never leaves a
 half-written file. A cell's fresh file is keyed by its id, so a rerun replaces rather than
 duplicates; a fresh file also hides that cell's rows in the segments (the latest write wins), and a
 cell with no rows in a view still gets an empty fresh file there, so stale rows cannot survive.
+
+A driver holds ``.lock`` (``flock``) for as long as it writes, so two drivers never share a folder;
+readers need no lock, since every file they see is complete. The lock's holder also removes the
+temporary files of writers that were killed mid-write.
 
 One file per cell makes a large table slow to scan, so when a benchmark's partition holds
 ``fresh_limit`` fresh files they are compacted into a new segment, and ``FANOUT`` segments of equal
@@ -33,13 +38,16 @@ Checkpoints, logs and spec copies sit under the prefix as on disk (one PUT each,
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import os
 import re
 import secrets
+import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
@@ -50,7 +58,7 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from harness.schema import VIEWS, CellResult, empty_select, to_arrow
+from harness.schema import CELL_VIEWS, CellResult, empty_select, to_arrow
 from harness.storage import FileGone, Files, atomic_write_bytes, open_root, sql_string
 
 FRESH_LIMIT = 64  # fresh cell files in a partition that trigger a compaction
@@ -68,8 +76,24 @@ _ARROW_READ = "reading the stream registered as"  # DuckDB's words when pyarrow 
 _RUN_COLUMN = "__harness_run"  # which driver run a row came from, while readers pick the newest
 _FRESH = re.compile(r"^cell-(.+)\.parquet$")
 _SEGMENT = re.compile(r"^seg-(\d+)-(\d+)\.parquet$")
+_TEMPORARY = ".*.tmp"  # the names atomic writes use until their rename
+WRITTEN = ("cells", "epochs", "layers", "checkpoints", "logs", "specs")  # the folders the driver writes
 
-__all__ = ["FANOUT", "FRESH_LIMIT", "Partition", "ResultsStore", "Segment", "atomic_write_bytes", "read_retrying"]
+
+class ResultsLocked(RuntimeError):
+    """Another driver is writing to this results folder."""
+
+
+__all__ = [
+    "FANOUT",
+    "FRESH_LIMIT",
+    "Partition",
+    "ResultsLocked",
+    "ResultsStore",
+    "Segment",
+    "atomic_write_bytes",
+    "read_retrying",
+]
 
 
 def _atomic_write_table(files: Files, path: FilePath, table: pa.Table) -> None:
@@ -179,6 +203,43 @@ class ResultsStore:
 
     # -- writing ------------------------------------------------------------------------------
 
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold the folder's lock while writing; raise :class:`ResultsLocked` at once if a driver holds it.
+
+        ``flock`` ends with its holder however it ends, SIGKILL included, so a lock never goes
+        stale; the holder's PID and host are written inside so that the message can name it.
+        An object store has no lock and needs none: this store writes only its own run's files.
+        """
+        if self.files.remote:
+            yield
+            return
+        self.root.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.root / ".lock", os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "a process that is starting"
+                raise ResultsLocked(
+                    f"results folder {self.location} is in use by another harness run ({holder}); "
+                    "wait for it to finish or pass another --results folder"
+                ) from None
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+            self._remove_temporary_files()
+            yield
+            os.ftruncate(fd, 0)
+        finally:
+            os.close(fd)  # releases the lock
+
+    def _remove_temporary_files(self) -> None:
+        """Files of writers killed before their rename: no reader ever looks at them (held lock only)."""
+        for folder in WRITTEN:
+            for path in (self.root / folder).rglob(_TEMPORARY):
+                if path.is_file() and not path.is_symlink():
+                    path.unlink(missing_ok=True)
+
     def write(self, result: CellResult) -> None:
         """Write a cell's three tables, the ``cells`` file last since its presence means done."""
         benchmark = result.rows[0].get("benchmark") if result.rows else None
@@ -215,10 +276,15 @@ class ResultsStore:
         return sum(1 for e in self.files.list(self.partition_dir("cells", benchmark)) if e.name.startswith("cell-"))
 
     def _compact(self, benchmark: str) -> None:
-        for view in VIEWS:
+        for view in CELL_VIEWS:
             partition = Partition.scan(self.files, self.partition_dir(view, benchmark), benchmark, self.run_id)
             if partition.segments or partition.covered or partition.fresh:
                 _compact_partition(self.files, partition)
+
+    def write_trials(self, benchmark: str, study: str, rows: list[dict]) -> None:
+        """Replace one study's rows of the ``trials`` view (written by ``harness tune``, never compacted)."""
+        name = f"cell-{quote(study, safe='')}.parquet"  # the fresh-file name readers list
+        _atomic_write_table(self.files, self.partition_dir("trials", benchmark) / name, to_arrow("trials", rows))
 
     # -- reading ------------------------------------------------------------------------------
 
@@ -274,6 +340,21 @@ class ResultsStore:
 
         return {cell_id: "ok" if ok else "failed" for cell_id, ok in read_retrying(read)}
 
+    def source_hashes(self, benchmark: str) -> dict[str, str | None]:
+        """``{cell_id: method_source_hash}`` of one benchmark's cells (None for rows that predate the column)."""
+
+        def read() -> list[tuple[str, str | None]]:
+            con = duckdb.connect()
+            cells = self.view_sql("cells", con)
+            sql = f"SELECT cell_id, max(method_source_hash) FROM ({cells}) WHERE benchmark = ? GROUP BY cell_id"
+            try:
+                return con.execute(sql, [benchmark]).fetchall()
+            except duckdb.BinderException:  # every file predates the column
+                sql = f"SELECT DISTINCT cell_id, NULL FROM ({cells}) WHERE benchmark = ?"
+                return con.execute(sql, [benchmark]).fetchall()
+
+        return dict(read_retrying(read))
+
     # -- dense checkpoints ------------------------------------------------------------------------
 
     def checkpoint_path(self, pretrain_key: str) -> FilePath:
@@ -318,9 +399,13 @@ class ResultsStore:
         return path
 
     def specs(self, benchmark: str) -> list[FilePath]:
-        """The benchmark files run under ``benchmark``, oldest first."""
+        """The benchmark files run under ``benchmark``, oldest first. In a local folder only regular
+        files inside it, so a results folder from someone else cannot point a report at a file elsewhere."""
         entries = self.files.list(self.root / "specs" / quote(benchmark, safe=""))
         paths = [e.path for e in entries if e.name.endswith(".yaml") and not e.is_dir]
+        if not self.files.remote:
+            root = self.root.resolve()
+            paths = [p for p in paths if _regular_file_inside(p, root)]
         return sorted(paths, key=self.files.mtime)
 
     def read_spec(self, path: FilePath) -> str:
@@ -328,6 +413,11 @@ class ResultsStore:
         if data is None:
             raise FileNotFoundError(f"benchmark file {path} is gone from {self.location}")
         return data.decode()
+
+
+def _regular_file_inside(path: Path, root: Path) -> bool:
+    """A plain file (not a link to one) whose real location is under ``root``."""
+    return path.is_file() and not path.is_symlink() and path.resolve().is_relative_to(root)
 
 
 def _by_run(partitions: list[Partition]) -> dict[str | None, list[Partition]]:

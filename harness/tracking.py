@@ -134,7 +134,7 @@ class MatrixRun:
     def log_child(self, child: ChildRun) -> str:
         """Create, fill and end one child run (a cell's or a pretraining's); returns its id."""
         client = _client(self.uri)
-        tags = {"mlflow.parentRunId": self.run_id, **child.tags}
+        tags = {"mlflow.parentRunId": child.parent or self.run_id, **child.tags}
         run_id = client.create_run(self.experiment_id, run_name=child.name, tags=tags).info.run_id
         for start in range(0, max(len(child.metrics), 1), MAX_METRICS_PER_BATCH):
             batch = _entities(child.metrics[start : start + MAX_METRICS_PER_BATCH])
@@ -152,6 +152,7 @@ class ChildRun:
     params: dict[str, Any]
     metrics: list[tuple[str, float, int]]  # (key, value, step)
     failed: bool
+    parent: str | None = None  # the run it nests under (a tuning study's); default: the matrix's
 
     @classmethod
     def of_cell(cls, cell: CellSpec, rows: list[dict[str, Any]], epochs: list[dict[str, Any]]) -> ChildRun:
@@ -164,6 +165,29 @@ class ChildRun:
             params=_cell_params(cell),
             metrics=levels + _epoch_metrics(epochs),
             failed=any(row["status"] != "ok" for row in rows),
+        )
+
+    @classmethod
+    def of_trial(
+        cls,
+        study: str,
+        parent: str | None,
+        number: int,
+        cell: CellSpec,
+        point: dict[str, Any],
+        outcome: tuple[str, float | None, str | None],
+        epochs: list[dict[str, Any]],
+    ) -> ChildRun:
+        """One tuning trial under its study's run: the sampled point, its VALIDATION top-1 and curves."""
+        state, value, error = outcome
+        return cls(
+            name=f"{study}-trial{number}",
+            tags={**_cell_tags(cell), "harness.role": "trial", "study": study, "state": state}
+            | ({"error": error[-5000:]} if error else {}),
+            params={**_cell_params(cell), **{f"searched.{k}": v for k, v in point.items()}},
+            metrics=_metrics({"val_top1": value}) + _epoch_metrics(epochs),
+            failed=state == "FAIL",
+            parent=parent,
         )
 
     @classmethod

@@ -79,3 +79,18 @@ def test_slurm_script_is_valid_bash_that_starts_ray_and_runs_the_harness() -> No
     assert text.startswith("#!/bin/bash\n") and "#SBATCH --nodes=" in text
     assert "ray start --head" in text and 'ray start --address="$head_ip:$PORT"' in text
     assert 'harness run "$SPEC" --results "$RESULTS" --address "$head_ip:$PORT"' in text
+
+
+@pytest.mark.parametrize("name", RAY_UP)
+def test_ray_up_clusters_refuse_callers_without_the_token_and_keep_the_dashboard_on_loopback(name: str) -> None:
+    config = yaml.safe_load((CLUSTERS / name).read_text())
+    starts = [c for c in config["head_start_ray_commands"] + config["worker_start_ray_commands"] if "ray start" in c]
+    assert len(starts) == 2 and all("export RAY_AUTH_MODE=token;" in c for c in starts)
+    assert config["file_mounts"]["~/.ray/auth_token"] == "~/.ray/auth_token", "every node gets the token"
+    assert not any("dashboard-host" in c for c in starts), "the job API is reached through `ray dashboard` only"
+
+
+def test_slurm_jobs_use_a_fresh_token_in_the_environment() -> None:
+    text = (CLUSTERS / "slurm.sbatch").read_text()
+    assert "export RAY_AUTH_MODE=token\n" in text and "token_hex(32)" in text and "export RAY_AUTH_TOKEN\n" in text
+    assert text.index("export RAY_AUTH_TOKEN") < text.index("ray start --head")

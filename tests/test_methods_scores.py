@@ -86,7 +86,7 @@ def snip_masks(job, state: dict[str, torch.Tensor], sparsity: float) -> dict[str
     model = create_model(job.cell.model, (1, 8, 8), 10)
     model.load_state_dict(state)
     weights = prunable_weights(model)
-    inputs, targets = job.calibration_batch()
+    inputs, targets = job.train_batches(1)[0]
     grads = torch.autograd.grad(nn.functional.cross_entropy(model(inputs), targets), list(weights.values()))
     scores = {name: (w * g).abs() for (name, w), g in zip(weights.items(), grads, strict=True)}
     return masks_from_scores(scores, sparsity, "global")

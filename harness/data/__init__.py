@@ -1,8 +1,9 @@
 """Data zoo: every data set is a registered :class:`Dataset` that reads local files only.
 
-``get_dataset(name)`` returns the class; ``load_splits(name, root, seed)`` gives deterministic
+``DATASETS.get(name)`` returns the class; ``load_splits(name, root, seed)`` gives deterministic
 train / validation / test splits. Nothing here downloads: a missing file is reported with the
-exact paths expected.
+exact paths expected. Register a data set with ``@register_dataset("name")`` on a
+:class:`Dataset` subclass in a plugin module, or through the entry-point group ``harness.datasets``.
 """
 
 from __future__ import annotations
@@ -45,6 +46,13 @@ class DataSplits:
     num_classes: int
 
 
+def validation_only(data: DataSplits) -> DataSplits:
+    """What a tuning trial sees: the validation split stands in for test, so every number a trial
+    reports (and the objective it is chosen by) is validation accuracy; the test split is dropped
+    unread, so no choice made while tuning can depend on it."""
+    return DataSplits(data.train, data.val, data.val, data.input_shape, data.num_classes)
+
+
 class Dataset:
     """Base of every data set: its shape is known without reading any file."""
 
@@ -57,18 +65,23 @@ class Dataset:
         raise NotImplementedError
 
 
-DATASETS: Registry[type[Dataset]] = Registry("dataset")
+def _dataset_problem(name: str, obj: object) -> str | None:
+    """Why ``obj`` cannot be a data set (None: it can)."""
+    if not (isinstance(obj, type) and issubclass(obj, Dataset)):
+        what = "a class not derived from Dataset" if isinstance(obj, type) else f"a {type(obj).__name__}"
+        return f"it is {what}; a data set is a subclass of harness.data.Dataset"
+    missing = [attr for attr in ("input_shape", "num_classes") if not hasattr(obj, attr)]
+    if obj.load.__func__ is Dataset.load.__func__:
+        missing.append("load(cls, root, seed)")
+    return f"{obj.__qualname__} does not define {', '.join(missing)}" if missing else None
+
+
+DATASETS: Registry[type[Dataset]] = Registry("dataset", entry_point_group="harness.datasets", check=_dataset_problem)
 register_dataset = DATASETS.register
 
-for _name, _target in {
-    "digits": "harness.data.digits:Digits",
-    "mnist1d": "harness.data.mnist1d:MNIST1D",
-    "mnist": "harness.data.mnist:MNIST",
-    "cifar10": "harness.data.cifar:CIFAR10",
-    "cifar100": "harness.data.cifar:CIFAR100",
-    "imagenet": "harness.data.imagenet:ImageNet",
-}.items():
-    DATASETS.add_lazy(_name, _target)
+# Each module registers its data sets with @register_dataset, exactly as a plugin does; imported on the first lookup.
+for _module in ("digits", "mnist1d", "mnist", "cifar", "imagenet"):
+    DATASETS.add_lazy_module(f"harness.data.{_module}")
 
 
 def data_root(configured: str | os.PathLike | None = None) -> Path:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from harness.data import Dataset, DataSplits, split_train_val, tensor_splits
+from harness.data import Dataset, DataSplits, register_dataset, split_train_val, tensor_splits
 
 TEST_FRACTION = 0.2
 TEST_SEED = 0  # fixed, so every run seed is scored on the same test set
@@ -21,6 +21,7 @@ def _read() -> tuple[np.ndarray, np.ndarray]:
     return digits.images[:, None].astype(np.float32), digits.target.astype(np.int64)
 
 
+@register_dataset("digits")
 class Digits(Dataset):
     """1797 grey 8x8 digits; no official test split, so 20% is held out once with a fixed seed.
 

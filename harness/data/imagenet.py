@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset as TorchDataset
 
-from harness.data import Dataset, DataSplits, not_found, split_train_val
+from harness.data import Dataset, DataSplits, not_found, register_dataset, split_train_val
 
 IMAGE_SUFFIXES = {".jpeg", ".jpg", ".png"}
 RESIZE, CROP = 256, 224
@@ -59,6 +59,7 @@ def scan(folder: Path) -> dict[str, tuple[Path, ...]]:
     }
 
 
+@register_dataset("imagenet")
 class ImageNet(Dataset):
     """ILSVRC-2012: classes are the sorted train folder names; the official val set is the test split.
 

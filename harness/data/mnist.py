@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from harness.data import Dataset, DataSplits, not_found, tensor_splits
+from harness.data import Dataset, DataSplits, not_found, register_dataset, tensor_splits
 
 FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
@@ -37,6 +37,7 @@ def read_idx(path: Path, ndim: int) -> np.ndarray:
     return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape)
 
 
+@register_dataset("mnist")
 class MNIST(Dataset):
     """60000 / 10000 grey 28x28 handwritten digits."""
 

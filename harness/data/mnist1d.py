@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from harness.data import Dataset, DataSplits, tensor_splits
+from harness.data import Dataset, DataSplits, register_dataset, tensor_splits
 
 
 @lru_cache(maxsize=1)
@@ -34,6 +34,7 @@ def _generate() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     )
 
 
+@register_dataset("mnist1d")
 class MNIST1D(Dataset):
     """Ten 1-D digit templates, padded, sheared, translated and noised into length-40 signals."""
 

@@ -11,8 +11,10 @@ Built-ins are registered exactly as a user registers a plugin::
         def score(self, ctx):
             return {name: w.abs() for name, w in ctx.weights.items()}
 
-Plugins come from ``--plugin MODULE_OR_PATH`` (or a spec's ``plugins:``) or from the
-entry-point group ``harness.methods``. A method never touches the scheduler, store or MLflow.
+A method works through the :class:`~harness.methods.base.Job` protocol only, never the
+scheduler, store or MLflow. Plugins come from ``--plugin MODULE_OR_PATH`` (or a spec's
+``plugins:``) or from the entry-point groups ``harness.methods``, ``harness.models`` and
+``harness.datasets``; a plugin module may register methods, models and data sets alike.
 """
 
 from __future__ import annotations
@@ -20,14 +22,32 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
-from harness.methods.base import Method, PruningContext, PruningMethod
+from harness.data import DATASETS
+from harness.methods.base import CompressionMethod, Job, Method, PluginError, PruningContext, PruningMethod
+from harness.models import MODELS
 from harness.registry import Registry
 
-METHODS: Registry[type[Method]] = Registry("method", entry_point_group="harness.methods")
+
+def _method_problem(name: str, obj: object) -> str | None:
+    """Why ``obj`` cannot be the method ``name`` (None: it can; its registered name is recorded on it)."""
+    if not (isinstance(obj, type) and issubclass(obj, Method)):
+        what = "a class not derived from Method" if isinstance(obj, type) else f"a {type(obj).__name__}"
+        return f"it is {what}; a method is a subclass of harness.methods.Method (or PruningMethod, CompressionMethod)"
+    missing = obj.missing_hooks()
+    if missing:
+        return f"{obj.__qualname__} does not define the required hook {' / '.join(missing)}"
+    if "name" not in vars(obj):
+        obj.name = name
+    return None
+
+
+METHODS: Registry[type[Method]] = Registry("method", entry_point_group="harness.methods", check=_method_problem)
 register_method = METHODS.register
+REGISTRIES = (METHODS, MODELS, DATASETS)
 
 # Each built-in module registers its methods with @register_method, exactly as a plugin does;
 # they are imported on the first lookup so that importing harness.methods stays cheap.
@@ -50,6 +70,16 @@ def create_method(name: str, params: dict | None = None) -> Method:
     return METHODS.get(name)(params)
 
 
+def method_provenance(name: str, params: dict | None = None) -> dict[str, str | None]:
+    """``method_version`` and ``method_source_hash`` of a cell's method, as its rows record them; None
+    where the method cannot be built here (its plugin is not loaded, its registration was refused)."""
+    try:
+        method = create_method(name, params)
+        return {"method_version": method.version, "method_source_hash": method.source_hash()}
+    except Exception:  # provenance never fails a row; the row's error says what did
+        return {"method_version": None, "method_source_hash": None}
+
+
 def load_plugins(plugins: Iterable[str]) -> None:
     """Import plugin modules (dotted names or ``.py`` paths) so their registrations run.
 
@@ -58,7 +88,8 @@ def load_plugins(plugins: Iterable[str]) -> None:
     """
     plugins = list(plugins)
     if plugins:
-        METHODS.names()
+        for registry in REGISTRIES:
+            registry.names()
     for plugin in plugins:
         if plugin.endswith(".py"):
             path = Path(plugin).resolve()
@@ -70,26 +101,51 @@ def load_plugins(plugins: Iterable[str]) -> None:
             spec = importlib.util.spec_from_file_location(module_name, path)
             module = importlib.util.module_from_spec(spec)
             sys.modules[module_name] = module
-            with METHODS.loading_from(f"plugin {plugin}"):
+            with _loading_from(f"plugin {plugin}"):
                 try:
                     spec.loader.exec_module(module)
                 except BaseException:
                     del sys.modules[module_name]
                     raise
         elif plugin not in sys.modules:
-            with METHODS.loading_from(f"plugin {plugin}"):
+            with _loading_from(f"plugin {plugin}"):
                 try:
                     importlib.import_module(plugin)
                 except ModuleNotFoundError as exc:
                     raise ImportError(f"plugin module {plugin!r} cannot be imported: {exc}") from None
 
 
+@contextmanager
+def _loading_from(source: str) -> Iterator[None]:
+    with ExitStack() as stack:
+        for registry in REGISTRIES:
+            stack.enter_context(registry.loading_from(source))
+        yield
+
+
+@contextmanager
+def frozen_registries() -> Iterator[None]:
+    """Methods, models and data sets frozen (plugins and entry points loaded) for the duration of a run."""
+    for registry in REGISTRIES:
+        registry.freeze()
+    try:
+        yield
+    finally:
+        for registry in REGISTRIES:
+            registry.thaw()
+
+
 __all__ = [
     "METHODS",
+    "CompressionMethod",
+    "Job",
     "Method",
+    "PluginError",
     "PruningContext",
     "PruningMethod",
     "create_method",
+    "frozen_registries",
     "load_plugins",
+    "method_provenance",
     "register_method",
 ]

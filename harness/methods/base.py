@@ -1,35 +1,161 @@
-"""Plugin base classes. A method's parameters are a pydantic model, validated with the spec."""
+"""The plugin API: the :class:`Job` protocol a method works through, and the method base classes.
+
+This module is the whole contract between a method and the harness. A method's ``apply(job)``
+sees the cell only through :class:`Job` — read-only context (the model, its weights θ0 /
+θ_trained / pretraining snapshots, data batches, recipes, seed, target sparsity) and a handful of
+verbs (prune, fine-tune or train, finish a level, load weights, set the stored form). Scores see
+a :class:`PruningContext`. Everything a hook returns is checked (:func:`check_tensors`): a wrong
+shape, dtype or a NaN becomes a ``failed`` row naming the method, the parameter and the problem.
+A method's parameters are a pydantic model, validated with the spec.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+import fnmatch
+import hashlib
+import inspect
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from functools import cached_property
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
 
 import torch
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from harness.masks import Masks, masks_from_scores
+from harness.masks import Masks, cap_layer_sparsity, masks_from_scores
 
 if TYPE_CHECKING:
-    from harness.cell import CellJob
     from harness.config import Recipe
+    from harness.encoding import Encoded, QuantizedWeight
+
+WeightsAt = Literal["init", "trained"] | int
+
+
+class PluginError(ValueError):
+    """A method's hook returned something the harness cannot use; the message names method, parameter, problem."""
+
+
+class Job(Protocol):
+    """What a method may touch while it runs one cell. Nothing else of the harness is API.
+
+    Read-only context: :attr:`model` (the live model: a method may change its weights in place or
+    through :meth:`load_weights`, never replace it), :attr:`masks`, :attr:`sparsity`, :attr:`seed`,
+    :attr:`pretrain_recipe`, :attr:`finetune_recipe`, :attr:`input_shape`, :attr:`quantized`, and
+    :meth:`weights`, :meth:`fresh_init`, :meth:`train_batches`, :meth:`val_batch`, :meth:`evaluate`,
+    :meth:`split_size`, :meth:`context`. Verbs: :meth:`prune`, :meth:`finetune`, :meth:`train`, :meth:`finish_level`,
+    :meth:`load_weights`, :meth:`set_storage`, :meth:`stage`. Every finished level is one result row.
+    """
+
+    @property
+    def model(self) -> nn.Module:
+        """The model being compressed, on the cell's device; starts as the dense trained model θ_trained."""
+
+    @property
+    def masks(self) -> Masks:
+        """The current masks ``{parameter name: bool tensor}`` (empty before the first :meth:`prune`)."""
+
+    @property
+    def sparsity(self) -> float:
+        """The cell's target sparsity (fraction of the prunable weights removed)."""
+
+    @property
+    def seed(self) -> int:
+        """The cell's seed: any random choice a method makes must be drawn from it."""
+
+    @property
+    def pretrain_recipe(self) -> Recipe:
+        """The spec's PRETRAIN recipe (methods that train from θ0 use it)."""
+
+    @property
+    def finetune_recipe(self) -> Recipe:
+        """The spec's FINETUNE recipe (the default of :meth:`finetune`)."""
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """Shape of one example, without the batch dimension."""
+
+    @property
+    def quantized(self) -> dict[str, QuantizedWeight]:
+        """Codes a quantiser set with :meth:`set_storage` since the weights last changed (else empty)."""
+
+    def weights(self, at: WeightsAt) -> dict[str, torch.Tensor]:
+        """A state dict of the dense model: ``"init"`` (θ0), ``"trained"`` (θ_trained) or after epoch ``k`` of
+        pretraining (0 is θ0; other epochs must be in the pretrain recipe's ``save_epochs``)."""
+
+    def fresh_init(self) -> dict[str, torch.Tensor]:
+        """A new draw of the model's initialisation, with a seed θ0 did not use (re-initialisation controls)."""
+
+    def train_batches(self, count: int = 1) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """``count`` batches (inputs, targets) of training examples of the FINETUNE batch size, in an order
+        fixed by the seed, on the model's device; the first is :attr:`PruningContext.batch`."""
+
+    def val_batch(self, size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+        """The first ``size`` validation examples (held out from training), on the CPU."""
+
+    def evaluate(self, split: Literal["val", "test"] = "test") -> dict[str, float]:
+        """``top1``, ``top5``, ``loss`` of the model as it is now on ``split``."""
+
+    def split_size(self, split: Literal["train", "val", "test"]) -> int:
+        """Number of examples in ``split``."""
+
+    def context(
+        self, include_classifier: bool = False, exclude: Sequence[str] = (), max_layer_sparsity: float | None = None
+    ) -> PruningContext:
+        """What a score may look at for the model as it is now, over the prunable weights (the classifier only
+        with ``include_classifier``; none matching an ``exclude`` glob). The options are recorded in the layers
+        table (``prunable``, ``max_layer_sparsity``) of the levels that follow."""
+
+    def prune(self, masks: Masks) -> None:
+        """Replace the masks by ``masks`` (checked: model parameters, exact shapes, boolean), zero the pruned
+        weights and record the accuracy before training (``top1_pruned``)."""
+
+    def finetune(self, recipe: Recipe | None = None, callbacks: Sequence[Any] = (), finish: bool = True) -> None:
+        """Train with the masks fixed (a :class:`~harness.training.MaskingCallback` may change them) with
+        ``recipe`` (default: FINETUNE); its epochs are this level's. ``finish`` ends the level."""
+
+    def train(self, recipe: Recipe, masks: Masks, callbacks: Sequence[Any] = (), phase: str = "aside") -> None:
+        """Train the model with ``masks`` fixed, off the record: the job's masks and level are unchanged; the
+        epochs are kept with phase ``<phase>-<level>`` (e.g. a lottery ticket trained to find the next mask)."""
+
+    def finish_level(self, sparsity: float | None = None, **extra: Any) -> None:
+        """Evaluate the model as it is now and record it as one row; ``sparsity`` replaces the cell's target
+        in the row (iterative levels, learned sparsity), ``extra`` adds columns."""
+
+    def load_weights(self, state: dict[str, torch.Tensor], partial: bool = False) -> None:
+        """Load ``state`` into the model (every entry, or with ``partial`` only those given: unknown names
+        are always an error). The masks stay: re-apply them with :meth:`prune` if the weights must be sparse."""
+
+    def set_storage(self, quantized: dict[str, QuantizedWeight] | None = None, encoded: Encoded | None = None) -> None:
+        """Set how the model is stored: a quantiser's codes, an encoder's payload (sets ``size_bytes``)."""
+
+    def stage(self, name: str) -> AbstractContextManager[None]:
+        """Levels recorded inside are labelled ``name`` in the ``stage`` column (pipeline stages)."""
+
+
+DEFAULT_VERSION = "1"
 
 
 class Method:
     """Base of every method: typed parameters, a family and a reference for listings.
 
-    ``apply(job)`` does the method's work on a cell through the job's verbs (prune, fine-tune,
-    record a level); it never sees the scheduler, the results store or MLflow.
+    Subclass it (or :class:`PruningMethod`, :class:`CompressionMethod`) and register it with
+    ``@register_method("name")``; a class without its required hook is refused at registration.
+    ``version`` names the method's behaviour: raise it when a change should invalidate results
+    (it enters the cell id once it is not ``"1"``); the source of the method's module is hashed
+    into every row's provenance either way, so `harness status` shows rows made by other code.
     """
 
     family: ClassVar[str] = "other"
     reference: ClassVar[str] = ""
+    version: ClassVar[str] = DEFAULT_VERSION
+    name: ClassVar[str] = ""  # the registered name, set by the registry
     # True for methods whose sparsity follows from their own definition (N:M, learned masks): the
     # spec's sparsity axis does not apply, so they get one cell per (model, dataset, seed).
     sets_own_sparsity: ClassVar[bool] = False
+    # Parameters `harness tune` searches by default, as {param: {low, high, log} or {choices}} (tuning/space.py).
+    tunable: ClassVar[dict[str, dict[str, Any]]] = {}
 
     class Params(BaseModel):
         model_config = ConfigDict(extra="forbid", frozen=True)
@@ -39,24 +165,59 @@ class Method:
             params = params.model_dump()
         self.params = self.Params.model_validate(params or {})
 
-    def apply(self, job: CellJob) -> None:
+    def apply(self, job: Job) -> None:
+        """Required hook, called once per cell on a job holding the dense trained model: do the method's
+        work through ``job``'s verbs and record at least one level (``job.finetune()`` or
+        ``job.finish_level()``). Returns nothing; raising makes the cell a ``failed`` row."""
         raise NotImplementedError
 
     @classmethod
+    def missing_hooks(cls) -> list[str]:
+        """The required hooks ``cls`` does not define (checked when it is registered)."""
+        return [] if _defines(cls, Method, "apply") else ["apply(self, job)"]
+
+    @classmethod
     def check_recipes(cls, params: BaseModel, pretrain: Recipe, finetune: Recipe) -> None:
-        """Raise ValueError when the spec's recipes cannot serve these params (checked when the spec loads)."""
+        """Optional hook, called when the spec loads: raise ValueError when the spec's recipes cannot
+        serve these params (e.g. a rewind epoch the pretrain recipe does not keep). Returns nothing."""
 
     @classmethod
     def summary(cls) -> str:
+        """The first line of the class docstring: what `harness list methods` and the reference show."""
         return (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
+
+    def source_files(self) -> set[Path]:
+        """The files whose code decides what this method does: the modules of its classes (plugins included).
+        A method that runs other methods (pipeline stages, an iterative schedule's score) adds theirs."""
+        files = set()
+        for cls in type(self).__mro__:
+            try:
+                files.add(Path(inspect.getsourcefile(cls)).resolve())
+            except (TypeError, OSError):  # builtins (object), classes without a file
+                continue
+        return {path for path in files if path.is_file()}
+
+    def source_hash(self) -> str:
+        """sha256 (16 hex digits) of :meth:`source_files`: a row's ``method_source_hash``."""
+        digest = hashlib.sha256()
+        for path in sorted(self.source_files()):
+            digest.update(path.name.encode() + b"\0" + path.read_bytes())
+        return digest.hexdigest()[:16]
+
+    @property
+    def label(self) -> str:
+        """How errors name this method: its registered name, else its class name."""
+        return vars(type(self)).get("name") or type(self).__name__
 
 
 class PruningMethod(Method):
-    """Score-based pruning: subclasses define ``score``; the lowest scores are removed.
+    """Score-based pruning: subclasses define ``score`` (or ``masks``); the lowest scores are removed.
 
     ``scope = "global"`` uses one threshold across all prunable weights, ``"layer"`` removes the
     same fraction from every layer. The default ``apply`` is ShrinkBench's protocol: prune the
-    pretrained model once to the cell's sparsity, then fine-tune with the mask fixed.
+    pretrained model once to the cell's sparsity, then fine-tune with the mask fixed. Every pruning
+    method takes the common options ``prune_classifier``, ``exclude`` (glob patterns of layer or
+    parameter names never pruned) and ``max_layer_sparsity`` (no layer loses more than this fraction).
     """
 
     family: ClassVar[str] = "score"
@@ -64,48 +225,123 @@ class PruningMethod(Method):
 
     class Params(Method.Params):
         prune_classifier: bool = False
+        exclude: tuple[str, ...] = ()  # glob patterns: "features.0", "*.downsample.*", "fc1.weight"
+        max_layer_sparsity: float | None = Field(None, ge=0, le=1)
 
     def score(self, ctx: PruningContext) -> dict[str, torch.Tensor]:
+        """Hook called by the default :meth:`masks` each time the method prunes: return a finite real tensor
+        of the weight's shape for every name in ``ctx.weights`` (and no other); higher scores are kept."""
         raise NotImplementedError
 
     def masks(self, ctx: PruningContext, sparsity: float) -> Masks:
-        return masks_from_scores(self.score(ctx), sparsity, self.scope, existing=ctx.masks)
+        """Hook called each time the method prunes: return ``{parameter name: bool mask}`` removing
+        ``sparsity`` of ``ctx.weights`` (masks may also cover a removed channel's bias). The default ranks
+        :meth:`score` (checked) by ``scope``, keeping what ``ctx.masks`` already removed removed."""
+        scores = self.score(ctx)
+        weights = ctx.weights
+        check_tensors(f"method {self.label!r}: score()", "score", scores, {n: w.shape for n, w in weights.items()})
+        return masks_from_scores(scores, sparsity, self.scope, ctx.masks, ctx.max_layer_sparsity)
 
-    def apply(self, job: CellJob) -> None:
-        ctx = job.context(include_classifier=self.params.prune_classifier)
-        job.prune(self.masks(ctx, job.cell.sparsity))
+    @classmethod
+    def missing_hooks(cls) -> list[str]:
+        hooks = ("score", "masks", "apply")
+        return [] if any(_defines(cls, PruningMethod, h) for h in hooks) else ["score(self, ctx) or masks(...)"]
+
+    def pruning_context(self, job: Job) -> PruningContext:
+        """``job.context`` with the common options applied: the classifier, exclusions and the layer cap."""
+        p = self.params
+        return job.context(p.prune_classifier, exclude=p.exclude, max_layer_sparsity=p.max_layer_sparsity)
+
+    def prune_masks(self, ctx: PruningContext, sparsity: float) -> Masks:
+        """:meth:`masks`, checked, with ``max_layer_sparsity`` enforced (by |w| where ``masks`` did not)."""
+        masks = self.masks(ctx, sparsity)
+        shapes = {name: p.shape for name, p in ctx.model.named_parameters()}
+        check_tensors(f"method {self.label!r}: masks()", "mask", masks, shapes, complete=False)
+        masks = {name: mask.bool() for name, mask in masks.items()}
+        if ctx.max_layer_sparsity is None:
+            return masks
+        magnitudes = {name: w.abs() for name, w in ctx.weights.items()}
+        return cap_layer_sparsity(masks, magnitudes, ctx.max_layer_sparsity, ctx.masks)
+
+    def apply(self, job: Job) -> None:
+        job.prune(self.prune_masks(self.pruning_context(job), job.sparsity))
         job.finetune()
 
 
 class CompressionMethod(Method):
     """Base of quantisers and encoders: they change how the kept weights are represented and stored.
 
-    ``compress(job)`` does the work on the model as it is and records its level. Run on its own in a
-    cell that asks for a sparsity above 0 while nothing is pruned yet, the method first prunes with
-    :attr:`prune_first` (one-shot, fine-tuned, its own level): exactly the pipeline
+    Run on its own in a cell that asks for a sparsity above 0 while nothing is pruned yet, the method
+    first prunes with :attr:`prune_first` (one-shot, fine-tuned, its own level): exactly the pipeline
     ``[global_magnitude, <this method>]``.
     """
 
     prune_first: ClassVar[str] = "global_magnitude"
 
-    def apply(self, job: CellJob) -> None:
-        if job.cell.sparsity > 0 and not job.masks:
+    def apply(self, job: Job) -> None:
+        if job.sparsity > 0 and not job.masks:
             from harness.methods import create_method
 
-            run_stage(job, create_method(self.prune_first), self.prune_first)
+            with job.stage(self.prune_first):
+                create_method(self.prune_first).apply(job)
         self.compress(job)
 
-    def compress(self, job: CellJob) -> None:
+    def compress(self, job: Job) -> None:
+        """Required hook, called once on the model as it is (pruned or not): change or re-encode the weights,
+        ``job.set_storage(...)`` how they are stored, record the level with ``job.finish_level()``; returns nothing."""
         raise NotImplementedError
 
+    @classmethod
+    def missing_hooks(cls) -> list[str]:
+        return [] if _defines(cls, CompressionMethod, "compress") else ["compress(self, job)"]
 
-def run_stage(job: CellJob, method: Method, stage: str) -> None:
-    """Apply ``method`` to ``job`` with the levels it records labelled ``stage`` (the ``stage`` column)."""
-    previous, job.stage = job.stage, stage
-    try:
-        method.apply(job)
-    finally:
-        job.stage = previous
+
+def _defines(cls: type, base: type, hook: str) -> bool:
+    """Whether ``cls`` (or a class between it and ``base``) overrides ``base.hook``."""
+    return getattr(cls, hook, None) is not getattr(base, hook)
+
+
+def excluded(name: str, patterns: Iterable[str]) -> bool:
+    """Whether parameter ``name`` (or its layer, ``name`` without ``.weight``) matches a glob in ``patterns``."""
+    layer = name.rsplit(".", 1)[0]
+    return any(fnmatch.fnmatchcase(name, p) or fnmatch.fnmatchcase(layer, p) for p in patterns)
+
+
+def check_tensors(
+    who: str,
+    what: Literal["score", "mask"],
+    tensors: object,
+    shapes: dict[str, torch.Size],
+    complete: bool = True,
+) -> None:
+    """Refuse a hook's output that is not ``{name: tensor}`` with each tensor shaped like its parameter,
+    scores real and finite, masks boolean or 0/1; with ``complete``, one entry for every name in ``shapes``.
+    Raises :class:`PluginError` naming ``who``, the parameter and what was wrong."""
+    if not isinstance(tensors, dict):
+        raise PluginError(f"{who} must return a dict {{parameter name: tensor}}, got {type(tensors).__name__}")
+    known = "prunable weight" if complete else "parameter"
+    for name in tensors:
+        if name not in shapes:
+            listed = ", ".join(list(shapes)[:8]) + (", ..." if len(shapes) > 8 else "")
+            raise PluginError(f"{who} returned a {what} for {name!r}, which is not a {known} here ({listed})")
+    if complete and (missing := [name for name in shapes if name not in tensors]):
+        raise PluginError(f"{who} returned no {what} for parameter {missing[0]!r} ({len(missing)} missing)")
+    for name, tensor in tensors.items():
+        where = f"{who}, parameter {name!r}"
+        if not torch.is_tensor(tensor):
+            raise PluginError(f"{where}: the {what} is a {type(tensor).__name__}, not a torch.Tensor")
+        if tensor.shape != shapes[name]:
+            raise PluginError(
+                f"{where}: the {what} has shape {list(tensor.shape)} but the parameter has shape {list(shapes[name])}"
+            )
+        if what == "score":
+            if tensor.is_complex():
+                raise PluginError(f"{where}: scores must be real, got dtype {tensor.dtype}")
+            bad = int((~torch.isfinite(tensor)).sum()) if tensor.is_floating_point() else 0
+            if bad:
+                raise PluginError(f"{where}: {bad} of {tensor.numel()} scores are NaN or infinite")
+        elif tensor.dtype != torch.bool and not bool(((tensor == 0) | (tensor == 1)).all()):
+            raise PluginError(f"{where}: a mask of dtype {tensor.dtype} holds values other than 0 and 1")
 
 
 class PruningContext:
@@ -120,11 +356,13 @@ class PruningContext:
         initial_state: Callable[[], dict[str, torch.Tensor]],
         seed: int,
         input_shape: tuple[int, ...] | None = None,
+        max_layer_sparsity: float | None = None,
     ) -> None:
         self.model = model
         self.masks = masks
         self.seed = seed
         self.input_shape = input_shape  # of one example, without the batch dimension (data-free scores)
+        self.max_layer_sparsity = max_layer_sparsity  # no layer may lose more than this fraction (None: no cap)
         self._weights = weights
         self._calibration_batch = calibration_batch
         self._initial_state = initial_state
@@ -139,6 +377,7 @@ class PruningContext:
             self._initial_state,
             self.seed,
             self.input_shape,
+            self.max_layer_sparsity,
         )
 
     @property

@@ -23,7 +23,7 @@ from harness.methods import Method, register_method
 from harness.training import ClassifierModule, MaskingCallback
 
 if TYPE_CHECKING:
-    from harness.cell import CellJob
+    from harness.methods.base import Job
 
 ZHU_GUPTA = "Zhu & Gupta 2017, To prune, or not to prune: exploring the efficacy of pruning for model compression"
 SET_PAPER = "Mocanu et al. 2018, Scalable training of artificial neural networks with adaptive sparse connectivity"
@@ -317,12 +317,6 @@ class GradientFlow(Callback):
         module.log("gradient_flow", norm, on_step=True, on_epoch=False)
 
 
-def held_out_batch(job: CellJob, size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
-    """The first ``size`` validation examples: the fixed batch :class:`GradientFlow` measures on."""
-    x, y = zip(*(job.data.val[i] for i in range(min(size, len(job.data.val)))), strict=True)
-    return torch.stack(x), torch.stack(y)
-
-
 # -- methods --------------------------------------------------------------------------------------
 
 
@@ -355,10 +349,10 @@ class GradualMagnitude(Method):
                 )
             return self
 
-    def apply(self, job: CellJob) -> None:
+    def apply(self, job: Job) -> None:
         p = self.params
         pruning = GradualMagnitudePruning(
-            job.cell.sparsity,
+            job.sparsity,
             p.initial_sparsity,
             p.start_fraction,
             p.end_fraction,
@@ -379,6 +373,7 @@ class SparseFromScratch(Method):
 
     family = "dynamic-sparse"
     regrow: ClassVar[Literal["random", "gradient"]]
+    tunable = {"drop_fraction": {"low": 0.1, "high": 0.5}}
 
     class Params(Method.Params):
         update_every: int = Field(100, ge=1)  # ΔT, in steps
@@ -389,18 +384,18 @@ class SparseFromScratch(Method):
         prune_classifier: bool = False
         gradient_flow: bool = False  # log GradientFlow into the epoch rows
 
-    def apply(self, job: CellJob) -> None:
+    def apply(self, job: Job) -> None:
         p = self.params
-        job.model.load_state_dict(job.dense.init_state)
+        job.load_weights(job.weights("init"))
         weights = prunable_weights(job.model, p.prune_classifier)
-        densities = layer_densities({n: w.shape for n, w in weights.items()}, job.cell.sparsity, p.distribution)
-        masks = random_masks(weights, densities, torch.Generator().manual_seed(job.cell.seed))
+        densities = layer_densities({n: w.shape for n, w in weights.items()}, job.sparsity, p.distribution)
+        masks = random_masks(weights, densities, torch.Generator().manual_seed(job.seed))
         sparse_initialisation(weights, masks, p.init)
         job.prune(masks)
-        callbacks = [DynamicSparseTraining(self.regrow, p.update_every, p.drop_fraction, p.end_fraction, job.cell.seed)]
+        callbacks = [DynamicSparseTraining(self.regrow, p.update_every, p.drop_fraction, p.end_fraction, job.seed)]
         if p.gradient_flow:
-            callbacks.append(GradientFlow(held_out_batch(job)))
-        job.finetune(recipe=job.cell.pretrain, callbacks=callbacks)
+            callbacks.append(GradientFlow(job.val_batch()))
+        job.finetune(recipe=job.pretrain_recipe, callbacks=callbacks)
 
 
 @register_method("set")

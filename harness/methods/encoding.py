@@ -25,10 +25,9 @@ from harness.encoding.sparse import bitmask_encode
 from harness.methods import register_method
 from harness.methods.base import CompressionMethod, Method
 from harness.methods.quantization import DEEP_COMPRESSION, quantized_weights, share_weights
-from harness.training import evaluate
 
 if TYPE_CHECKING:
-    from harness.cell import CellJob
+    from harness.methods.base import Job
 
 
 class Encoder(CompressionMethod):
@@ -36,12 +35,19 @@ class Encoder(CompressionMethod):
 
     family = "encoding"
 
-    def encode(self, job: CellJob) -> Encoded:
+    def encode(self, job: Job) -> Encoded:
+        """Required hook, called once on the model as it is: return its :class:`~harness.encoding.Encoded`
+        form (real byte strings; ``job.quantized`` holds a quantiser's codes). A lossy encoder writes the
+        decoded weights back into ``job.model`` so the level's accuracy is what a user would load."""
         raise NotImplementedError
 
-    def compress(self, job: CellJob) -> None:
-        job.storage.encoded = self.encode(job)
+    def compress(self, job: Job) -> None:
+        job.set_storage(encoded=self.encode(job))
         job.finish_level()
+
+    @classmethod
+    def missing_hooks(cls) -> list[str]:
+        return [] if cls.encode is not Encoder.encode else ["encode(self, job)"]
 
 
 @register_method("bitmask")
@@ -50,8 +56,8 @@ class Bitmask(Encoder):
 
     reference = "Mishra et al. 2020, A survey on deep neural network compression (sparse representation)"
 
-    def encode(self, job: CellJob) -> Encoded:
-        return encode_model(job.model, job.storage.quantized, formats.bitmask, "bitmask")
+    def encode(self, job: Job) -> Encoded:
+        return encode_model(job.model, job.quantized, formats.bitmask, "bitmask")
 
 
 class IndexParams(Method.Params):
@@ -65,9 +71,9 @@ class IndexGapEncoder(Encoder):
     storage_format: ClassVar[str]
     weight_format: ClassVar[Callable[..., dict[str, bytes]]]
 
-    def encode(self, job: CellJob) -> Encoded:
+    def encode(self, job: Job) -> Encoded:
         weight_format = partial(self.weight_format, index_bits=self.params.index_bits)
-        return encode_model(job.model, job.storage.quantized, weight_format, self.storage_format)
+        return encode_model(job.model, job.quantized, weight_format, self.storage_format)
 
 
 @register_method("relative_index")
@@ -111,9 +117,9 @@ class DeepSZ(Encoder):
         bounds: tuple[float, ...] = tuple(round(k * 1e-3, 3) for k in range(1, 10))  # absolute error bounds tried
         accuracy_budget: float = Field(0.005, ge=0, lt=1)  # allowed summed drop of validation top-1 (fraction)
 
-    def encode(self, job: CellJob) -> Encoded:
-        n_val = len(job.data.val)
-        base = evaluate(job.model, job.data.val)["top1"]
+    def encode(self, job: Job) -> Encoded:
+        n_val = job.split_size("val")
+        base = job.evaluate("val")["top1"]
         options: dict[str, list[tuple[float, int, int]]] = {}  # layer -> (bound, bytes, examples lost)
         for name, weight in quantized_weights(job.model).items():
             options[name] = [(LOSSLESS, len(self._parts(weight, LOSSLESS)[0]["values"]), 0)]
@@ -122,7 +128,7 @@ class DeepSZ(Encoder):
                 parts, decoded = self._parts(original, bound)
                 with torch.no_grad():
                     weight.copy_(decoded)
-                lost = round((base - evaluate(job.model, job.data.val)["top1"]) * n_val)
+                lost = round((base - job.evaluate("val")["top1"]) * n_val)
                 options[name].append((bound, len(parts["values"]), max(lost, 0)))
             with torch.no_grad():
                 weight.copy_(original)
@@ -202,7 +208,7 @@ class Weightless(Encoder):
                 )
             return self
 
-    def encode(self, job: CellJob) -> Encoded:
+    def encode(self, job: Job) -> Encoded:
         p = self.params
         weights = quantized_weights(job.model)
         payloads, false_positives, absent, expected = {}, 0, 0, 0.0
@@ -210,7 +216,7 @@ class Weightless(Encoder):
             weight = weights[name]
             if not bool(weight.any()):  # nothing to store: a filter would only add false positives
                 continue
-            codes = job.storage.quantized.get(name) or share_weights(weight, p.cluster_bits, p.iterations)
+            codes = job.quantized.get(name) or share_weights(weight, p.cluster_bits, p.iterations)
             if codes.bits >= p.cell_bits:
                 raise ValueError(
                     f"{name} is already quantised to {codes.bits} bits, which a {p.cell_bits}-bit Bloomier cell "
@@ -218,7 +224,7 @@ class Weightless(Encoder):
                 )
             present = (weight != 0).cpu().reshape(-1)
             keys = torch.nonzero(present).view(-1).numpy()
-            filt = BloomierFilter.build(keys, codes.codes.reshape(-1)[present].numpy() + 1, p.cell_bits, job.cell.seed)
+            filt = BloomierFilter.build(keys, codes.codes.reshape(-1)[present].numpy() + 1, p.cell_bits, job.seed)
             read = torch.from_numpy(filt.query(np.arange(present.numel())).astype(np.int64))
             valid = (read >= 1) & (read <= 1 << codes.bits)  # 0 and codes beyond the clusters read as "pruned"
             decoded = codes.decode(torch.where(valid, read - 1, 0).view_as(weight), valid.view_as(weight))
@@ -228,7 +234,7 @@ class Weightless(Encoder):
             false_positives += int((valid & ~present).sum())
             absent += int((~present).sum())
             expected += int((~present).sum()) * (1 << codes.bits) / (1 << p.cell_bits)
-        encoded = encode_model(job.model, job.storage.quantized, formats.auto, "bloomier", payloads)
+        encoded = encode_model(job.model, job.quantized, formats.auto, "bloomier", payloads)
         encoded.columns = {
             "bloomier_false_positives": false_positives,
             "bloomier_false_positive_rate": false_positives / absent if absent else 0.0,

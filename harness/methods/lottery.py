@@ -17,12 +17,12 @@ from torch.nn.utils import parametrize
 
 from harness.masks import Masks, masks_from_scores
 from harness.methods import Method, register_method
-from harness.methods.dynamic import GradientFlow, held_out_batch
+from harness.methods.dynamic import GradientFlow
 from harness.metrics import sparsity_of
-from harness.training import FreezeWeights, evaluate
+from harness.training import FreezeWeights
 
 if TYPE_CHECKING:
-    from harness.cell import CellJob
+    from harness.methods.base import Job
 
 ZHOU = "Zhou et al. 2019, Deconstructing Lottery Tickets: Zeros, Signs, and the Supermask"
 
@@ -91,13 +91,10 @@ def treat_kept(
     return out
 
 
-def _load_initial(job: CellJob, weights: dict[str, torch.Tensor]) -> None:
+def _load_initial(job: Job, weights: dict[str, torch.Tensor]) -> None:
     """Every parameter back to θ0, then the prunable ``weights`` set to the given values."""
-    job.model.load_state_dict(job.dense.init_state)
-    params = dict(job.model.named_parameters())
-    with torch.no_grad():
-        for name, value in weights.items():
-            params[name].copy_(value)
+    job.load_weights(job.weights("init"))
+    job.load_weights(weights, partial=True)
 
 
 @register_method("lottery_anatomy")
@@ -124,15 +121,15 @@ class LotteryAnatomy(Method):
         prune_classifier: bool = False
         gradient_flow: bool = False  # log Evci et al.'s gradient flow into the epoch rows
 
-    def apply(self, job: CellJob) -> None:
-        p, seed = self.params, job.cell.seed
+    def apply(self, job: Job) -> None:
+        p, seed = self.params, job.seed
         ctx = job.context(include_classifier=p.prune_classifier)
         initial, final = ctx.initial_weights, ctx.weights
-        masks = masks_from_scores(criterion_scores(p.criterion, initial, final, seed), job.cell.sparsity, p.scope)
+        masks = masks_from_scores(criterion_scores(p.criterion, initial, final, seed), job.sparsity, p.scope)
         start = treat_kept(p.kept, initial, masks, seed, fresh_init=job.fresh_init)
 
         _load_initial(job, {name: torch.where(masks[name], w, 0.0) for name, w in start.items()})
-        supermask = evaluate(job.model, job.data.test)
+        supermask = job.evaluate("test")
         if p.pruned == "zero":
             job.prune(masks)
             callbacks = []
@@ -140,8 +137,8 @@ class LotteryAnatomy(Method):
             _load_initial(job, start)
             callbacks = [FreezeWeights({name: (~mask, initial[name]) for name, mask in masks.items()})]
         if p.gradient_flow:
-            callbacks.append(GradientFlow(held_out_batch(job), masks))
-        job.finetune(recipe=job.cell.pretrain, callbacks=callbacks, finish=False)
+            callbacks.append(GradientFlow(job.val_batch(), masks))
+        job.finetune(recipe=job.pretrain_recipe, callbacks=callbacks, finish=False)
         job.finish_level(**{f"supermask_{k}": v for k, v in supermask.items()})
 
 
@@ -192,20 +189,20 @@ class LearnedSupermask(Method):
         eval_mask: Literal["sample", "mode"] = "sample"
         prune_classifier: bool = True
 
-    def apply(self, job: CellJob) -> None:
+    def apply(self, job: Job) -> None:
         p = self.params
         initial = job.context(include_classifier=p.prune_classifier).initial_weights
         everywhere = {name: torch.ones_like(w, dtype=torch.bool) for name, w in initial.items()}
         kept = "rewind" if p.weights == "init" else "signed_constant"
-        _load_initial(job, treat_kept(kept, initial, everywhere, job.cell.seed, fresh_init=job.fresh_init))
+        _load_initial(job, treat_kept(kept, initial, everywhere, job.seed, fresh_init=job.fresh_init))
 
         layers = _attach_masks(job.model, initial, p.initial_keep, p.eval_mask)
-        recipe = job.cell.pretrain.model_copy(update={"lr": p.lr})
+        recipe = job.pretrain_recipe.model_copy(update={"lr": p.lr})
         try:
             job.finetune(recipe=recipe, finish=False)
         finally:
             scores = _detach_masks(job.model, layers)
-        generator = torch.Generator().manual_seed(job.cell.seed)
+        generator = torch.Generator().manual_seed(job.seed)
         with torch.no_grad():
             masks = {name: layer.mask(generator).bool() for name, layer in scores.items()}
             expected_density = float(torch.cat([torch.sigmoid(s.scores).flatten() for s in scores.values()]).mean())

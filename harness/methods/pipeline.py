@@ -15,18 +15,19 @@ In a spec::
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pydantic import Field, field_validator
 
 from harness.config import MethodSpec, Recipe
 from harness.methods import METHODS, create_method, register_method
-from harness.methods.base import Method, run_stage
+from harness.methods.base import Method
 from harness.methods.quantization import DEEP_COMPRESSION
 from harness.validation import fail_at, validate_nested
 
 if TYPE_CHECKING:
-    from harness.cell import CellJob
+    from harness.methods.base import Job
 
 
 @register_method("pipeline")
@@ -62,9 +63,14 @@ class Pipeline(Method):
             except ValueError as exc:
                 raise fail_at(("stages", i), str(exc)) from None
 
-    def apply(self, job: CellJob) -> None:
+    def source_files(self) -> set[Path]:
+        stages = (create_method(name, params).source_files() for name, params in self.stage_specs())
+        return super().source_files().union(*stages)
+
+    def apply(self, job: Job) -> None:
         for name, params in self.stage_specs():
-            run_stage(job, create_method(name, params), name)
+            with job.stage(name):
+                create_method(name, params).apply(job)
 
 
 @register_method("deep_compression")

@@ -20,7 +20,7 @@ from harness.methods.base import PruningContext, buffers_kept
 from harness.methods.score import GlobalGradient
 
 if TYPE_CHECKING:
-    from harness.cell import CellJob
+    from harness.methods.base import Job
 
 
 class PruningAtInit(PruningMethod):
@@ -28,11 +28,10 @@ class PruningAtInit(PruningMethod):
 
     family = "pruning-at-init"
 
-    def apply(self, job: CellJob) -> None:
-        job.model.load_state_dict(job.dense.init_state)  # every score below sees θ0, never the trained weights
-        ctx = job.context(include_classifier=self.params.prune_classifier)
-        job.prune(self.masks(ctx, job.cell.sparsity))
-        job.finetune(recipe=job.cell.pretrain)
+    def apply(self, job: Job) -> None:
+        job.load_weights(job.weights("init"))  # every score below sees θ0, never the trained weights
+        job.prune(self.prune_masks(self.pruning_context(job), job.sparsity))
+        job.finetune(recipe=job.pretrain_recipe)
 
 
 @register_method("snip")

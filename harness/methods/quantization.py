@@ -30,7 +30,7 @@ from harness.methods import register_method
 from harness.methods.base import CompressionMethod, Method
 
 if TYPE_CHECKING:
-    from harness.cell import CellJob
+    from harness.methods.base import Job
 
 NAGEL = "Nagel et al. 2021, A White Paper on Neural Network Quantization"
 DEEP_COMPRESSION = "Han et al. 2016, Deep Compression: pruning, trained quantization and Huffman coding"
@@ -160,17 +160,6 @@ def layer_inputs(model: nn.Module, batches: list[torch.Tensor]) -> dict[str, tor
     return {name: torch.cat(values) for name, values in samples.items()}
 
 
-def calibration_inputs(job: CellJob, batches: int) -> list[torch.Tensor]:
-    """``batches`` batches of training inputs, drawn with the cell's seed."""
-    size = job.cell.finetune.batch_size
-    order = torch.randperm(len(job.data.train), generator=torch.Generator().manual_seed(job.cell.seed))
-    device = next(job.model.parameters()).device
-    return [
-        torch.stack([job.data.train[int(i)][0] for i in order[start : start + size]]).to(device)
-        for start in range(0, min(batches * size, len(order)), size)
-    ]
-
-
 class UniformParams(Method.Params):
     bits: int = Field(8, ge=2, le=8)
     scheme: Literal["symmetric", "affine"] = "symmetric"
@@ -205,11 +194,11 @@ class PostTrainingQuantization(CompressionMethod):
         percentile: float = Field(99.99, gt=50, le=100)
         calibration_batches: int = Field(4, ge=1)
 
-    def compress(self, job: CellJob) -> None:
+    def compress(self, job: Job) -> None:
         p = self.params
         if p.activation_bits is not None:  # ranges come from the float model, as observers see it
-            inputs = layer_inputs(job.model, calibration_inputs(job, p.calibration_batches))
-        job.storage.quantized = quantize_model(job.model, p, p.weight_range)
+            inputs = layer_inputs(job.model, [x for x, _ in job.train_batches(p.calibration_batches)])
+        job.set_storage(quantized=quantize_model(job.model, p, p.weight_range))
         if p.activation_bits is not None:
             modules = dict(job.model.named_modules())
             for name, samples in inputs.items():
@@ -262,11 +251,11 @@ class QuantizationAwareTraining(CompressionMethod):
     class Params(UniformParams):
         bits: int = Field(4, ge=2, le=8)
 
-    def compress(self, job: CellJob) -> None:
+    def compress(self, job: Job) -> None:
         job.finetune(
             callbacks=[FakeQuantWeights(lambda model: quantize_model(model, self.params, "minmax"))], finish=False
         )
-        job.storage.quantized = quantize_model(job.model, self.params, "minmax")
+        job.set_storage(quantized=quantize_model(job.model, self.params, "minmax"))
         job.finish_level()
 
 
@@ -346,14 +335,14 @@ class KMeansWeightSharing(CompressionMethod):
         iterations: int = Field(100, ge=0)  # Lloyd iterations after the linear initialisation
         centroid_gradient: Literal["sum", "mean"] = "sum"  # the paper sums the members' gradients
 
-    def compress(self, job: CellJob) -> None:
+    def compress(self, job: Job) -> None:
         p = self.params
         codes = {name: share_weights(w, p.bits, p.iterations) for name, w in quantized_weights(job.model).items()}
         load_decoded(job.model, codes)
-        if job.cell.finetune.epochs:
+        if job.finetune_recipe.epochs:
             job.finetune(callbacks=[SharedGradients(codes, p.centroid_gradient)], finish=False)
             weights = quantized_weights(job.model)
             codes = {name: refit_centroids(weights[name], shared) for name, shared in codes.items()}
             load_decoded(job.model, codes)
-        job.storage.quantized = codes
+        job.set_storage(quantized=codes)
         job.finish_level()

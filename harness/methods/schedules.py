@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import copy
 import math
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import lightning as L
@@ -35,11 +36,11 @@ from harness.config import Recipe
 from harness.masks import Masks, classifier_name
 from harness.methods import METHODS, Method, PruningMethod, create_method, register_method
 from harness.methods.dynamic import random_masks
-from harness.training import ClassifierModule, train
+from harness.training import ClassifierModule
 from harness.validation import fail_at, validate_nested
 
 if TYPE_CHECKING:
-    from harness.cell import CellJob
+    from harness.methods.base import Job
 
 HAN = "Han et al. 2015, Learning both Weights and Connections for Efficient Neural Networks"
 FRANKLE_CARBIN = "Frankle & Carbin 2019, The Lottery Ticket Hypothesis"
@@ -114,6 +115,7 @@ class Iterative(Method):
 
     family = "schedule"
     reference = f"{HAN}; {FRANKLE_CARBIN}; {RENDA}"
+    tunable = {"rate": {"low": 0.1, "high": 0.5}}
 
     class Params(Method.Params):
         score: str = "global_magnitude"  # any registered pruning method
@@ -153,74 +155,74 @@ class Iterative(Method):
                 f"add save_epochs: [{epoch}] to the pretrain recipe"
             )
 
-    def apply(self, job: CellJob) -> None:
+    def source_files(self) -> set[Path]:
+        return super().source_files() | create_method(self.params.score, self.params.score_params).source_files()
+
+    def apply(self, job: Job) -> None:
         p = self.params
         score: PruningMethod = create_method(p.score, p.score_params)
         kind, _, epoch = p.rewind.partition(":")
         rewind_epoch = int(epoch or 0)
         if kind == "none":
-            recipe, callbacks = job.cell.finetune, []
+            recipe, callbacks = job.finetune_recipe, []
         else:
-            recipe, callbacks = replay_from(job.cell.pretrain, rewind_epoch)
-        rewind_state = job.dense.weights_at(rewind_epoch) if kind in ("init", "epoch") else None
+            recipe, callbacks = replay_from(job.pretrain_recipe, rewind_epoch)
+        rewind_state = job.weights(rewind_epoch) if kind in ("init", "epoch") else None
         fresh_state = job.fresh_init() if p.control == "reinit" else None
         classifier_rate = p.classifier_rate or p.rate / 2
 
         ticket: Masks = {}
-        for index, sparsity in enumerate(level_targets(job.cell.sparsity, p.rate, p.rounds)):
+        for index, sparsity in enumerate(level_targets(job.sparsity, p.rate, p.rounds)):
             classifier_sparsity = 1 - (1 - classifier_rate) ** (index + 1) if p.prune_classifier else None
             ticket = self.next_masks(job, score, ticket, sparsity, classifier_sparsity)
             start = rewind_state if rewind_state is not None else copy.deepcopy(job.model.state_dict())
             masks = ticket
             if p.control != "none":
-                trained_ticket = self.train_ticket(job, start, ticket, recipe, callbacks, index)
+                trained_ticket = self.train_ticket(job, start, ticket, recipe, callbacks)
                 if p.control == "reinit":
                     start = fresh_state
                 else:
-                    generator = torch.Generator().manual_seed(job.cell.seed)  # same draw every round: nested masks
+                    generator = torch.Generator().manual_seed(job.seed)  # same draw every round: nested masks
                     density = {name: int(mask.sum()) / mask.numel() for name, mask in ticket.items()}
                     masks = random_masks(ticket, density, generator)
-            job.model.load_state_dict(start)
+            job.load_weights(start)
             job.prune(masks)
             job.finetune(recipe, callbacks, finish=False)
             extra = {} if classifier_sparsity is None else {"classifier_sparsity": classifier_sparsity}
             job.finish_level(sparsity=sparsity, **extra)
             if p.control != "none":
-                job.model.load_state_dict(trained_ticket)  # the next mask is scored on the ticket
+                job.load_weights(trained_ticket)  # the next mask is scored on the ticket
 
     def next_masks(
         self,
-        job: CellJob,
+        job: Job,
         score: PruningMethod,
         previous: Masks,
         sparsity: float,
         classifier_sparsity: float | None,
     ) -> Masks:
-        """The ticket one round on: ``score`` on the model as it is now, shrinking ``previous``."""
-        ctx = job.context(include_classifier=self.params.prune_classifier)
+        """The ticket one round on: ``score`` on the model as it is now, shrinking ``previous``; the score's
+        own options (``exclude``, ``max_layer_sparsity``) apply, the classifier is this method's choice."""
+        options = score.params
+        ctx = job.context(self.params.prune_classifier, options.exclude, options.max_layer_sparsity)
         ctx.masks = previous
         if classifier_sparsity is None:
-            return score.masks(ctx, sparsity)
+            return score.prune_masks(ctx, sparsity)
         classifier = classifier_name(job.model) + ".weight"
         body = [name for name in ctx.weights if name != classifier]
-        return {**score.masks(ctx.subset(body), sparsity), **score.masks(ctx.subset([classifier]), classifier_sparsity)}
+        return {
+            **score.prune_masks(ctx.subset(body), sparsity),
+            **score.prune_masks(ctx.subset([classifier]), classifier_sparsity),
+        }
 
     @staticmethod
     def train_ticket(
-        job: CellJob, start: dict[str, torch.Tensor], masks: Masks, recipe: Recipe, callbacks: list, index: int
+        job: Job, start: dict[str, torch.Tensor], masks: Masks, recipe: Recipe, callbacks: list
     ) -> dict[str, torch.Tensor]:
-        """Train the ticket off the record (its epochs only), as the plain method would; returns its weights."""
-        job.model.load_state_dict(start)
-        job.epochs += train(
-            job.model,
-            job.data.train,
-            job.data.val,
-            recipe,
-            seed=job.cell.seed + 1000 * index,  # the seed CellJob.finetune gives this level
-            phase=f"ticket-{index}",
-            masks=masks,
-            callbacks=callbacks,
-        )
+        """Train the ticket off the record (its epochs only, phase ``ticket-<level>``), as the plain method
+        would (the same seed as this level's fine-tuning); returns its weights."""
+        job.load_weights(start)
+        job.train(recipe, masks, callbacks, phase="ticket")
         return copy.deepcopy(job.model.state_dict())
 
 

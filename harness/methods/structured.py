@@ -18,7 +18,7 @@ from harness.methods import PruningMethod, register_method
 from harness.methods.base import PruningContext
 
 if TYPE_CHECKING:
-    from harness.cell import CellJob
+    from harness.methods.base import Job
 
 
 class FilterNorm(PruningMethod):
@@ -115,9 +115,9 @@ class NMSparsity(PruningMethod):
                 masks[name] &= ctx.masks[name]
         return masks
 
-    def apply(self, job: CellJob) -> None:
-        ctx = job.context(include_classifier=self.params.prune_classifier)
-        job.prune(self.masks(ctx, job.cell.sparsity))
+    def apply(self, job: Job) -> None:
+        ctx = self.pruning_context(job)
+        job.prune(self.prune_masks(ctx, job.sparsity))
         job.finetune(finish=False)
         eligible = sum(ctx.weights[name].numel() for name in self.eligible(ctx.weights))
         total = sum(w.numel() for w in ctx.weights.values())

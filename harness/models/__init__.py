@@ -2,11 +2,13 @@
 
 A factory takes ``(input_shape, num_classes)`` (input_shape without the batch dimension) and
 returns an ``nn.Module`` whose last ``nn.Linear`` is the classifier. A model that cannot take an
-input raises :class:`IncompatibleInput` saying why.
+input raises :class:`IncompatibleInput` saying why. Register one with ``@register_model("name")``
+in a plugin module, or through the entry-point group ``harness.models``.
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 
 from torch import nn
@@ -19,20 +21,27 @@ class IncompatibleInput(ValueError):
 
 
 ModelFactory = Callable[[tuple[int, ...], int], nn.Module]
-MODELS: Registry[ModelFactory] = Registry("model")
+
+
+def _factory_problem(name: str, obj: object) -> str | None:
+    """Why ``obj`` cannot be a model factory (None: it can)."""
+    if not callable(obj):
+        return f"it is a {type(obj).__name__}; a model is a callable (input_shape, num_classes) -> nn.Module"
+    try:
+        inspect.signature(obj).bind((1, 28, 28), 10)
+    except TypeError as exc:
+        return f"{getattr(obj, '__qualname__', obj)!s} cannot be called as factory(input_shape, num_classes): {exc}"
+    except ValueError:  # a builtin without a signature: trust it
+        pass
+    return None
+
+
+MODELS: Registry[ModelFactory] = Registry("model", entry_point_group="harness.models", check=_factory_problem)
 register_model = MODELS.register
 
-_BUILTIN = {
-    "harness.models.lenet": ["lenet_300_100", "lenet5"],
-    "harness.models.conv": ["conv2", "conv4", "conv6"],
-    "harness.models.resnet_cifar": ["resnet20", "resnet32", "resnet56", "resnet110"],
-    "harness.models.vgg": ["vgg11", "vgg16"],
-    "harness.models.mnist1d": ["mnist1d_mlp", "mnist1d_cnn"],
-    "harness.models.resnet_imagenet": ["resnet18", "resnet50"],
-}
-for _module, _names in _BUILTIN.items():
-    for _name in _names:
-        MODELS.add_lazy(_name, f"{_module}:{_name}")
+# Each module registers its factories with @register_model, exactly as a plugin does; imported on the first lookup.
+for _module in ("lenet", "conv", "resnet_cifar", "vgg", "mnist1d", "resnet_imagenet"):
+    MODELS.add_lazy_module(f"harness.models.{_module}")
 
 
 def create_model(name: str, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:

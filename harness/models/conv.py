@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 from torch import nn
 
+from harness.models import register_model
 from harness.models.lenet import mlp, require_image
 
 
@@ -28,16 +29,19 @@ def _conv_net(model: str, stage_widths: Sequence[int], input_shape: tuple[int, .
     return nn.Sequential(OrderedDict(features=nn.Sequential(*layers), classifier=head))
 
 
+@register_model("conv2")
 def conv2(input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
     """Conv-2: 64, 64, pool."""
     return _conv_net("conv2", (64,), input_shape, num_classes)
 
 
+@register_model("conv4")
 def conv4(input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
     """Conv-4: 64, 64, pool, 128, 128, pool."""
     return _conv_net("conv4", (64, 128), input_shape, num_classes)
 
 
+@register_model("conv6")
 def conv6(input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
     """Conv-6: 64, 64, pool, 128, 128, pool, 256, 256, pool."""
     return _conv_net("conv6", (64, 128, 256), input_shape, num_classes)

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 from torch import nn
 
-from harness.models import IncompatibleInput
+from harness.models import IncompatibleInput, register_model
 
 
 def require_image(model: str, input_shape: tuple[int, ...], min_side: int = 1) -> tuple[int, int, int]:
@@ -36,6 +36,7 @@ def mlp(in_features: int, hidden: Sequence[int], num_classes: int) -> nn.Sequent
     return nn.Sequential(*layers)
 
 
+@register_model("lenet_300_100")
 def lenet_300_100(input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
     """The 300-100 MLP of LeCun et al. 1998 (Han et al. 2015's pruning baseline); flattens any input.
 
@@ -43,6 +44,7 @@ def lenet_300_100(input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
     return mlp(math.prod(input_shape), (300, 100), num_classes)
 
 
+@register_model("lenet5")
 def lenet5(input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
     """LeNet-5 (LeCun et al. 1998) with ReLU and max pooling; images from 4x4 up.
 

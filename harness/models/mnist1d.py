@@ -12,18 +12,20 @@ import math
 
 from torch import nn
 
-from harness.models import IncompatibleInput
+from harness.models import IncompatibleInput, register_model
 from harness.models.lenet import mlp
 
 CNN_CHANNELS = 25
 CNN_KERNELS = (5, 3, 3)
 
 
+@register_model("mnist1d_mlp")
 def mnist1d_mlp(input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
     """MNIST-1D's MLP baseline: 100 → 100 hidden ReLU units; flattens any input shape."""
     return mlp(math.prod(input_shape), (100, 100), num_classes)
 
 
+@register_model("mnist1d_cnn")
 def mnist1d_cnn(input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
     """MNIST-1D's CNN baseline: three stride-2 Conv1d layers of 25 channels, then the classifier."""
     # the first kernel (5) with padding 1 on both ends needs at least 3 samples

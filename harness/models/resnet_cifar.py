@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from harness.models import register_model
 from harness.models.lenet import require_image
 
 
@@ -102,21 +103,25 @@ def _cifar_resnet(depth: int, input_shape: tuple[int, ...], num_classes: int) ->
     return resnet(stem, 16, block, (16, 32, 64), (n, n, n), num_classes)
 
 
+@register_model("resnet20")
 def resnet20(input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
     """CIFAR ResNet-20 (He et al. 2016): 3 stages × 3 basic blocks of 16/32/64 channels, option-A shortcuts."""
     return _cifar_resnet(20, input_shape, num_classes)
 
 
+@register_model("resnet32")
 def resnet32(input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
     """CIFAR ResNet-32 (He et al. 2016): 3 stages × 5 basic blocks of 16/32/64 channels, option-A shortcuts."""
     return _cifar_resnet(32, input_shape, num_classes)
 
 
+@register_model("resnet56")
 def resnet56(input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
     """CIFAR ResNet-56 (He et al. 2016): 3 stages × 9 basic blocks of 16/32/64 channels, option-A shortcuts."""
     return _cifar_resnet(56, input_shape, num_classes)
 
 
+@register_model("resnet110")
 def resnet110(input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
     """CIFAR ResNet-110 (He et al. 2016): 3 stages × 18 basic blocks of 16/32/64 channels, option-A shortcuts."""
     return _cifar_resnet(110, input_shape, num_classes)

@@ -12,6 +12,7 @@ from functools import partial
 
 from torch import nn
 
+from harness.models import register_model
 from harness.models.lenet import require_image
 from harness.models.resnet_cifar import BlockFactory, ResidualBlock, basic_block, conv_bn, resnet
 
@@ -47,12 +48,14 @@ def _imagenet_resnet(
     return resnet(stem, 64, block, (64, 128, 256, 512), depths, num_classes)
 
 
+@register_model("resnet18")
 def resnet18(input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
     """ImageNet ResNet-18 (He et al. 2016): 4 stages × 2 basic blocks, projection shortcuts; images ≥ 32x32."""
     block = partial(basic_block, shortcut=projection_shortcut)
     return _imagenet_resnet("resnet18", block, (2, 2, 2, 2), input_shape, num_classes)
 
 
+@register_model("resnet50")
 def resnet50(input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
     """ImageNet ResNet-50 (He et al. 2016, v1.5): 3-4-6-3 bottleneck blocks, projection shortcuts; images ≥ 32x32."""
     return _imagenet_resnet("resnet50", bottleneck_block, (3, 4, 6, 3), input_shape, num_classes)

@@ -12,6 +12,7 @@ from collections import OrderedDict
 
 from torch import nn
 
+from harness.models import register_model
 from harness.models.lenet import require_image
 
 POOL = "M"
@@ -42,11 +43,13 @@ def _vgg(model: str, input_shape: tuple[int, ...], num_classes: int) -> nn.Modul
     )
 
 
+@register_model("vgg11")
 def vgg11(input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
     """VGG-11 (configuration A) with BatchNorm and one Linear(512, classes) head, CIFAR style; any image size."""
     return _vgg("vgg11", input_shape, num_classes)
 
 
+@register_model("vgg16")
 def vgg16(input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
     """VGG-16 (configuration D) with BatchNorm and one Linear(512, classes) head, CIFAR style; any image size."""
     return _vgg("vgg16", input_shape, num_classes)

@@ -8,14 +8,16 @@ finished level is one, so an iterative method contributes its whole curve.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 import pandas as pd
 
 from harness.leaderboard import method_label
+from harness.report.tuning import load_importances, tuned_section, tuning_mark
 from harness.results import load
 from harness.storage import is_remote
 from harness.store import ResultsStore
@@ -55,6 +57,9 @@ class ReportData:
     layers: pd.DataFrame
     points: pd.DataFrame  # operating points of the ok rows
     specs: dict[tuple[str, str], dict[str, str]]  # (source, benchmark) -> {file name: text} of its benchmark files
+    trials: pd.DataFrame = field(default_factory=pd.DataFrame)  # the trials view of every source
+    importances: dict[str, dict[str, float]] = field(default_factory=dict)  # study -> parameter -> importance
+    tuned: dict[tuple[str, str], dict] = field(default_factory=dict)  # (source, benchmark) -> its `tuned:` section
 
     @property
     def pairs(self) -> list[tuple[str, str]]:
@@ -69,26 +74,62 @@ class ReportData:
 
 
 def load_report_data(sources: list[Source]) -> ReportData:
-    cells, layers, specs = [], [], {}
+    cells, layers, trials, specs, importances, tuned = [], [], [], {}, {}, {}
     for source in sources:
         cells.append(load(source.path, "cells").assign(source=source.label))
         layers.append(load(source.path, "layers").assign(source=source.label))
+        trials.append(load(source.path, "trials").assign(source=source.label))
+        if isinstance(source.path, Path):  # harness tune writes only to local folders
+            importances.update(load_importances(source.path))
         store = ResultsStore(source.path)
         for benchmark in cells[-1]["benchmark"].dropna().unique():
             specs[(source.label, benchmark)] = {p.name: store.read_spec(p) for p in store.specs(benchmark)}
+            if (section := tuned_section(list(specs[(source.label, benchmark)].values()))) is not None:
+                tuned[(source.label, benchmark)] = section
     frame = pd.concat(cells, ignore_index=True)
-    frame["series"] = _series_labels(frame)
-    return ReportData(sources, frame, pd.concat(layers, ignore_index=True), operating_points(frame), specs)
+    frame["series"] = _series_labels(frame, tuned)
+    return ReportData(
+        sources,
+        frame,
+        pd.concat(layers, ignore_index=True),
+        operating_points(frame),
+        specs,
+        pd.concat(trials, ignore_index=True),
+        importances,
+        tuned,
+    )
 
 
-def _series_labels(cells: pd.DataFrame) -> pd.Series:
-    """``method(params)``, qualified by source and benchmark only when the report holds several."""
-    labels = [method_label(m, p) for m, p in zip(cells["method"], cells["method_params"], strict=True)]
+def _series_labels(cells: pd.DataFrame, tuned: dict[tuple[str, str], dict] | None = None) -> pd.Series:
+    """``method(params)``, marked with how it was tuned, qualified by source and benchmark only when the
+    report holds several."""
+    tuned = tuned or {}
+    base = {  # a tuned cell's parameters -> its spec entry's, so that a method stays one series across sparsities
+        (source, benchmark, c["model"], c["dataset"], c["method"], _canonical({**c["method_params"], **c["params"]})):
+        _canonical(c["method_params"])
+        for (source, benchmark), section in tuned.items()
+        for c in section.get("cells") or []
+    }  # fmt: skip
+    keys = zip(cells["source"], cells["benchmark"], cells["model"], cells["dataset"], cells["method"], strict=True)
+    params = [
+        base.get((*key, _canonical(json.loads(p or "{}"))), p)
+        for key, p in zip(keys, cells["method_params"], strict=True)
+    ]
+    labels = [method_label(m, p) for m, p in zip(cells["method"], params, strict=True)]
+    marks = {key: tuning_mark(section) for key, section in tuned.items()}
+    labels = [
+        f"{label} ({marks[(source, benchmark)]})" if (source, benchmark) in marks else label
+        for label, source, benchmark in zip(labels, cells["source"], cells["benchmark"], strict=True)
+    ]
     qualify = [key for key in ("source", "benchmark") if cells[key].nunique() > 1]
     if qualify:
         where = cells[qualify].astype(str).agg("/".join, axis=1)
         labels = [f"{label} [{w}]" for label, w in zip(labels, where, strict=True)]
     return pd.Series(labels, index=cells.index, dtype=object)
+
+
+def _canonical(params: dict) -> str:
+    return json.dumps(params, sort_keys=True)
 
 
 POINT_KEYS = ["dataset", "model", "series", "source", "benchmark", "level", "sparsity"]

@@ -17,6 +17,7 @@ from harness.report.checklist import checklist
 from harness.report.data import ReportData, dense_baselines, many_classes, slug
 from harness.report.plots import Baseline, Figure, Line, styles, tradeoff_svg
 from harness.report.ranking import Ranking, pareto_front, rank
+from harness.report.tuning import history, provenance_notes, study_rows
 
 
 @dataclass(frozen=True)
@@ -128,16 +129,78 @@ def build_pages(data: ReportData, options: Options, spec_links: dict[tuple[str, 
     """The index first, then one page per data set × model."""
     style = styles(sorted(data.points["series"].unique()))  # a method has one colour on every page
     pairs = [_PairBuilder(data, dataset, model, options, spec_links, style) for dataset, model in data.pairs]
+    tuning = _tuning_page(data)
     index = Page(
         "index",
         "Leaderboard",
         [_sources_section(data, spec_links)]
         + [pair.summary_section() for pair in pairs]
+        + ([_tuning_summary(data)] if tuning else [])
         + _checklist_sections(data)
         + [_definitions_section()],
         summary=f"{len(pairs)} data set × model pairs from {', '.join(s.label for s in data.sources)}",
     )
-    return [index] + [pair.page() for pair in pairs]
+    return [index] + [pair.page() for pair in pairs] + ([tuning] if tuning else [])
+
+
+TUNING_SLUG = "tuning"
+
+
+def _tuning_summary(data: ReportData) -> Section:
+    notes = [
+        [Cell(note)]
+        for (_, benchmark), tuned in sorted(data.tuned.items())
+        for note in provenance_notes(benchmark, tuned)[:1]
+    ]
+    studies = data.trials["study"].nunique() if not data.trials.empty else 0
+    notes.append([Cell(f"{studies} studies: optimisation histories and parameter importances →", page=TUNING_SLUG)])
+    return Section("Tuning", "tuning", notes=notes)
+
+
+def _tuning_page(data: ReportData) -> Page | None:
+    """Each tuned benchmark's protocol and chosen points, then every study's history and importances."""
+    if not data.tuned and data.trials.empty:
+        return None
+    sections = []
+    for (source, benchmark), tuned in sorted(data.tuned.items()):
+        table = Table(["data set / model", "method", "sparsity", "trials", "best val top-1 %", "chosen", "study"], [])
+        table.align, table.wrap = "llrrrll", True
+        for row in study_rows(tuned):
+            table.rows.append(
+                [
+                    [Cell(f"{row['dataset']} / {row['model']}")],
+                    [Cell(row["method"])],
+                    [Cell(f"{row['sparsity']:g}")],
+                    [Cell(str(row["trials"]))],
+                    [Cell(percent(row.get("best_val_top1")))],
+                    [Cell(row["chosen"])],
+                    [Cell(row["study"], anchor=row["study"])],
+                ]
+            )
+        name = benchmark if len(data.sources) == 1 else f"{source}/{benchmark}"
+        notes = [[Cell(note)] for note in provenance_notes(name, tuned)]
+        sections.append(
+            Section(f"Protocol: {name}", f"protocol-{slug(source, benchmark)}", notes=notes, tables=[table])
+        )
+    trials = data.trials
+    for study, rows in trials.groupby("study", sort=True) if not trials.empty else []:
+        first = rows.iloc[0]
+        title = f"{first['method']} at sparsity {first['sparsity']:g} on {first['dataset']} / {first['model']}"
+        counted = rows[rows["counted"].fillna(False).astype(bool)]
+        states = counted["state"].value_counts()
+        note = (
+            f"{study}: {len(counted)} counted trials ({', '.join(f'{n} {s.lower()}' for s, n in states.items())}), "
+            f"{int(counted['epochs'].fillna(0).sum())} epochs, best validation top-1 "
+            f"{percent(counted.loc[counted['state'] == 'COMPLETE', 'value'].max())}%."
+        )
+        importances = data.importances.get(study, {})
+        table = Table(["parameter", "importance (fANOVA)"], [], align="lr")
+        for parameter, value in sorted(importances.items(), key=lambda item: -item[1]):
+            table.rows.append([[Cell(parameter)], [Cell(f"{value:.3f}")]])
+        notes = [[Cell(note)]] + ([] if importances else [[Cell("importances: too few complete trials that differ")]])
+        figure = Figure(f"history-{study}", f"{title}: optimisation history", history(trials, study))
+        sections.append(Section(title, study, notes=notes, figures=[figure], tables=[table] if importances else []))
+    return Page(TUNING_SLUG, "Tuning", sections, summary="tuning protocols, optimisation histories, importances")
 
 
 def _sources_section(data: ReportData, spec_links: dict[tuple[str, str], list[str]]) -> Section:

@@ -106,3 +106,29 @@ def tradeoff_svg(
         plt.close(fig)
     text = buffer.getvalue()
     return Markup(text[text.index("<svg") :])  # inline in HTML: no XML prolog or doctype
+
+
+def history_svg(name: str, numbers: list[int], values: list[float | None], states: list[str]) -> Markup:
+    """A study's optimisation history: each trial's validation score by trial number, and the best so far."""
+    with plt.rc_context({"svg.fonttype": "none", "svg.hashsalt": name, "font.size": 9}):
+        fig, ax = plt.subplots(figsize=(5.0, 2.8), layout="constrained")
+        for state, marker, color in (("COMPLETE", "o", "tab:blue"), ("PRUNED", "x", "tab:orange")):
+            shown = [(n, v) for n, v, s in zip(numbers, values, states, strict=True) if s == state and v is not None]
+            if shown:
+                ax.scatter(*zip(*shown, strict=True), marker=marker, color=color, s=20, label=state.lower(), zorder=3)
+        complete = [(n, v) for n, v, s in zip(numbers, values, states, strict=True) if s == "COMPLETE"]
+        if complete:
+            best = np.maximum.accumulate([v for _, v in complete])
+            ax.step([n for n, _ in complete], best, where="post", color="0.2", linewidth=1.2, label="best so far")
+        failed = [n for n, s in zip(numbers, states, strict=True) if s == "FAIL"]
+        if failed:
+            ax.scatter(failed, [0.0] * len(failed), marker="v", color="tab:red", s=20, label="failed (at 0)")
+        ax.set_xlabel("trial")
+        ax.set_ylabel("validation top-1")
+        ax.grid(True, linewidth=0.4, alpha=0.5)
+        ax.legend(loc="lower right", frameon=False, fontsize=7)
+        buffer = io.StringIO()
+        fig.savefig(buffer, format="svg", metadata={"Date": None})
+        plt.close(fig)
+    text = buffer.getvalue()
+    return Markup(text[text.index("<svg") :])

@@ -1,0 +1,1 @@
+"""Equal-budget hyper-parameter tuning on validation data (``harness tune``); see ``driver.py``."""
