@@ -12,6 +12,7 @@ import contextlib
 import io
 import json
 import logging
+import os
 import subprocess
 import traceback
 from collections.abc import Callable, Iterator, Sequence
@@ -35,7 +36,7 @@ from harness.masks import Masks, apply_masks, prunable_weights
 from harness.methods import create_method, load_plugins, method_provenance
 from harness.methods.base import PluginError, PruningContext, WeightsAt, check_tensors, excluded
 from harness.metrics import model_metrics
-from harness.models import create_model
+from harness.models import create_model, from_torchvision
 from harness.schema import CellResult
 from harness.training import MaskingCallback, Stopwatch, device_for_cell, evaluate, train
 
@@ -105,7 +106,8 @@ def all_splits(data: DataSplits) -> DataSplits:
 
 
 def pretrain(cell: CellSpec, view: SplitView = all_splits) -> DenseCheckpoint:
-    """Train the dense model once; every cell with the same ``pretrain_key`` reuses it."""
+    """Train the dense model once (or load the spec's ``pretrained`` weights); every cell with the same
+    ``pretrain_key`` reuses it. θ0 is the seed's initialisation either way."""
     load_plugins(cell.plugins)  # a plugin may register the model or data set
     seed_everything(cell.seed)
     data = view(load_splits(cell.dataset, cell.data_root, cell.seed))
@@ -113,9 +115,14 @@ def pretrain(cell: CellSpec, view: SplitView = all_splits) -> DenseCheckpoint:
     init_state = _state(model)
     snapshots = WeightSnapshots(cell.pretrain.save_epochs)
     with Stopwatch() as clock:
-        epochs = train(
-            model, data.train, data.val, cell.pretrain, seed=cell.seed, phase="pretrain", callbacks=[snapshots]
-        )
+        if cell.pretrained:  # the spec's weights instead of training; checked against the model at spec load
+            state = torch.load(cell.pretrained, map_location="cpu", weights_only=True)
+            model.load_state_dict(from_torchvision(cell.model, state))
+            epochs = []
+        else:
+            epochs = train(
+                model, data.train, data.val, cell.pretrain, seed=cell.seed, phase="pretrain", callbacks=[snapshots]
+            )
     dense = evaluate(model, data.test)
     metrics = {f"dense_{k}": v for k, v in dense.items()} | {"pretrain_seconds": clock.seconds}
     return DenseCheckpoint(cell.pretrain_key, init_state, _state(model), metrics, epochs, snapshots.states)
@@ -452,7 +459,7 @@ def identity_columns(cell: CellSpec) -> dict[str, Any]:
 
 @cache
 def provenance() -> dict[str, str | None]:
-    """Versions and the git commit of the harness that produced a row."""
+    """Versions and the git commit of the harness that produced a row (``$HARNESS_GIT_COMMIT`` outside a checkout)."""
     try:
         commit = (
             subprocess.run(
@@ -466,6 +473,7 @@ def provenance() -> dict[str, str | None]:
         )
     except (OSError, subprocess.SubprocessError):
         commit = None
+    commit = commit or os.environ.get("HARNESS_GIT_COMMIT") or None  # an image built without .git (Dockerfile)
     return {"harness_version": harness.__version__, "torch_version": torch.__version__, "git_commit": commit}
 
 

@@ -7,6 +7,7 @@ import contextlib
 import functools
 import json
 import os
+import signal
 import sys
 from collections import Counter
 from collections.abc import Callable
@@ -17,12 +18,11 @@ from typing import Annotated, TypeVar
 import click
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-from rich.table import Column, Table
 from rich.text import Text
 from typer.core import TyperCommand, TyperGroup
 
 from harness.config import MAX_CELLS
+from harness.output import SECTION, ProgressReport, print_table
 
 HELP = (
     "Benchmark neural-network pruning and compression methods so they can be compared.\n\n"
@@ -146,12 +146,25 @@ def _results_folder(location: str | Path, writing: bool = False) -> str | Path:
     return results
 
 
+class PlanFormat(StrEnum):
+    summary = "summary"
+    table = "table"
+    csv = "csv"
+    json = "json"
+
+
 @app.command(cls=_Command)
 @guarded
 def run(
     spec_path: Annotated[Path, typer.Argument(metavar="SPEC.yaml", help="Benchmark file.")],
     results: ResultsOption = "results",
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the cells and what is done; run nothing.")] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print what is done, failed and pending per axis; run nothing.")
+    ] = False,
+    format: Annotated[
+        PlanFormat,
+        typer.Option("--format", help="With --dry-run: counts per axis (summary), or every cell as table, csv, json."),
+    ] = PlanFormat.summary,
     retry_failed: Annotated[bool, typer.Option("--retry-failed", help="Run the failed cells again.")] = False,
     plugin: PluginOption = None,
     address: AddressOption = None,
@@ -192,18 +205,27 @@ def run(
                 _check_before_start(spec_path, spec, pending, results, address)
             _lock_results(store, held)  # one driver per results folder, for as long as this one runs
         todo = plan(cells, store, retry_failed, force)  # under the lock: cells another driver finished are done
-        console.print(
+        machine_readable = dry_run and format in (PlanFormat.csv, PlanFormat.json)  # stdout holds the list alone
+        out = errors if machine_readable else console
+        out.print(
             Text.assemble(
                 (spec.name, "bold"),
                 f": {len(cells)} cells — {len(todo.done)} done, "
                 f"{len(todo.failed_before)} failed before, {len(todo.todo)} to run",
             )
         )
-        _print_other_code(todo.other_code, f"harness run {spec_path} --results {results}", force)
+        _print_other_code(todo.other_code, f"harness run {spec_path} --results {results}", force, out)
         if dry_run:
-            _print_cells(cells, {c.cell_id for c in todo.done}, {c.cell_id for c in todo.failed_before})
+            if format is PlanFormat.summary:
+                _print_axes(f"{spec.name} in {store.location}/ (--format csv lists every cell)", cells, todo)
+            else:
+                _print_cells(cells, todo, format)
             return
         counts = {"ok": 0, "failed": 0}
+        if not todo.todo and isinstance(results, Path) and results.is_dir():  # no note on an object store
+            from harness.tracking import mark_killed_run
+
+            mark_killed_run(results)  # a driver killed after its last cell still leaves its MLflow run RUNNING
         if todo.todo:
             store.save_spec(spec.name, spec_path.read_text())  # the report links every result to its benchmark file
             resume = f"harness run {spec_path} --results {results}" + (f" --address {address}" if address else "")
@@ -215,7 +237,7 @@ def run(
                 counts = _run_with_progress(
                     spec, todo.todo, store, results, plugin or [], resume, scheduling | {"max_retries": max_retries}
                 )
-        _print_summary(spec.name, results, counts)
+        _print_summary(spec.name, results, counts, {cell.cell_id for cell in cells}, spec_path)
         failed_still = counts["failed"] + len(todo.failed_before)
         if failed_still and not counts["failed"]:
             errors.print(f"{failed_still} cells failed in an earlier run; rerun them with --retry-failed")
@@ -250,14 +272,14 @@ def _only(cells: list, filters: list[str]) -> list:
     return [c for c in cells if all(value_of(c, f) & values for f, values in wanted.items())]
 
 
-def _print_other_code(cells: list, command: str, forced: bool) -> None:
+def _print_other_code(cells: list, command: str, forced: bool, out: Console | None = None) -> None:
     """Say which methods' rows in the table were produced by different source code than the code here."""
     if not cells:
         return
     for method, count in sorted(Counter(c.method for c in cells).items()):
         hint = "" if forced else f"; rerun them with: {command} --force --only method={method}"
         text = f"{count} cells of {method} in the table were produced by different code{hint}"
-        console.print(text, style="yellow", markup=False, highlight=False)
+        (out or console).print(text, style="yellow", markup=False, highlight=False)
 
 
 def _load_cells(spec_path: Path, plugins: list[str] | None, max_cells: int = MAX_CELLS):
@@ -268,14 +290,14 @@ def _load_cells(spec_path: Path, plugins: list[str] | None, max_cells: int = MAX
     try:
         import_plugins(plugins or [])
         spec = load_spec(spec_path, max_cells)
-        return spec, expand(spec)
+        return spec, expand(spec, spec_path)
     except (SpecError, RegistryError) as exc:
         raise _fail_input(str(exc)) from None
 
 
 def _check_before_start(spec_path: Path, spec, cells, results: str | Path, address: str | None) -> None:
     """What would fail only after Ray, mlflow.db or the spec copy exist: the folder, the resources, MLflow."""
-    from harness.runner import SchedulingError, check_local_resources
+    from harness.runner import SchedulingError, check_cluster_address, check_local_resources
     from harness.tracking import check_tracking_uri, resolve_tracking_uri
 
     _results_folder(results, writing=True)
@@ -283,6 +305,10 @@ def _check_before_start(spec_path: Path, spec, cells, results: str | Path, addre
         check_local_resources(cells, address)
     except SchedulingError as exc:
         raise _fail_input(f"{spec_path}: resources: {exc}") from None
+    try:
+        check_cluster_address(address)
+    except SchedulingError as exc:
+        raise _fail_input(str(exc)) from None
     try:
         uri = resolve_tracking_uri(spec.tracking_uri, results)
     except ValueError as exc:  # results on an object store, and no tracking store named
@@ -303,43 +329,37 @@ def _run_with_progress(
     if isinstance(results, Path):
         results.mkdir(parents=True, exist_ok=True)
     uri = resolve_tracking_uri(spec.tracking_uri, results)
-    matrix = MatrixRun.start(uri, spec.name, results, {"cells": len(cells), "spec": spec.model_dump_json()})
     cells = [cell.model_copy(update={"plugins": tuple(plugins) + cell.plugins}) for cell in cells]
-    columns = (
-        TextColumn("{task.description}", style="progress.description", markup=False),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("running {task.fields[running]} · failed {task.fields[failed]}", markup=False),
-        TimeElapsedColumn(),
-        TextColumn("ETA", markup=False),
-        TimeRemainingColumn(),
-    )
     failed: list[str] = []
     counts = {"ok": 0, "failed": 0}
-    with Progress(*columns, console=console, transient=False) as bar:
-        task = bar.add_task("cells", total=len(cells), running=0, failed=0)
+    matrix = None
+    try:
+        matrix = MatrixRun.start(uri, spec.name, results, {"cells": len(cells), "spec": spec.model_dump_json()})
+        with ProgressReport(console, len(cells)) as report:
 
-        def on_progress(p) -> None:
-            counts.update(ok=p.ok, failed=p.failed)
-            description = f"pretraining {p.pretraining}" if p.pretraining else "cells"
-            bar.update(task, completed=p.finished, running=p.running, failed=p.failed, description=description)
+            def on_progress(p) -> None:
+                counts.update(ok=p.ok, failed=p.failed)
+                description = f"pretraining {p.pretraining}" if p.pretraining else "cells"
+                report.update(p.finished, p.failed, p.running, description)
 
-        def on_result(cell, result) -> None:
-            if not result.ok:
-                failed.append(cell.cell_id)
-                error = (result.rows[0]["error"] or "").splitlines()[0]
-                bar.console.print(_failed_line(cell, f": {error}"), highlight=False, soft_wrap=True)
+            def on_result(cell, result) -> None:
+                if not result.ok:
+                    failed.append(cell.cell_id)
+                    error = (result.rows[0]["error"] or "").splitlines()[0]
+                    report.print(f"failed {cell.cell_id} {cell.method} s={cell.sparsity:g} seed={cell.seed}: {error}")
 
-        try:
             progress = run_matrix(cells, store, matrix, on_result=on_result, on_progress=on_progress, **scheduling)
-        except SchedulingError as exc:
-            matrix.finish(counts, interrupted=True)
-            raise _fail_input(str(exc)) from None
-        except KeyboardInterrupt:
-            matrix.finish(counts, interrupted=True)
-            errors.print(f"interrupted; finished cells are saved. Resume with: {resume}", soft_wrap=True)
-            raise typer.Exit(130) from None
-        on_progress(progress)  # the last writes land after the loop's last report
+            on_progress(progress)  # the last writes land after the loop's last report
+    except SchedulingError as exc:
+        matrix.finish(counts, interrupted=True)
+        raise _fail_input(str(exc)) from None
+    except KeyboardInterrupt:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the bookkeeping short
+        if matrix:
+            with contextlib.suppress(Exception):  # the next run marks the parent run KILLED if this fails
+                matrix.finish(counts, interrupted=True)
+        errors.print(f"interrupted; finished cells are saved. Resume with: {resume}", soft_wrap=True, markup=False)
+        raise typer.Exit(130) from None
     matrix.finish(counts | {"pretrained": progress.pretrained, "reused": progress.reused})
     console.print(f"dense models: {progress.pretrained} trained, {progress.reused} reused from {results}/checkpoints")
     _print_failed_logs(store, failed)
@@ -453,23 +473,14 @@ def tune(
         raise typer.Exit(130) from None
     rows = summary(result.studies, trials)
     if rows:
-        table = Table(
-            Column("method", overflow="fold"),
-            "studies",
-            "trials",
-            "complete",
-            "pruned",
-            "failed",
-            "epochs",
-            "best val top-1 (mean)",
-            title=f"{spec.name}: {settings.protocol}, {trials} trials per study",
-        )
-        for row in rows:
-            best = "—" if row["best_val_top1"] is None else f"{row['best_val_top1']:.4f}"
-            table.add_row(
-                *(str(row[k]) for k in ("method", "studies", "trials", "complete", "pruned", "failed", "epochs")), best
-            )
-        console.print(table)
+        keys = ("method", "studies", "trials", "complete", "pruned", "failed", "epochs")
+        columns = (*keys, "best val top-1 (mean)")
+        table_rows = [
+            (*(str(row[k]) for k in keys), "—" if row["best_val_top1"] is None else f"{row['best_val_top1']:.4f}")
+            for row in rows
+        ]
+        title = f"{spec.name}: {settings.protocol}, {trials} trials per study"
+        print_table(console, columns, table_rows, title, right=columns[1:])
     console.print(
         f"ran {result.ran} trials; tuned spec: {result.tuned_spec}\n"
         f"measure it on test data: harness run {result.tuned_spec} --results {results}",
@@ -496,24 +507,7 @@ def status(
     store = ResultsStore(results)
     todo = plan(cells, store)
     _print_other_code(todo.other_code, f"harness run {spec_path} --results {results}", False)
-    state = {c.cell_id: "done" for c in todo.done} | {c.cell_id: "failed" for c in todo.failed_before}
-    table = Table("axis", "value", "done", "failed", "pending", title=f"{spec.name} in {results}/")
-    axes = {
-        "model": lambda c: c.model,
-        "dataset": lambda c: c.dataset,
-        "method": lambda c: c.method + (json.dumps(c.method_params) if c.method_params else ""),
-        "sparsity": lambda c: f"{c.sparsity:g}",
-        "seed": lambda c: str(c.seed),
-    }
-    for axis, value_of in axes.items():
-        counts: dict[str, Counter] = {}
-        for cell in cells:
-            counts.setdefault(value_of(cell), Counter())[state.get(cell.cell_id, "pending")] += 1
-        for value, count in counts.items():
-            table.add_row(axis, value, str(count["done"]), str(count["failed"]), str(count["pending"]))
-        table.add_section()
-    table.add_row("all", "", str(len(todo.done)), str(len(todo.failed_before)), str(len(todo.todo)))
-    console.print(table)
+    _print_axes(f"{spec.name} in {store.location}/", cells, todo)
     for cell in todo.failed_before:
         log = f": log {store.log_location(cell.cell_id)}" if store.files.exists(store.log_path(cell.cell_id)) else ""
         console.print(_failed_line(cell, log), highlight=False, soft_wrap=True)
@@ -570,7 +564,13 @@ def submit(
 
     from ray.job_submission import JobStatus, JobSubmissionClient
 
-    client = JobSubmissionClient(address)
+    try:
+        client = JobSubmissionClient(address)
+    except ConnectionError:  # Ray's message names only the address
+        raise _fail_input(
+            f"no Ray dashboard answers at --address {address}; start the cluster (its head serves the dashboard "
+            "on port 8265), forward the port (kubectl port-forward, ray dashboard), or fix --address"
+        ) from None
     runtime_env = {"working_dir": str(working_dir), "excludes": WORKING_DIR_EXCLUDES}
     job_id = client.submit_job(entrypoint=shlex.join(command), runtime_env=runtime_env)
     console.print(f"submitted job {job_id}: {shlex.join(command)}", highlight=False)
@@ -594,31 +594,120 @@ async def _print_job_logs(client, job_id: str) -> None:
         sys.stdout.flush()
 
 
-def _print_cells(cells, done: set[str], failed: set[str]) -> None:
-    table = Table()
-    for column in ("cell_id", "model", "dataset", "method", "params", "sparsity", "seed", "state"):
-        # wrap a long name rather than cut it: a narrow terminal or a pipe must still show every id and method
-        table.add_column(column, no_wrap=column in ("cell_id", "state"), overflow="fold")
-    for c in cells:
-        state = "done" if c.cell_id in done else "failed" if c.cell_id in failed else "pending"
-        table.add_row(
-            c.cell_id, c.model, c.dataset, c.method, json.dumps(c.method_params), f"{c.sparsity:g}", str(c.seed), state
+def _states(todo) -> dict[str, str]:
+    return {c.cell_id: "done" for c in todo.done} | {c.cell_id: "failed" for c in todo.failed_before}
+
+
+def _print_axes(title: str, cells, todo) -> None:
+    """Done / failed / pending per value of each axis: a few dozen lines however many cells there are."""
+    state = _states(todo)
+    states = [state.get(cell.cell_id, "pending") for cell in cells]
+    labels: dict[tuple[str, int], str] = {}  # a method's params are one dict shared by its cells: one label each
+    axes = {
+        "model": (c.model for c in cells),
+        "dataset": (c.dataset for c in cells),
+        "method": (_method_label(c, labels) for c in cells),
+        "sparsity": (f"{c.sparsity:g}" for c in cells),
+        "seed": (str(c.seed) for c in cells),
+    }
+    rows: list = []
+    for axis, values in axes.items():
+        counts: dict[str, Counter] = {}
+        for value, cell_state in zip(values, states, strict=True):
+            counts.setdefault(value, Counter())[cell_state] += 1
+        for value, count in counts.items():
+            rows.append((axis, value, str(count["done"]), str(count["failed"]), str(count["pending"])))
+        rows.append(SECTION)
+    rows.append(("all", "", str(len(todo.done)), str(len(todo.failed_before)), str(len(todo.todo))))
+    print_table(
+        console, ("axis", "value", "done", "failed", "pending"), rows, title, right=("done", "failed", "pending")
+    )
+
+
+def _method_label(cell, labels: dict[tuple[str, int], str]) -> str:
+    key = (cell.method, id(cell.method_params))  # the cells hold the dicts: no id is reused meanwhile
+    if key not in labels:
+        labels[key] = cell.method + (json.dumps(cell.method_params) if cell.method_params else "")
+    return labels[key]
+
+
+CELL_COLUMNS = ("cell_id", "model", "dataset", "method", "params", "sparsity", "seed", "state")
+
+
+def _print_cells(cells, todo, format: PlanFormat) -> None:
+    """Every cell, one line each: a whole table, CSV or JSON lines (for scripts)."""
+    import csv
+
+    state = _states(todo)
+    rows = (
+        (
+            c.cell_id,
+            c.model,
+            c.dataset,
+            c.method,
+            json.dumps(c.method_params),
+            f"{c.sparsity:g}",
+            str(c.seed),
+            state.get(c.cell_id, "pending"),
         )
-    console.print(table)
+        for c in cells
+    )
+    if format is PlanFormat.table:
+        print_table(console, CELL_COLUMNS, rows)
+    elif format is PlanFormat.csv:
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerow(CELL_COLUMNS)
+        writer.writerows(rows)
+    else:
+        for row in rows:
+            sys.stdout.write(json.dumps(dict(zip(CELL_COLUMNS, row, strict=True))) + "\n")
 
 
-def _print_summary(benchmark: str, results: str | Path, counts: dict[str, int]) -> None:
-    from harness.leaderboard import leaderboard, print_leaderboard
+def _print_summary(
+    benchmark: str, results: str | Path, counts: dict[str, int], cell_ids: set[str], spec_path: Path
+) -> None:
+    from harness.leaderboard import cells_pooled, leaderboard, print_leaderboard
     from harness.results import connect
     from harness.store import ResultsStore
 
-    frame = leaderboard(connect(results), benchmark) if ResultsStore(results).partitions("cells") else None
-    if frame is not None and len(frame):
-        print_leaderboard(frame, console)
+    if ResultsStore(results).partitions("cells"):
+        con = connect(results)
+        frame = leaderboard(con, benchmark)
+        if len(frame):
+            print_leaderboard(frame, console)
+            _print_pooled(benchmark, results, cells_pooled(con, benchmark), cell_ids, spec_path)
     console.print(
         f"ran {counts['ok'] + counts['failed']} cells: {counts['ok']} ok, {counts['failed']} failed; "
         f"results in {results}/"
     )
+
+
+def _print_pooled(benchmark: str, results: str | Path, pooled: set[str], cell_ids: set[str], spec_path: Path) -> None:
+    """Say what the leaderboard averages over: a benchmark's name pools every file ever run under it."""
+    from harness.store import ResultsStore
+
+    text = spec_path.read_text()
+    store = ResultsStore(results)
+    copies = [
+        f"{store.shown(path)}{' (this file)' if store.read_spec(path) == text else ''}"
+        for path in store.specs(benchmark)
+    ]
+    others = len(pooled - cell_ids)
+    console.print(
+        f"leaderboard of {len(pooled)} ok cells of benchmark {benchmark!r} from {len(copies)} benchmark "
+        f"file{'s' if len(copies) != 1 else ''}: {', '.join(copies) or spec_path}",
+        highlight=False,
+        markup=False,
+        soft_wrap=True,
+    )
+    if others:
+        errors.print(
+            f"warning: {others} of those cells are not in {spec_path}: they came from another benchmark file "
+            f"named {benchmark!r}; give this one its own name to rank it alone",
+            highlight=False,
+            markup=False,
+            soft_wrap=True,
+        )
 
 
 class Registered(StrEnum):
@@ -647,10 +736,7 @@ def list_(
     if markdown:
         sys.stdout.write(markdown_table(columns, rows))
     else:
-        table = Table(*columns)
-        for row in rows:
-            table.add_row(*row)
-        console.print(table)
+        print_table(console, columns, rows)
 
 
 class Format(StrEnum):
@@ -686,10 +772,8 @@ def query(
     elif format is Format.json:
         sys.stdout.write(frame.to_json(orient="records", date_format="iso") + "\n")
     else:
-        table = Table(*map(str, frame.columns))
-        for row in frame.itertuples(index=False):  # Text: a value is shown as it is, never read as markup
-            table.add_row(*(Text(f"{v:.4g}" if isinstance(v, float) else str(v)) for v in row))
-        console.print(table)
+        rows = ((f"{v:.4g}" if isinstance(v, float) else str(v) for v in row) for row in frame.itertuples(index=False))
+        print_table(console, list(map(str, frame.columns)), [tuple(row) for row in rows])
 
 
 class ReportFormat(StrEnum):

@@ -14,7 +14,8 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from typing import Annotated, Any, Literal
+from functools import cache, cached_property
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
@@ -39,6 +40,18 @@ Seed = Annotated[int, BeforeValidator(_seed_in_range), Field(ge=0, le=SEED_MAX)]
 class _Frozen(BaseModel):
     # a docstring under a field is its description: docs/reference/spec.md is generated from them
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False, use_attribute_docstrings=True)
+
+    @cached_property
+    def identity(self) -> dict[str, Any]:
+        """The fields that differ from their defaults, computed once (a recipe is shared by many cells)."""
+        return non_default(self)
+
+    def model_copy(self, *, update: dict[str, Any] | None = None, deep: bool = False) -> Any:
+        """A copy; with ``update``, without the values cached from the old fields (ids, ``identity``)."""
+        copy = super().model_copy(update=update, deep=deep)
+        for name in [key for key in copy.__dict__ if key not in type(copy).model_fields] if update else ():
+            del copy.__dict__[name]
+        return copy
 
 
 class Recipe(_Frozen):
@@ -111,15 +124,35 @@ class Resources(_Frozen):
     """Node labels a cell requires (Ray's label_selector), e.g. {gpu-type: a100}."""
 
 
+class Pair(_Frozen):
+    """One model on one data set."""
+
+    model: str
+    """A registered model name."""
+    dataset: str
+    """A registered data-set name."""
+
+
+class ModelRecipes(_Frozen):
+    """Recipe fields one model trains with instead of the benchmark's."""
+
+    pretrain: dict[str, Any] = {}
+    """Fields of `pretrain` this model changes, e.g. {epochs: 160, lr: 0.1}."""
+    finetune: dict[str, Any] = {}
+    """Fields of `finetune` this model changes; the rest come from its own pretrain recipe and `finetune`."""
+
+
 class BenchmarkSpec(_Frozen):
     """One benchmark file: the axes of the matrix and the shared recipes."""
 
     name: str = Field(json_schema_extra={"pattern": NAME_PATTERN.pattern})  # the validator below says why
     """The benchmark: the MLflow experiment and the `benchmark` column."""
-    models: tuple[str, ...] = Field(min_length=1)
-    """Registered model names (`harness list models`); every model must fit every data set."""
-    datasets: tuple[str, ...] = Field(min_length=1)
+    models: tuple[str, ...] | None = Field(None, min_length=1)
+    """Registered model names (`harness list models`); with `datasets`, every model runs on every data set."""
+    datasets: tuple[str, ...] | None = Field(None, min_length=1)
     """Registered data-set names (`harness list datasets`)."""
+    pairs: tuple[Pair, ...] | None = Field(None, min_length=1)
+    """Instead of `models` × `datasets`: the pairs to run, each {model: NAME, dataset: NAME}."""
     methods: tuple[MethodSpec, ...] = Field(min_length=1)
     """Each a method name, or {name: NAME, param: value, ...}; params are checked against the method."""
     sparsities: tuple[float, ...] | None = Field(None, min_length=1)
@@ -132,6 +165,10 @@ class BenchmarkSpec(_Frozen):
     """How the shared dense model is trained."""
     finetune: dict[str, Any] = {}
     """Recipe fields for fine-tuning after pruning; any not given are inherited from `pretrain`."""
+    recipes: dict[str, ModelRecipes] = {}
+    """Per model: recipe fields it trains with instead, e.g. {resnet20: {pretrain: {epochs: 160}}}."""
+    pretrained: dict[str, str] = {}
+    """Per model: a local state-dict file loaded instead of dense training, e.g. {resnet50: weights/r50.pth}."""
     resources: Resources = Resources()
     """What each cell asks the Ray scheduler for."""
     data_root: str | None = None
@@ -172,7 +209,7 @@ class BenchmarkSpec(_Frozen):
                 raise ValueError(f"compression {v} is below 1: it is all parameters / nonzero parameters")
         return values
 
-    @field_validator("models", "datasets", "sparsities", "compressions", "seeds")
+    @field_validator("models", "datasets", "pairs", "sparsities", "compressions", "seeds")
     @classmethod
     def _distinct(cls, values: tuple | None) -> tuple | None:
         first_index: dict[Any, int] = {}
@@ -189,11 +226,42 @@ class BenchmarkSpec(_Frozen):
     def _one_target_axis(self) -> BenchmarkSpec:
         if (self.sparsities is None) == (self.compressions is None):
             raise ValueError("give exactly one of 'sparsities' or 'compressions'")
+        if self.pairs is None and (self.models is None or self.datasets is None):
+            raise ValueError("give 'models' and 'datasets' (every model on every data set), or 'pairs'")
+        if self.pairs is not None and (self.models is not None or self.datasets is not None):
+            raise ValueError("give either 'models' and 'datasets' (every model on every data set) or 'pairs', not both")
         return self
 
     @property
+    def model_dataset_pairs(self) -> list[tuple[str, str]]:
+        """(model, dataset) of the matrix: the pairs given, else every data set × every model."""
+        if self.pairs is not None:
+            return [(pair.model, pair.dataset) for pair in self.pairs]
+        return [(model, dataset) for dataset in self.datasets or () for model in self.models or ()]
+
+    @property
+    def model_names(self) -> list[str]:
+        """Each model of the matrix once, in the order given."""
+        return list(dict.fromkeys(model for model, _ in self.model_dataset_pairs))
+
+    @property
     def finetune_recipe(self) -> Recipe:
-        return Recipe(**{**self.pretrain.model_dump(exclude={"save_epochs"}), **self.finetune})
+        return self.finetune_for(None)
+
+    def pretrain_for(self, model: str | None) -> Recipe:
+        """The dense recipe of ``model``: the benchmark's, with its fields from ``recipes`` (raises ValidationError)."""
+        override = self.recipes.get(model) if model else None
+        return (
+            Recipe(**{**self.pretrain.model_dump(), **override.pretrain})
+            if override and override.pretrain
+            else self.pretrain
+        )
+
+    def finetune_for(self, model: str | None) -> Recipe:
+        """Fine-tuning of ``model``: its pretrain recipe, then ``finetune``, then its own ``recipes`` fields."""
+        override = self.recipes.get(model).finetune if model and model in self.recipes else {}
+        base = self.pretrain_for(model).model_dump(exclude={"save_epochs"})
+        return Recipe(**{**base, **self.finetune, **override})
 
 
 class CellSpec(_Frozen):
@@ -210,23 +278,27 @@ class CellSpec(_Frozen):
     seed: Seed
     pretrain: Recipe = Recipe()
     finetune: Recipe = Recipe()
+    pretrained_sha256: str | None = None  # the content of the weights loaded instead of dense training
     # Where things are, not what they are: excluded from identity.
+    pretrained: str | None = None  # that file's path
     data_root: str | None = None
     resources: Resources = Resources()
     plugins: tuple[str, ...] = ()
 
-    _NOT_IDENTITY = frozenset({"benchmark", "data_root", "resources", "plugins", "compression"})
+    # ClassVar: an underscore name would otherwise be a private attribute, deep-copied into every cell
+    _NOT_IDENTITY: ClassVar[frozenset[str]] = frozenset(
+        {"benchmark", "data_root", "resources", "plugins", "compression", "pretrained"}
+    )
 
-    @property
+    @cached_property  # computed once per cell: planning 100,000 cells asks for each id ~4 times
     def cell_id(self) -> str:
         return content_hash(non_default(self, exclude=self._NOT_IDENTITY))
 
-    @property
+    @cached_property
     def pretrain_key(self) -> str:
         """Cells with the same key share one dense pretraining."""
-        return content_hash(
-            {"model": self.model, "dataset": self.dataset, "seed": self.seed, "pretrain": non_default(self.pretrain)}
-        )
+        key = {"model": self.model, "dataset": self.dataset, "seed": self.seed, "pretrain": self.pretrain.identity}
+        return content_hash(key | ({"pretrained": self.pretrained_sha256} if self.pretrained_sha256 else {}))
 
 
 def content_hash(value: Any) -> str:
@@ -237,12 +309,25 @@ def content_hash(value: Any) -> str:
 def non_default(model: BaseModel, exclude: frozenset[str] = frozenset()) -> dict[str, Any]:
     """The fields of ``model`` that differ from their defaults (nested models likewise)."""
     out = {}
-    for name, field in type(model).model_fields.items():
+    defaults = _defaults(type(model))
+    for name in type(model).model_fields:
         value = getattr(model, name)
-        if name in exclude or (not field.is_required() and value == field.get_default(call_default_factory=True)):
+        if name in exclude or (name in defaults and value == defaults[name]):
             continue
-        out[name] = non_default(value) if isinstance(value, BaseModel) else value
+        if isinstance(value, BaseModel):
+            value = value.identity if isinstance(value, _Frozen) else non_default(value)
+        out[name] = value
     return out
+
+
+@cache
+def _defaults(cls: type[BaseModel]) -> dict[str, Any]:
+    """Each optional field's default, made once per class (``get_default`` deep-copies it on every call)."""
+    return {
+        name: field.get_default(call_default_factory=True)
+        for name, field in cls.model_fields.items()
+        if not field.is_required()
+    }
 
 
 SHOWN_CHARACTERS = 80  # of a user's value inside a message: a message never grows with the input

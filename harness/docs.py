@@ -146,12 +146,15 @@ FIELD_COLUMNS = ["field", "type", "default", "allowed", "meaning"]
 
 
 def spec_page() -> str:
+    from harness.config import ModelRecipes, Pair
     from harness.spec import BenchmarkSpec, MethodSpec, Recipe, Resources
 
     sections = [
         ("Top level", BenchmarkSpec, ""),
+        ("`pairs[i]`: a Pair", Pair, "pairs[i]."),
         ("`methods[i]`: a method (or just its name)", MethodSpec, "methods[i]."),
         ("`pretrain` and `finetune`: a Recipe", Recipe, ""),
+        ("`recipes.MODEL`: ModelRecipes", ModelRecipes, "recipes.MODEL."),
         ("`resources`: Resources", Resources, "resources."),
     ]
     out = GENERATED.format(source="the pydantic models in harness/spec.py") + "# Benchmark file fields\n\n"

@@ -7,8 +7,8 @@ import json
 import duckdb
 import pandas as pd
 from rich.console import Console
-from rich.table import Table
-from rich.text import Text
+
+from harness.output import print_table
 
 LEADERBOARD_SQL = """
 WITH final_level AS (  -- a join, not a window over all rows: 7x faster on a 1M-row table
@@ -35,6 +35,12 @@ def leaderboard(con: duckdb.DuckDBPyConnection, benchmark: str) -> pd.DataFrame:
     return con.execute(LEADERBOARD_SQL, {"benchmark": benchmark}).df()
 
 
+def cells_pooled(con: duckdb.DuckDBPyConnection, benchmark: str) -> set[str]:
+    """The ids of the ok cells the leaderboard of ``benchmark`` averages over (any spec file of that name)."""
+    rows = con.execute("SELECT DISTINCT cell_id FROM cells WHERE status = 'ok' AND benchmark = $b", {"b": benchmark})
+    return {cell_id for (cell_id,) in rows.fetchall()}
+
+
 def method_label(method: str, method_params: str | None) -> str:
     """``method`` or ``method(k=v, …)``: two parameterisations of a method are two entries."""
     params = json.loads(method_params) if method_params else {}
@@ -44,19 +50,19 @@ def method_label(method: str, method_params: str | None) -> str:
 
 
 def print_leaderboard(frame: pd.DataFrame, console: Console) -> None:
+    """One table per (dataset, model); in a pipe or a log, plain text with every method name whole."""
+    columns = ("method", "sparsity", "top1 % (mean ± std)", "seeds", "compression", "speedup")
     for (dataset, model), group in frame.groupby(["dataset", "model"], sort=False):
         dense = group["dense_top1"].mean()
-        title = Text(f"{dataset} / {model}  (dense top1 {100 * dense:.2f}%)")  # names are never markup
-        table = Table(title=title, title_justify="left")
-        for column in ("method", "sparsity", "top1 % (mean ± std)", "seeds", "compression", "speedup"):
-            table.add_column(column, justify="left" if column == "method" else "right")
-        for row in group.itertuples():
-            table.add_row(
-                Text(method_label(row.method, row.method_params)),  # a name is never markup
+        rows = [
+            (
+                method_label(row.method, row.method_params),
                 f"{row.sparsity:g}",
                 f"{100 * row.top1_mean:.2f} ± {100 * row.top1_std:.2f}",
                 str(row.seeds),
                 f"{row.compression_ratio:.2f}x",
                 f"{row.theoretical_speedup:.2f}x",
             )
-        console.print(table)
+            for row in group.itertuples()
+        ]
+        print_table(console, columns, rows, f"{dataset} / {model}  (dense top1 {100 * dense:.2f}%)", right=columns[1:])

@@ -19,7 +19,9 @@ import math
 import os
 import re
 import secrets
+import socket
 import time
+import urllib.parse
 import warnings
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
@@ -165,6 +167,35 @@ def _reload_ray_auth() -> None:
 
     Config.initialize("")
     AuthenticationTokenLoader.instance().reset_cache()
+
+
+CONNECT_SECONDS = 10.0  # to reach a cluster's address; Ray itself retries for minutes, printing warnings
+RAY_PORTS = {"ray": 10001, "": 6379}  # Ray Client's port and the GCS's, when an address names none
+
+
+def check_cluster_address(address: str | None) -> None:
+    """Raise SchedulingError, within ``CONNECT_SECONDS``, if nothing listens at the cluster's address
+    (``--address`` or ``$RAY_ADDRESS``; ``auto`` finds a local cluster or fails at once by itself)."""
+    address = address or os.environ.get("RAY_ADDRESS")
+    if not address or address == "auto" or ray.is_initialized():
+        return
+    scheme, _, rest = address.rpartition("://")
+    try:
+        parts = urllib.parse.urlsplit(f"//{rest}")
+        host, port = parts.hostname, parts.port or RAY_PORTS.get(scheme, RAY_PORTS[""])
+    except ValueError as exc:
+        raise SchedulingError(f"--address {address} is not HOST:PORT or ray://HOST:PORT ({exc})") from None
+    if not host:
+        raise SchedulingError(f"--address {address} names no host; give HOST:PORT or ray://HOST:PORT")
+    try:
+        socket.create_connection((host, port), timeout=CONNECT_SECONDS).close()
+    except OSError as exc:
+        reason = "no answer" if isinstance(exc, TimeoutError) else exc.strerror or type(exc).__name__
+        raise SchedulingError(
+            f"cannot reach the Ray cluster at {address} ({reason} on {host}:{port} within {CONNECT_SECONDS:.0f} s); "
+            "start it (ray up, ray start --head) or fix --address / $RAY_ADDRESS"
+        ) from None
+
 
 
 def _pretrain_task(cell: CellSpec, view: SplitView = all_splits) -> bytes:

@@ -12,6 +12,7 @@ before a single cell is made.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -39,7 +40,7 @@ from harness.config import (
 from harness.data import DATASETS
 from harness.methods import METHODS, load_plugins
 from harness.methods.base import DEFAULT_VERSION
-from harness.models import MODELS, IncompatibleInput, create_model
+from harness.models import MODELS, IncompatibleInput, create_model, from_torchvision
 from harness.registry import RegistryError
 from harness.tuning.space import ParamRange, check_space, default_space
 from harness.validation import SpecError, clip, describe
@@ -198,16 +199,23 @@ def _check_registries(path: Path, spec: BenchmarkSpec) -> None:
     def fail(field: str, message: str) -> SpecError:
         return SpecError(f"{path}: {clip(f'{field}: {message}')}")
 
-    for i, name in enumerate(spec.models):
-        if name not in MODELS:
-            raise fail(f"models[{i}]", MODELS.unknown_message(name))
-    for i, name in enumerate(spec.datasets):
-        if name not in DATASETS:
-            raise fail(f"datasets[{i}]", DATASETS.unknown_message(name))
-    try:
-        finetune = spec.finetune_recipe
-    except pydantic.ValidationError as exc:
-        raise SpecError(_in_file(path, describe(exc, Recipe, prefix="finetune."))) from None
+    axes = {"models": spec.models or (), "datasets": spec.datasets or ()}
+    for i, pair in enumerate(spec.pairs or ()):
+        axes[f"pairs[{i}].model"], axes[f"pairs[{i}].dataset"] = (pair.model,), (pair.dataset,)
+    for field, names in axes.items():
+        registry = DATASETS if field.endswith(("datasets", "dataset")) else MODELS
+        for i, name in enumerate(names):
+            if name not in registry:
+                where = field if field.startswith("pairs") else f"{field}[{i}]"
+                raise fail(where, registry.unknown_message(name))
+    models = spec.model_names
+    for field in ("recipes", "pretrained"):
+        for name in getattr(spec, field):
+            if name not in models:
+                raise fail(f"{field}.{name}", f"not a model of this benchmark; allowed: {', '.join(models)}")
+    recipes = {}
+    for model in models:
+        recipes[model] = _model_recipes(path, spec, model)
     seen: dict[str, int] = {}
     for i, method in enumerate(spec.methods):
         if method.name not in METHODS:
@@ -217,12 +225,14 @@ def _check_registries(path: Path, spec: BenchmarkSpec) -> None:
             params = cls.Params.model_validate(method.params)
         except pydantic.ValidationError as exc:
             raise SpecError(_in_file(path, describe(exc, cls.Params, prefix=f"methods[{i}]."))) from None
-        try:
-            cls.check_recipes(params, spec.pretrain, finetune)
-        except pydantic.ValidationError as exc:  # the place of a nested method's need, e.g. a pipeline stage
-            raise SpecError(_in_file(path, describe(exc, cls.Params, prefix=f"methods[{i}]."))) from None
-        except ValueError as exc:
-            raise fail(f"methods[{i}]", str(exc)) from None
+        for model, (pretrain, finetune) in recipes.items():
+            for_model = f" (with the recipes of {model})" if model in spec.recipes else ""
+            try:
+                cls.check_recipes(params, pretrain, finetune)
+            except pydantic.ValidationError as exc:  # the place of a nested method's need, e.g. a pipeline stage
+                raise SpecError(_in_file(path, describe(exc, cls.Params, prefix=f"methods[{i}]."))) from None
+            except ValueError as exc:
+                raise fail(f"methods[{i}]", f"{exc}{for_model}") from None
         key = f"{method.name} {json.dumps(params.model_dump(mode='json', exclude_defaults=True), sort_keys=True)}"
         if key in seen:
             raise fail(
@@ -231,21 +241,22 @@ def _check_registries(path: Path, spec: BenchmarkSpec) -> None:
                 "distinct, or the same cells would run twice",
             )
         seen[key] = i
-    for model in spec.models:
-        for dataset in spec.datasets:
-            try:
-                _check_compatible(model, dataset)
-            except IncompatibleInput as exc:
-                raise fail("models", f"{model!r} cannot take dataset {dataset!r}: {exc}") from None
+    for model, dataset in spec.model_dataset_pairs:
+        try:
+            _check_compatible(model, dataset)
+        except IncompatibleInput as exc:
+            field = "pairs" if spec.pairs else "models"
+            raise fail(field, f"{model!r} cannot take dataset {dataset!r}: {exc}") from None
+        if model in spec.pretrained:
+            _check_pretrained(path, model, dataset, spec.pretrained[model], recipes[model][0])
     if spec.compressions:  # reachable or not depends on whether the method may prune the classifier
         for method in spec.methods:
             params = METHODS.get(method.name).Params.model_validate(method.params)
-            for model in spec.models:
-                for dataset in spec.datasets:
-                    try:
-                        _targets(spec, model, dataset, params)
-                    except ValueError as exc:
-                        raise fail("compressions", str(exc)) from None
+            for model, dataset in spec.model_dataset_pairs:
+                try:
+                    _targets(spec, model, dataset, params)
+                except ValueError as exc:
+                    raise fail("compressions", str(exc)) from None
     _check_tuning(path, spec)
 
 
@@ -286,6 +297,69 @@ def _check_tuning(path: Path, spec: BenchmarkSpec) -> None:
 
 def _tuned_key(model: str, dataset: str, method: str, params: dict[str, Any], sparsity: float) -> str:
     return json.dumps([model, dataset, method, params, sparsity], sort_keys=True)
+
+
+def _model_recipes(path: Path, spec: BenchmarkSpec, model: str) -> tuple[Recipe, Recipe]:
+    """(pretrain, finetune) of ``model``; a bad field is named where it was given."""
+    own = f"recipes.{model}." if model in spec.recipes else ""
+    try:
+        pretrain = spec.pretrain_for(model)
+    except pydantic.ValidationError as exc:
+        raise SpecError(_in_file(path, describe(exc, Recipe, prefix=f"{own}pretrain."))) from None
+    try:
+        return pretrain, spec.finetune_for(model)
+    except pydantic.ValidationError as exc:
+        raise SpecError(_in_file(path, describe(exc, Recipe, prefix=f"{own}finetune."))) from None
+
+
+def pretrained_path(spec_path: Path, given: str) -> Path:
+    """A ``pretrained`` file: absolute, or relative to the benchmark file's folder."""
+    return (spec_path.parent / Path(given).expanduser()).resolve()
+
+
+def _check_pretrained(path: Path, model: str, dataset: str, given: str, pretrain: Recipe) -> None:
+    """The file is a state dict of exactly this model's tensors and shapes (read with weights_only)."""
+    where = f"pretrained.{model}"
+    if pretrain.save_epochs:
+        raise SpecError(f"{path}: {where}: pretrained weights have no pretraining epochs to keep; drop save_epochs")
+    state = from_torchvision(model, _read_state_dict(path, where, pretrained_path(path, given)))
+    expected = {name: tuple(t.shape) for name, t in _meta_model(model, dataset).state_dict().items()}
+    found = {name: tuple(t.shape) for name, t in state.items()}
+    missing, unexpected = sorted(expected.keys() - found.keys()), sorted(found.keys() - expected.keys())
+    wrong = sorted(name for name in expected.keys() & found.keys() if expected[name] != found[name])
+    problems = [
+        f"{label} {', '.join(names[:5])}{' …' if len(names) > 5 else ''}"
+        for label, names in (("missing", missing), ("unexpected", unexpected), ("other shapes for", wrong))
+        if names
+    ]
+    if problems:
+        raise SpecError(
+            clip(
+                f"{path}: {where}: {given} does not fit {model} on {dataset}: {'; '.join(problems)}; allowed: "
+                "a state dict of this model as the harness builds it (torch.save(model.state_dict()))"
+            )
+        )
+
+
+def _read_state_dict(path: Path, where: str, file: Path) -> dict[str, torch.Tensor]:
+    try:
+        state = torch.load(file, map_location="cpu", weights_only=True, mmap=True)  # mmap: nothing read yet
+    except FileNotFoundError:
+        raise SpecError(f"{path}: {where}: no such file {file}") from None
+    except Exception as exc:  # not a torch file, or one holding more than tensors: refused by weights_only
+        raise SpecError(clip(f"{path}: {where}: {file} is not a state dict torch can load safely: {exc}")) from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise SpecError(f"{path}: {where}: {file} holds a {type(state).__name__}, not a state dict of tensors")
+    return state
+
+
+def file_sha256(file: Path) -> str:
+    """The content hash that puts a pretrained file into its cells' identity (16 hex digits, like ids)."""
+    digest = hashlib.sha256()
+    with file.open("rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]
 
 
 def _meta_model(model: str, dataset: str) -> torch.nn.Module:
@@ -335,16 +409,17 @@ def count_cells(spec: BenchmarkSpec) -> int:
     """How many cells :func:`expand` makes, counted without making them."""
     targets = len(spec.sparsities or spec.compressions or ())
     per_pair = sum(1 if METHODS.get(m.name).sets_own_sparsity else targets for m in spec.methods)
-    return per_pair * len(spec.models) * len(spec.datasets) * len(spec.seeds)
+    return per_pair * len(spec.model_dataset_pairs) * len(spec.seeds)
 
 
-def expand(spec: BenchmarkSpec, tuned: bool = True) -> list[CellSpec]:
+def expand(spec: BenchmarkSpec, spec_path: str | os.PathLike | None = None, tuned: bool = True) -> list[CellSpec]:
     """The matrix, in a breadth-first order: all cells of the first seed, then the next.
 
-    A cell the spec's ``tuned`` section names gets the recipe fields and parameters chosen for it
-    (``tuned=False``: the matrix as it was before tuning).
+    ``spec_path`` is the benchmark file, against whose folder ``pretrained`` paths are resolved (and
+    hashed into identity); without it they are taken relative to the working directory. A cell the
+    spec's ``tuned`` section names gets the recipe fields and parameters chosen for it (``tuned=False``:
+    the matrix as it was before tuning).
     """
-    finetune = spec.finetune_recipe
     chosen = {
         _tuned_key(c.model, c.dataset, c.method, c.method_params, c.sparsity): c
         for c in (spec.tuned.cells if spec.tuned and tuned else ())
@@ -355,37 +430,46 @@ def expand(spec: BenchmarkSpec, tuned: bool = True) -> list[CellSpec]:
         params = cls.Params.model_validate(method.params)
         version = None if cls.version == DEFAULT_VERSION else cls.version
         methods.append((method.name, cls.sets_own_sparsity, params, params.model_dump(exclude_defaults=True), version))
+    recipes = {model: (spec.pretrain_for(model), spec.finetune_for(model)) for model in spec.model_names}
+    weights = {}
+    for model, given in spec.pretrained.items():
+        file = pretrained_path(Path(spec_path or "x"), given)
+        weights[model] = (str(file), file_sha256(file))
     cells = []
     for seed in spec.seeds:
-        for dataset in spec.datasets:
-            for model in spec.models:
-                for name, sets_own_sparsity, params, dumped, version in methods:
-                    targets = [(0.0, None)] if sets_own_sparsity else _targets(spec, model, dataset, params)
-                    for sparsity, compression in targets:
-                        entry = chosen.get(_tuned_key(model, dataset, name, dumped, sparsity)) if chosen else None
-                        cell_finetune, cell_params = finetune, dumped
-                        if entry:
-                            cell_finetune = Recipe(**{**finetune.model_dump(), **entry.finetune})
-                            tuned_params = type(params).model_validate({**dumped, **entry.params})
-                            cell_params = tuned_params.model_dump(exclude_defaults=True)
-                        cells.append(
-                            CellSpec(
-                                benchmark=spec.name,
-                                model=model,
-                                dataset=dataset,
-                                method=name,
-                                method_params=cell_params,
-                                method_version=version,
-                                sparsity=sparsity,
-                                compression=compression,
-                                seed=seed,
-                                pretrain=spec.pretrain,
-                                finetune=cell_finetune,
-                                data_root=spec.data_root,
-                                resources=spec.resources,
-                                plugins=spec.plugins,
-                            )
+        for model, dataset in spec.model_dataset_pairs:
+            pretrain, finetune = recipes[model]
+            pretrained, pretrained_sha256 = weights.get(model, (None, None))
+            for name, sets_own_sparsity, params, dumped, version in methods:
+                targets = [(0.0, None)] if sets_own_sparsity else _targets(spec, model, dataset, params)
+                for sparsity, compression in targets:
+                    entry = chosen.get(_tuned_key(model, dataset, name, dumped, sparsity)) if chosen else None
+                    cell_finetune, cell_params = finetune, dumped
+                    if entry:  # harness tune's choice for this cell, validated when the spec loaded
+                        cell_finetune = Recipe(**{**finetune.model_dump(), **entry.finetune})
+                        cell_params = type(params).model_validate({**dumped, **entry.params}).model_dump(
+                            exclude_defaults=True
                         )
+                    cells.append(  # built from validated parts: no need to validate 100,000 cells again
+                        CellSpec.model_construct(
+                            benchmark=spec.name,
+                            model=model,
+                            dataset=dataset,
+                            method=name,
+                            method_params=cell_params,
+                            method_version=version,
+                            sparsity=sparsity,
+                            compression=compression,
+                            seed=seed,
+                            pretrain=pretrain,
+                            finetune=cell_finetune,
+                            pretrained_sha256=pretrained_sha256,
+                            pretrained=pretrained,
+                            data_root=spec.data_root,
+                            resources=spec.resources,
+                            plugins=spec.plugins,
+                        )
+                    )
     return cells
 
 

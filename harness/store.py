@@ -372,10 +372,11 @@ class ResultsStore:
         return self.root / "logs" / f"{quote(cell_id, safe='')}.log"
 
     def log_location(self, cell_id: str) -> str:
-        """Where a cell's log is, as a user would open it (a path, or a URI on an object store)."""
-        return (
-            f"{self.location}/logs/{quote(cell_id, safe='')}.log" if self.files.remote else str(self.log_path(cell_id))
-        )
+        return self.shown(self.log_path(cell_id))
+
+    def shown(self, path: FilePath) -> str:
+        """Where a file of this store is, as a user would open it (a path, or a URI on an object store)."""
+        return f"{self.location}/{path.relative_to(self.root)}" if self.files.remote else str(path)
 
     def load_log(self, cell_id: str) -> str | None:
         data = self.files.read_bytes(self.log_path(cell_id))

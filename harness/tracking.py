@@ -16,6 +16,7 @@ import math
 import os
 import pickle
 import queue
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -106,6 +107,7 @@ class MatrixRun:
     uri: str
     experiment_id: str
     run_id: str
+    results: Path | None = None  # the folder holding the note that this run is open (None: no note)
 
     @classmethod
     def start(cls, uri: str, benchmark: str, artifact_root: str | Path, params: dict[str, Any]) -> MatrixRun:
@@ -117,9 +119,25 @@ class MatrixRun:
             experiment_id = client.create_experiment(benchmark, artifact_location=artifact_location)
         else:
             experiment_id = experiment.experiment_id
+        from harness.storage import is_remote
+
+        # the note is one shared file: only a local folder, which one driver holds, gets one
+        folder = None if is_remote(artifact_root) else Path(artifact_root)
+        if folder is not None:
+            mark_killed_run(folder)
         run = client.create_run(experiment_id, run_name=f"{benchmark}-matrix", tags={"harness.role": "matrix"})
         client.log_batch(run.info.run_id, params=_params(params))
-        return cls(uri, experiment_id, run.info.run_id)
+        matrix = cls(uri, experiment_id, run.info.run_id, folder)
+        if folder is not None:
+            matrix._note_running()
+        return matrix
+
+    def _note_running(self) -> None:
+        """Note this run in the results folder until it finishes: if the driver dies, the next run ends it."""
+        note = {"uri": self.uri, "run_id": self.run_id, "pid": os.getpid(), "host": socket.gethostname()}
+        temporary = self.results / f".{RUNNING_FILE}.tmp"
+        temporary.write_text(json.dumps(note))
+        temporary.replace(self.results / RUNNING_FILE)
 
     def log_progress(self, counts: dict[str, int], step: int) -> None:
         """The matrix's counts (cells ok, failed, running, ...) as curves over cells finished."""
@@ -130,6 +148,8 @@ class MatrixRun:
         self.log_progress(counts, step=counts.get("ok", 0) + counts.get("failed", 0))
         status = "KILLED" if interrupted else "FAILED" if counts.get("failed") else "FINISHED"
         _client(self.uri).set_terminated(self.run_id, status)
+        if self.results is not None and _running_note(self.results).get("run_id") == self.run_id:
+            (self.results / RUNNING_FILE).unlink(missing_ok=True)
 
     def log_child(self, child: ChildRun) -> str:
         """Create, fill and end one child run (a cell's or a pretraining's); returns its id."""
@@ -141,6 +161,50 @@ class MatrixRun:
             client.log_batch(run_id, metrics=batch, params=_params(child.params) if start == 0 else [])
         client.set_terminated(run_id, "FAILED" if child.failed else "FINISHED")
         return run_id
+
+
+RUNNING_FILE = "matrix-run.json"  # in the results folder while a driver's parent run is open
+
+
+def mark_killed_run(results: Path) -> str | None:
+    """End the parent run a driver left RUNNING when it died (SIGKILL, a lost node): KILLED. Its id, or None.
+
+    A driver notes its run in the results folder and removes the note when it finishes; a note whose
+    driver is still alive on this host is left alone (it is another run in progress).
+    """
+    note = _running_note(results)
+    if not note:
+        return None
+    if note.get("host") == socket.gethostname() and _alive(int(note.get("pid", 0))):
+        return None
+    try:
+        client = _client(note["uri"])
+        if client.get_run(note["run_id"]).info.status == "RUNNING":
+            client.set_terminated(note["run_id"], "KILLED")
+    except Exception as exc:  # MLflow mirrors the table: a store gone away only warns
+        warnings.warn(f"could not mark the killed run {note.get('run_id')} in MLflow: {exc}", stacklevel=2)
+    (results / RUNNING_FILE).unlink(missing_ok=True)
+    return note["run_id"]
+
+
+def _running_note(results: Path) -> dict[str, Any]:
+    try:
+        note = json.loads((results / RUNNING_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+    return note if isinstance(note, dict) and {"uri", "run_id"} <= note.keys() else {}
+
+
+def _alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 @dataclass(frozen=True)

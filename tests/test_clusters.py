@@ -64,6 +64,25 @@ def test_kuberay_raycluster_has_gpu_workers_and_a_results_volume() -> None:
     assert objects["PersistentVolumeClaim"]["metadata"]["name"] == claim
 
 
+def test_kuberay_rayjob_runs_the_spec_of_its_configmap(tmp_path: Path) -> None:
+    from harness.spec import load_spec
+
+    objects = kubernetes_objects("kuberay-rayjob.yaml")
+    config_map, job = objects["ConfigMap"], objects["RayJob"]
+    head = job["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]
+    [volume] = [v for v in head["volumes"] if v.get("configMap", {}).get("name") == config_map["metadata"]["name"]]
+    [mount] = [m for m in head["containers"][0]["volumeMounts"] if m["name"] == volume["name"]]
+    [spec_name] = config_map["data"]
+    assert f" {mount['mountPath']}/{spec_name} " in job["spec"]["entrypoint"]  # the entrypoint runs that file
+    (tmp_path / spec_name).write_text(config_map["data"][spec_name])
+    assert load_spec(tmp_path / spec_name).name == "quickstart"
+
+
+def test_the_docker_build_context_leaves_out_environments_results_and_history() -> None:
+    ignored = (CLUSTERS.parent / ".dockerignore").read_text().split()
+    assert {".venv", "results", "site", "data", ".git", "**/__pycache__", ".pytest_cache"} <= set(ignored)
+
+
 def test_kuberay_rayjob_runs_harness_on_its_own_gpu_cluster() -> None:
     job = kubernetes_objects("kuberay-rayjob.yaml")["RayJob"]
     assert job["apiVersion"] == "ray.io/v1"

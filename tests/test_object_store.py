@@ -151,8 +151,8 @@ def test_a_matrix_runs_into_s3_and_status_query_and_report_read_it_back(
 
     status = CliRunner().invoke(app, ["status", str(spec), "--results", results], terminal_width=200)
     assert status.exit_code == 0, status.output
-    assert [line.split() for line in status.output.splitlines() if "all" in line.split()[:2]] == [
-        ["│", "all", "│", "│", "2", "│", "0", "│", "0", "│"]
+    assert [line.split() for line in status.output.splitlines() if line.split()[:1] == ["all"]] == [
+        ["all", "2", "0", "0"]  # a pipe gets the plain table: axis, value (empty), done, failed, pending
     ]
 
     again = CliRunner().invoke(app, ["run", str(spec), "--results", results])  # resumes: nothing to run

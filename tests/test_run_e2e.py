@@ -120,8 +120,8 @@ def spec_text(methods: list, data_root: Path) -> str:
 
 def harness(*args: str, cwd: Path, pythonpath: Path | None = None) -> subprocess.CompletedProcess:
     env = {**os.environ, "COLUMNS": "1000"}  # rich wraps tables at 80 columns when not on a terminal
-    if pythonpath:
-        env["PYTHONPATH"] = str(pythonpath)
+    if pythonpath:  # in front of the caller's: the harness under test stays the one imported
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(pythonpath), os.environ.get("PYTHONPATH")]))
     return subprocess.run([str(HARNESS), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
 
 
@@ -340,23 +340,28 @@ def test_a_rerun_trains_nothing_with_plugins_loaded_by_module_name(finished: Fin
 
 
 def states_listed(output: str) -> dict[str, str]:
-    """``{cell_id: state}`` from the table ``--dry-run`` prints (long names wrap; ids and states do not)."""
-    return dict(re.findall(r"^│ ([0-9a-f]{16}) │.*│ (done|failed|pending) +│$", output, re.MULTILINE))
+    """``{cell_id: state}`` from the CSV ``--dry-run --format csv`` prints (its count line goes to stderr)."""
+    listed = pd.read_csv(StringIO(output), dtype=str)
+    return dict(zip(listed.cell_id, listed.state, strict=True))
 
 
 def test_dry_run_prints_every_cell_and_its_state_and_writes_nothing(finished: Finished, tmp_path: Path) -> None:
     before = files_and_mtimes(finished.results)
-    dry = CliRunner().invoke(app, ["run", str(finished.builtins_spec), "--results", str(finished.results), "--dry-run"])
+    dry = CliRunner().invoke(
+        app, ["run", str(finished.builtins_spec), "--results", str(finished.results), "--dry-run", "--format", "csv"]
+    )
     assert dry.exit_code == 0, dry.output
-    assert "12 cells — 6 done, 6 failed before, 0 to run" in dry.stdout
+    assert "12 cells — 6 done, 6 failed before, 0 to run" in dry.stderr
     builtin_rows = finished.cells[~finished.cells.method.isin(PLUGIN_METHODS)]
     expected = dict(zip(builtin_rows.cell_id, builtin_rows.status.map({"ok": "done", "failed": "failed"}), strict=True))
     assert states_listed(dry.stdout) == expected
     assert files_and_mtimes(finished.results) == before
 
     fresh = tmp_path / "fresh"
-    dry = CliRunner().invoke(app, ["run", str(finished.builtins_spec), "--results", str(fresh), "--dry-run"])
-    assert dry.exit_code == 0 and "12 cells — 0 done, 0 failed before, 12 to run" in dry.stdout
+    dry = CliRunner().invoke(
+        app, ["run", str(finished.builtins_spec), "--results", str(fresh), "--dry-run", "--format", "csv"]
+    )
+    assert dry.exit_code == 0 and "12 cells — 0 done, 0 failed before, 12 to run" in dry.stderr
     assert states_listed(dry.stdout) == dict.fromkeys(expected, "pending")
     assert not fresh.exists()
 
@@ -397,7 +402,7 @@ def test_list_methods_shows_where_each_plugin_came_from(finished: Finished) -> N
         pythonpath=finished.root / "plugins",
     )
     assert listed.returncode == 0, listed.stderr
-    lines = {line.split()[1]: line for line in listed.stdout.splitlines() if line.startswith("│")}
+    lines = {line.split()[0]: line for line in listed.stdout.splitlines()[2:]}  # a pipe gets whole plain lines
     assert "plugin plugins/readme_plugin.py" in lines["smallest_weights_per_layer"]
     assert "the same fraction in every layer" in lines["smallest_weights_per_layer"]  # the docstring's first line
     assert "plugin broken_plugin" in lines["explodes"]

@@ -9,7 +9,9 @@ in a plugin module, or through the entry-point group ``harness.models``.
 from __future__ import annotations
 
 import inspect
+import re
 from collections.abc import Callable
+from typing import Any
 
 from torch import nn
 
@@ -46,3 +48,31 @@ for _module in ("lenet", "conv", "resnet_cifar", "vgg", "mnist1d", "resnet_image
 
 def create_model(name: str, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
     return MODELS.get(name)(tuple(input_shape), num_classes)
+
+
+_TORCHVISION_RESNET = (  # torchvision's ResNet names -> this package's (same tensors, same order)
+    (re.compile(r"^conv1\."), lambda m: "stem.0."),
+    (re.compile(r"^bn1\."), lambda m: "stem.1."),
+    (re.compile(r"^layer(\d)\.(\d+)\.conv(\d)\."), lambda m: f"stage{m[1]}.{m[2]}.residual.{3 * int(m[3]) - 3}."),
+    (re.compile(r"^layer(\d)\.(\d+)\.bn(\d)\."), lambda m: f"stage{m[1]}.{m[2]}.residual.{3 * int(m[3]) - 2}."),
+    (re.compile(r"^layer(\d)\.(\d+)\.downsample\.(\d)\."), lambda m: f"stage{m[1]}.{m[2]}.shortcut.{m[3]}."),
+)
+
+
+def from_torchvision(name: str, state: dict[str, Any]) -> dict[str, Any]:
+    """A torchvision ResNet-18/50 state dict under this package's names (other models and files: as given).
+
+    torchvision's ``resnet18``/``resnet50`` hold the same tensors as ``resnet18``/``resnet50`` here
+    (v1.5, projection shortcuts), named ``layer1.0.conv1.weight`` where this one says
+    ``stage1.0.residual.0.weight``; the caller still checks every name and shape.
+    """
+    if name not in ("resnet18", "resnet50") or not any(key.startswith("layer1.") for key in state):
+        return state
+    renamed = {}
+    for key, value in state.items():
+        for pattern, replacement in _TORCHVISION_RESNET:
+            key, count = pattern.subn(replacement, key, count=1)
+            if count:
+                break
+        renamed[key] = value
+    return renamed
