@@ -58,7 +58,9 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, help=HELP, cls=_Gr
 console = Console(markup=False)
 errors = Console(stderr=True, markup=False)
 
-ResultsOption = Annotated[Path, typer.Option("--results", help="Results folder.")]
+ResultsOption = Annotated[
+    str, typer.Option("--results", help="Results folder, or object-store prefix: s3://BUCKET/PREFIX, gs://….")
+]
 PluginOption = Annotated[
     list[str] | None, typer.Option("--plugin", help="Plugin module (importable name or .py path); repeatable.")
 ]
@@ -119,8 +121,29 @@ def guarded(command: Command) -> Command:
     return wrapper  # type: ignore[return-value]
 
 
-def _results_folder(results: Path, writing: bool = False) -> None:
-    """Refuse a --results that is a file, or (when writing) a folder this user cannot create or write."""
+def _existing_results(location: str) -> str | Path:
+    """A results root to read: an object-store prefix, or a local folder that exists."""
+    from harness.storage import is_remote, local_path
+
+    if not is_remote(location) and not local_path(location).exists():
+        raise _fail_input(f"results folder {location} does not exist; run a benchmark first or pass --results")
+    return _results_folder(location)
+
+
+def _results_folder(location: str | Path, writing: bool = False) -> str | Path:
+    """The results root to use: a local folder (refused if it is a file, or when writing a folder this
+    user cannot create or write) or an object-store URI (refused if its filesystem or bucket is missing)."""
+    from harness.storage import ObjectFiles, is_remote, local_path
+
+    if is_remote(location):
+        try:
+            files = ObjectFiles(str(location))
+            if writing:
+                files.check_writable()
+        except ValueError as exc:
+            raise _fail_input(f"--results {exc}") from None
+        return str(location)
+    results = local_path(location)
     if results.exists() and not results.is_dir():
         raise _fail_input(f"--results {results} is a file; give a folder (it is created if missing)")
     if writing:
@@ -129,6 +152,7 @@ def _results_folder(results: Path, writing: bool = False) -> None:
             folder = folder.parent
         if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
             raise _fail_input(f"--results {results}: {folder} is not a folder this user can write")
+    return results
 
 
 class PlanFormat(StrEnum):
@@ -142,7 +166,7 @@ class PlanFormat(StrEnum):
 @guarded
 def run(
     spec_path: Annotated[Path, typer.Argument(metavar="SPEC.yaml", help="Benchmark file.")],
-    results: ResultsOption = Path("results"),
+    results: ResultsOption = "results",
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Print what is done, failed and pending per axis; run nothing.")
     ] = False,
@@ -176,7 +200,7 @@ def run(
 ) -> None:
     """Run every cell of a benchmark that is not in the results table yet, then print the leaderboard."""
     spec, cells = _load_cells(spec_path, plugin, max_cells)
-    _results_folder(results)
+    results = _results_folder(results)
     cells = _only(cells, only or [])
 
     from harness.runner import plan
@@ -202,12 +226,12 @@ def run(
         _print_other_code(todo.other_code, f"harness run {spec_path} --results {results}", force, out)
         if dry_run:
             if format is PlanFormat.summary:
-                _print_axes(f"{spec.name} in {results}/ (--format csv lists every cell)", cells, todo)
+                _print_axes(f"{spec.name} in {store.location}/ (--format csv lists every cell)", cells, todo)
             else:
                 _print_cells(cells, todo, format)
             return
         counts = {"ok": 0, "failed": 0}
-        if not todo.todo and results.is_dir():
+        if not todo.todo and isinstance(results, Path) and results.is_dir():  # no note on an object store
             from harness.tracking import mark_killed_run
 
             mark_killed_run(results)  # a driver killed after its last cell still leaves its MLflow run RUNNING
@@ -280,7 +304,7 @@ def _load_cells(spec_path: Path, plugins: list[str] | None, max_cells: int = MAX
         raise _fail_input(str(exc)) from None
 
 
-def _check_before_start(spec_path: Path, spec, cells, results: Path, address: str | None) -> None:
+def _check_before_start(spec_path: Path, spec, cells, results: str | Path, address: str | None) -> None:
     """What would fail only after Ray, mlflow.db or the spec copy exist: the folder, the resources, MLflow."""
     from harness.runner import SchedulingError, check_cluster_address, check_local_resources
     from harness.tracking import check_tracking_uri, resolve_tracking_uri
@@ -294,7 +318,10 @@ def _check_before_start(spec_path: Path, spec, cells, results: Path, address: st
         check_cluster_address(address)
     except SchedulingError as exc:
         raise _fail_input(str(exc)) from None
-    uri = resolve_tracking_uri(spec.tracking_uri, results)
+    try:
+        uri = resolve_tracking_uri(spec.tracking_uri, results)
+    except ValueError as exc:  # results on an object store, and no tracking store named
+        raise _fail_input(f"--results {exc}") from None
     try:
         check_tracking_uri(uri)
     except ValueError as exc:
@@ -303,12 +330,13 @@ def _check_before_start(spec_path: Path, spec, cells, results: Path, address: st
 
 
 def _run_with_progress(
-    spec, cells, store, results: Path, plugins: list[str], resume: str, scheduling: dict
+    spec, cells, store, results: str | Path, plugins: list[str], resume: str, scheduling: dict
 ) -> dict[str, int]:
     from harness.runner import SchedulingError, run_matrix
     from harness.tracking import MatrixRun, resolve_tracking_uri
 
-    results.mkdir(parents=True, exist_ok=True)
+    if isinstance(results, Path):
+        results.mkdir(parents=True, exist_ok=True)
     uri = resolve_tracking_uri(spec.tracking_uri, results)
     cells = [cell.model_copy(update={"plugins": tuple(plugins) + cell.plugins}) for cell in cells]
     failed: list[str] = []
@@ -359,13 +387,16 @@ LOGS_SHOWN = 3
 def _print_failed_logs(store, cell_ids: list[str]) -> None:
     """The end of the first failed cells' logs: usually enough to see what broke without opening a file."""
     for cell_id in cell_ids[:LOGS_SHOWN]:
-        path = store.log_path(cell_id)
-        if path.exists():
-            tail = path.read_text(errors="replace").splitlines()[-LOG_TAIL_LINES:]
-            console.rule(f"log of failed cell {cell_id} (last {len(tail)} lines; all of it: {path})")
-            console.print("\n".join(tail), highlight=False)
+        text = store.load_log(cell_id)
+        if text is not None:
+            tail = text.splitlines()[-LOG_TAIL_LINES:]
+            where = store.log_location(cell_id)
+            console.rule(f"log of failed cell {cell_id} (last {len(tail)} lines; all of it: {where})")
+            console.print("\n".join(tail), highlight=False, markup=False)
     if len(cell_ids) > LOGS_SHOWN:
-        console.print(f"... and {len(cell_ids) - LOGS_SHOWN} more failed cells; their logs are in {store.root}/logs/")
+        console.print(
+            f"... and {len(cell_ids) - LOGS_SHOWN} more failed cells; their logs are in {store.location}/logs/"
+        )
 
 
 class Protocol(StrEnum):
@@ -390,7 +421,7 @@ class Pruner(StrEnum):
 def tune(
     spec_path: Annotated[Path, typer.Argument(metavar="SPEC.yaml", help="Benchmark file; its tune: section.")],
     trials: Annotated[int, typer.Option("--trials", min=1, help="Trials per study, the same for every study.")] = 8,
-    results: ResultsOption = Path("results"),
+    results: ResultsOption = "results",
     protocol: Annotated[
         Protocol, typer.Option("--protocol", help="defaults: no tuning; equal: N trials each; qmc: quasi-random.")
     ] = Protocol.equal,
@@ -413,6 +444,14 @@ def tune(
 ) -> None:
     """Tune every method with the same budget on VALIDATION data; write results/tuned/<name>.yaml to run."""
     spec, _ = _load_cells(spec_path, plugin)
+    results = _results_folder(results)
+    if not isinstance(results, Path):  # the Optuna journal, tuned spec and importances are local files
+        from harness.storage import shown_uri
+
+        raise _fail_input(
+            f"--results {shown_uri(results)}: harness tune needs a local results folder; "
+            "run the tuned spec it writes into the object store"
+        )
     chosen = sampler.value if sampler else ("qmc" if protocol is Protocol.qmc else "tpe")
     if protocol is Protocol.qmc and chosen != "qmc":
         raise _fail_input(f"--protocol qmc searches quasi-randomly; --sampler {chosen} contradicts it (allowed: qmc)")
@@ -463,13 +502,13 @@ def tune(
 @guarded
 def status(
     spec_path: Annotated[Path, typer.Argument(metavar="SPEC.yaml", help="Benchmark file.")],
-    results: ResultsOption = Path("results"),
+    results: ResultsOption = "results",
     plugin: PluginOption = None,
     max_cells: MaxCellsOption = MAX_CELLS,
 ) -> None:
     """Show done / failed / pending per axis of a benchmark; runs no cell, but imports the spec's plugins."""
     spec, cells = _load_cells(spec_path, plugin, max_cells)
-    _results_folder(results)
+    results = _results_folder(results)
 
     from harness.runner import plan
     from harness.store import ResultsStore
@@ -477,10 +516,10 @@ def status(
     store = ResultsStore(results)
     todo = plan(cells, store)
     _print_other_code(todo.other_code, f"harness run {spec_path} --results {results}", False)
-    _print_axes(f"{spec.name} in {results}/", cells, todo)
+    _print_axes(f"{spec.name} in {store.location}/", cells, todo)
     for cell in todo.failed_before:
-        log = store.log_path(cell.cell_id)
-        console.print(_failed_line(cell, f": log {log}" if log.exists() else ""), highlight=False, soft_wrap=True)
+        log = f": log {store.log_location(cell.cell_id)}" if store.files.exists(store.log_path(cell.cell_id)) else ""
+        console.print(_failed_line(cell, log), highlight=False, soft_wrap=True)
     if todo.failed_before:
         console.print(f"rerun only these with: harness run {spec_path} --results {results} --retry-failed")
 
@@ -493,7 +532,10 @@ WORKING_DIR_EXCLUDES = [".git", ".venv", "results", "mlruns", "mlartifacts", "*.
 def submit(
     spec_path: Annotated[Path, typer.Argument(metavar="SPEC.yaml", help="Benchmark file, inside --working-dir.")],
     results: Annotated[
-        Path, typer.Option("--results", help="Results folder ON THE CLUSTER'S HEAD NODE (absolute path).")
+        str,
+        typer.Option(
+            "--results", help="Results folder ON THE CLUSTER'S HEAD NODE (absolute path), or s3://BUCKET/PREFIX."
+        ),
     ],
     address: Annotated[
         str,
@@ -512,7 +554,9 @@ def submit(
     import shlex
 
     _load_cells(spec_path, plugin, max_cells)  # a spec that cannot load fails here, not minutes later on the cluster
-    if not results.is_absolute():
+    from harness.storage import is_remote
+
+    if not is_remote(results) and not Path(results).is_absolute():
         raise _fail_input(
             f"--results {results} is relative: the job runs in a temporary copy of the working directory, "
             "so give an absolute path on the head node, e.g. --results /home/ray/results"
@@ -628,11 +672,14 @@ def _print_cells(cells, todo, format: PlanFormat) -> None:
             sys.stdout.write(json.dumps(dict(zip(CELL_COLUMNS, row, strict=True))) + "\n")
 
 
-def _print_summary(benchmark: str, results: Path, counts: dict[str, int], cell_ids: set[str], spec_path: Path) -> None:
+def _print_summary(
+    benchmark: str, results: str | Path, counts: dict[str, int], cell_ids: set[str], spec_path: Path
+) -> None:
     from harness.leaderboard import cells_pooled, leaderboard, print_leaderboard
     from harness.results import connect
+    from harness.store import ResultsStore
 
-    if (results / "cells").exists():
+    if ResultsStore(results).partitions("cells"):
         con = connect(results)
         frame = leaderboard(con, benchmark)
         if len(frame):
@@ -644,13 +691,15 @@ def _print_summary(benchmark: str, results: Path, counts: dict[str, int], cell_i
     )
 
 
-def _print_pooled(benchmark: str, results: Path, pooled: set[str], cell_ids: set[str], spec_path: Path) -> None:
+def _print_pooled(benchmark: str, results: str | Path, pooled: set[str], cell_ids: set[str], spec_path: Path) -> None:
     """Say what the leaderboard averages over: a benchmark's name pools every file ever run under it."""
     from harness.store import ResultsStore
 
     text = spec_path.read_text()
+    store = ResultsStore(results)
     copies = [
-        f"{path}{' (this file)' if path.read_text() == text else ''}" for path in ResultsStore(results).specs(benchmark)
+        f"{store.shown(path)}{' (this file)' if store.read_spec(path) == text else ''}"
+        for path in store.specs(benchmark)
     ]
     others = len(pooled - cell_ids)
     console.print(
@@ -709,7 +758,7 @@ class Format(StrEnum):
 @guarded
 def query(
     sql: Annotated[str, typer.Argument(help="DuckDB SQL over the views cells, epochs, layers, trials.")],
-    results: ResultsOption = Path("results"),
+    results: ResultsOption = "results",
     format: Annotated[Format, typer.Option("--format")] = Format.table,
 ) -> None:
     """Run read-only SQL over the results views (cells, epochs, layers, trials); columns: docs/reference/columns.md."""
@@ -718,11 +767,11 @@ def query(
     from harness.results import ReadOnlyError
     from harness.results import query as run_query
 
-    if not results.exists():
-        raise _fail_input(f"results folder {results} does not exist; run a benchmark first or pass --results")
-    _results_folder(results)
+    results = _results_folder(results)
     try:
         frame = run_query(results, sql)
+    except FileNotFoundError:
+        raise _fail_input(f"results folder {results} does not exist; run a benchmark first or pass --results") from None
     except ReadOnlyError as exc:
         raise _fail_input(str(exc)) from None
     except duckdb.Error as exc:
@@ -744,7 +793,7 @@ def _print_frame(frame: object, format: Format) -> None:
 @app.command(cls=_Command)
 @guarded
 def claims(
-    results: ResultsOption = Path("results"),
+    results: ResultsOption = "results",
     format: Annotated[Format, typer.Option("--format")] = Format.table,
     reference: Annotated[
         Path | None,
@@ -754,9 +803,7 @@ def claims(
     """Check the seed papers' claims on a results folder: holds, does not hold or not enough data, with evidence."""
     from harness.claims import REFERENCE, check_claims
 
-    if not results.exists():
-        raise _fail_input(f"results folder {results} does not exist; run a benchmark first or pass --results")
-    _results_folder(results)
+    results = _existing_results(results)
     if reference is not None and not reference.is_file():
         raise _fail_input(f"--reference {reference} is not a file; pass a claims CSV such as {REFERENCE}")
     frame = check_claims(results, reference or REFERENCE)
@@ -782,15 +829,13 @@ class Analysis(StrEnum):
 @guarded
 def analyze(
     analysis: Annotated[Analysis, typer.Argument(help="density, lmc, gradient-flow or masks.")],
-    results: ResultsOption = Path("results"),
+    results: ResultsOption = "results",
     format: Annotated[Format, typer.Option("--format")] = Format.table,
 ) -> None:
     """Analyses over a results folder: per-layer density profiles, LMC error barriers, gradient flow per epoch."""
     from harness.analysis import ANALYSES, MissingColumns
 
-    if not results.exists():
-        raise _fail_input(f"results folder {results} does not exist; run a benchmark first or pass --results")
-    _results_folder(results)
+    results = _existing_results(results)
     if analysis is Analysis.masks:
         raise _fail_input(
             "mask overlap (Jaccard) needs each cell's masks, and the results folder keeps only per-layer counts; "
@@ -813,8 +858,11 @@ class ReportFormat(StrEnum):
 @guarded
 def report(
     results: Annotated[
-        list[Path] | None,
-        typer.Option("--results", help="Results folder; repeat to compare several side by side. [default: results]"),
+        list[str] | None,
+        typer.Option(
+            "--results",
+            help="Results folder or s3://BUCKET/PREFIX; repeat to compare several side by side. [default: results]",
+        ),
     ] = None,
     out: Annotated[Path, typer.Option("--out", help="Folder the report is written to.")] = Path("site"),
     format: Annotated[
@@ -846,12 +894,9 @@ def report(
     tracking = os.environ.get("MLFLOW_TRACKING_URI", "")
     default_url = tracking if tracking.startswith(("http://", "https://")) else Options.mlflow_url
     formats = tuple(f.value for f in format) if format else ("html", "markdown")
-    for folder in results or []:
-        _results_folder(folder)
+    roots = [_results_folder(folder) for folder in results or ["results"]]
     try:
-        written = build_report(
-            results or [Path("results")], out, formats, label, Options(heatmap_at, mlflow_url or default_url)
-        )
+        written = build_report(roots, out, formats, label, Options(heatmap_at, mlflow_url or default_url))
     except ReportError as exc:
         raise _fail_input(str(exc)) from None
     pages = [p for p in written if p.stem == "index" or p.suffix == ".tex"]

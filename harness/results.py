@@ -3,7 +3,8 @@
 ``connect`` gives a connection with the views registered, ``load`` a pandas frame, and ``query``
 runs a user's SQL read-only: one or more SELECT statements, and no file outside the results folder
 can be read (DuckDB's ``enable_external_access`` is off, with the folder the only allowed directory,
-and the configuration is locked so the query cannot turn it back on).
+and the configuration is locked so the query cannot turn it back on). On an object store
+(``s3://BUCKET/PREFIX``) DuckDB may read no file at all: pyarrow reads the table's files for it.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ import duckdb
 import pandas as pd
 
 from harness.schema import VIEWS, core_first
-from harness.store import ResultsStore, read_retrying, sql_string
+from harness.storage import is_remote, shown_uri, sql_string
+from harness.store import ResultsStore, read_retrying
 
 
 class ReadOnlyError(ValueError):
@@ -27,14 +29,14 @@ class ReadOnlyError(ValueError):
 def connect(results_dir: str | os.PathLike = "results", read_only: bool = False) -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB connection with the views ``cells``, ``epochs``, ``layers`` and ``trials``.
 
-    Each view has the schema's core columns first, in order (NULL where no file has one yet), then
-    any other column some file has. The views are a snapshot of the files present now. With
-    ``read_only`` no file outside ``results_dir`` can be read and settings cannot be changed.
+    ``results_dir`` is a folder or an object-store URI (``s3://BUCKET/PREFIX``). Each view has the
+    schema's core columns first, in order (NULL where no file has one yet), then any other column
+    some file has. The views are a snapshot of the files present now. With ``read_only`` no file
+    outside ``results_dir`` can be read and settings cannot be changed.
     """
-    root = Path(results_dir).resolve()
-    if not root.is_dir():
-        raise FileNotFoundError(f"results folder {results_dir} does not exist; run a benchmark or pass its folder")
-    store = ResultsStore(root)
+    store = ResultsStore(results_dir if is_remote(results_dir) else Path(results_dir).resolve())
+    if not store.exists():
+        raise FileNotFoundError(f"results folder {store.location} does not exist; run a benchmark or pass its folder")
     con = duckdb.connect()
     con.execute("SET enable_progress_bar = false")
     # DuckDB spills to <cwd>/.tmp by default, and a read-only query could read what lies there: its
@@ -42,13 +44,12 @@ def connect(results_dir: str | os.PathLike = "results", read_only: bool = False)
     spill = Path(tempfile.gettempdir()) / f"harness-duckdb-{secrets.token_hex(8)}"
     con.execute(f"SET temp_directory = {sql_string(spill)}")
     con.execute("SET parquet_metadata_cache = true")  # each file's footer is read once, not at every bind
-    for view in VIEWS:
-        files = store.view_sql(view)
+    for view, files in store.view_sqls(con, list(VIEWS)).items():
         present = [name for name, *_ in con.execute(f"DESCRIBE {files}").fetchall()]
         con.execute(f"CREATE VIEW {view} AS SELECT {core_first(view, present)} FROM ({files})")
-    if read_only:
-        allowed = str(root).replace("'", "''").rstrip("/") + "/"
-        con.execute(f"SET allowed_directories = ['{allowed}']")
+    if read_only:  # object-store files are read by pyarrow, through the datasets registered above
+        allowed = "" if store.files.remote else sql_string(str(store.root).rstrip("/") + "/")
+        con.execute(f"SET allowed_directories = [{allowed}]")
         for setting in ("enable_external_access", "autoinstall_known_extensions", "autoload_known_extensions"):
             con.execute(f"SET {setting} = false")
         con.execute("SET lock_configuration = true")
@@ -77,10 +78,12 @@ def query(results_dir: str | os.PathLike, sql: str) -> pd.DataFrame:
     try:
         return _read(results_dir, sql, read_only=True)
     except duckdb.PermissionException as exc:
-        raise ReadOnlyError(
-            f"queries may read only the views and files under {Path(results_dir).resolve()}: {exc}"
-        ) from None
+        raise ReadOnlyError(f"queries may read only the views and files under {_shown(results_dir)}: {exc}") from None
 
 
 def _read(results_dir: str | os.PathLike, sql: str, read_only: bool) -> pd.DataFrame:
     return read_retrying(lambda: connect(results_dir, read_only).execute(sql).df())
+
+
+def _shown(results_dir: str | os.PathLike) -> str:
+    return shown_uri(str(results_dir)) if is_remote(results_dir) else str(Path(results_dir).resolve())

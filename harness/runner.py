@@ -321,7 +321,8 @@ def run_matrix(
         with ray_session(address, runtime_env) as local:
             scheduler = _Scheduler(cells, store, tracking, local, max_parallel, max_retries, on_result, on_progress)
             scheduler.run()
-            return scheduler.progress
+        store.close()
+        return scheduler.progress
     finally:
         if tracking:
             tracking.close()

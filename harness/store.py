@@ -1,6 +1,6 @@
-"""The results folder, written by one process only (the driver).
+"""The results table, written by one process per results root (the driver).
 
-Layout::
+Layout of a local folder::
 
     results/
       cells/benchmark=<name>/cell-<cell_id>.parquet   fresh: one file per cell written since compaction
@@ -27,6 +27,13 @@ span are merged into one (a log-structured merge: every row is rewritten about l
 and a partition holds at most a few dozen files). Segments are named by the range of compactions
 they hold, ``seg-<lo>-<hi>``; a merge that crashed before deleting its inputs leaves segments whose
 range another one covers, and those are ignored by readers and deleted by the next compaction.
+
+On an object store (``s3://BUCKET/PREFIX``, ``gs://…``, see ``harness/storage.py``) there is no lock,
+so each driver writes a partition of its own, ``cells/benchmark=<name>/run=<run_id>/``, laid out and
+compacted as above by that driver alone; no driver ever writes or deletes another's file. Run ids
+sort by the time the driver started, and readers keep each cell's rows from the newest run that
+wrote it (in all three views, judged by the ``cells`` files whose presence means done).
+Checkpoints, logs and spec copies sit under the prefix as on disk (one PUT each, whole or absent).
 """
 
 from __future__ import annotations
@@ -36,12 +43,14 @@ import fcntl
 import hashlib
 import os
 import re
+import secrets
 import socket
-import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path, PurePosixPath
 from typing import TypeVar
 from urllib.parse import quote, unquote
 
@@ -50,14 +59,21 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from harness.schema import CELL_VIEWS, CellResult, empty_select, to_arrow
+from harness.storage import FileGone, Files, atomic_write_bytes, open_root, sql_string
 
 FRESH_LIMIT = 64  # fresh cell files in a partition that trigger a compaction
 FANOUT = 8  # segments of equal span merged into one
 ROW_GROUP_SIZE = 122_880  # DuckDB's own: one row group per scan thread
-READ_ATTEMPTS = 3  # a compaction may delete a file between listing and reading it; the next listing is whole
+READ_ATTEMPTS = 5  # a compaction may delete a file between listing and reading it; the next listing is whole
+RETRY_SECONDS = 0.05  # waited before the second attempt, twice that before the third, ...
+COPY_OPTIONS = f"FORMAT parquet, COMPRESSION zstd, ROW_GROUP_SIZE {ROW_GROUP_SIZE}"
 
 T = TypeVar("T")
+FilePath = Path | PurePosixPath
 _PARTITION = "benchmark="
+_RUN = "run="
+_ARROW_READ = "reading the stream registered as"  # DuckDB's words when pyarrow failed to read a file
+_RUN_COLUMN = "__harness_run"  # which driver run a row came from, while readers pick the newest
 _FRESH = re.compile(r"^cell-(.+)\.parquet$")
 _SEGMENT = re.compile(r"^seg-(\d+)-(\d+)\.parquet$")
 _TEMPORARY = ".*.tmp"  # the names atomic writes use until their rename
@@ -68,65 +84,46 @@ class ResultsLocked(RuntimeError):
     """Another driver is writing to this results folder."""
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write under a temporary name, then rename: readers see the old file or the whole new one.
-
-    The file gets the mode any new file would (0666 less the umask), not mkstemp's private 0600,
-    so a site or a results folder can be shared as the user's umask says.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, 0o666 & ~current_umask())
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+__all__ = [
+    "FANOUT",
+    "FRESH_LIMIT",
+    "Partition",
+    "ResultsLocked",
+    "ResultsStore",
+    "Segment",
+    "atomic_write_bytes",
+    "read_retrying",
+]
 
 
-def current_umask() -> int:
-    """The process's umask, read without changing it where Linux allows (``os.umask`` sets it to read it)."""
-    with contextlib.suppress(OSError, StopIteration, ValueError):
-        status = Path("/proc/self/status").read_text()
-        return int(next(line for line in status.splitlines() if line.startswith("Umask:")).split()[1], 8)
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def _atomic_write_table(path: Path, table: pa.Table) -> None:
+def _atomic_write_table(files: Files, path: FilePath, table: pa.Table) -> None:
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink)
-    atomic_write_bytes(path, sink.getvalue().to_pybytes())
+    files.write_bytes(path, sink.getvalue().to_pybytes())
 
 
 def read_retrying(read: Callable[[], T]) -> T:
     """``read()``, listed and read again if a compaction removed one of its files meanwhile."""
-    for _ in range(READ_ATTEMPTS - 1):
+    for attempt in range(READ_ATTEMPTS - 1):
         try:
             return read()
-        except duckdb.IOException:
-            continue
+        except (duckdb.IOException, FileGone):
+            pass
+        except duckdb.InvalidInputException as exc:  # pyarrow's read of a registered dataset failed
+            if _ARROW_READ not in str(exc):
+                raise
+        time.sleep(RETRY_SECONDS * 2**attempt)  # a compaction in progress deletes several files in a row
     return read()
 
 
-def sql_string(value: str | Path) -> str:
-    return "'" + str(value).replace("'", "''") + "'"
-
-
-def _read_parquet(files: list[Path], filename: bool = False) -> str:
-    """``read_parquet`` over exact files; columns come from the files, never from the folder names."""
-    listed = ", ".join(map(sql_string, files))
-    return f"read_parquet([{listed}], union_by_name = true, hive_partitioning = false, filename = {filename})"
+def new_run_id() -> str:
+    """Sorts by the time it was made (UTC, microseconds), unique across machines by its random tail."""
+    return f"{datetime.now(UTC):%Y%m%dT%H%M%S%fZ}-{secrets.token_hex(4)}"
 
 
 @dataclass(frozen=True)
 class Segment:
-    path: Path
+    path: FilePath
     lo: int
     hi: int
 
@@ -137,22 +134,23 @@ class Segment:
 
 @dataclass
 class Partition:
-    """One benchmark's files of one view, as they are now."""
+    """One benchmark's files of one view (of one driver run, on an object store), as they are now."""
 
-    folder: Path
+    folder: FilePath
     benchmark: str
     segments: list[Segment]  # oldest first, covered (superseded) ones left out
     covered: list[Segment]  # inputs of a merge that crashed before deleting them
-    fresh: dict[str, Path]  # cell_id -> its fresh file
+    fresh: dict[str, FilePath]  # cell_id -> its fresh file
+    run: str | None = field(default=None)  # the driver run that wrote it; None in a local folder
 
     @classmethod
-    def scan(cls, folder: Path) -> Partition:
+    def scan(cls, files: Files, folder: FilePath, benchmark: str, run: str | None = None) -> Partition:
         segments, fresh = [], {}
-        for entry in os.scandir(folder):
+        for entry in files.list(folder):
             if match := _SEGMENT.match(entry.name):
-                segments.append(Segment(Path(entry.path), int(match[1]), int(match[2])))
+                segments.append(Segment(entry.path, int(match[1]), int(match[2])))
             elif match := _FRESH.match(entry.name):
-                fresh[unquote(match[1])] = Path(entry.path)
+                fresh[unquote(match[1])] = entry.path
         segments.sort(key=lambda s: (s.lo, -s.hi))
         live, covered = [], []
         for segment in segments:
@@ -160,28 +158,48 @@ class Partition:
                 covered.append(segment)
             else:
                 live.append(segment)
-        return cls(folder, unquote(folder.name.removeprefix(_PARTITION)), live, covered, dict(sorted(fresh.items())))
+        return cls(folder, benchmark, live, covered, dict(sorted(fresh.items())), run)
 
 
 class ResultsStore:
-    """Reads what is done; writes cell results and dense checkpoints atomically; compacts as it grows."""
+    """Reads what is done; writes cell results and dense checkpoints atomically; compacts as it grows.
+
+    ``root`` is a local folder or an object-store URI (``s3://BUCKET/PREFIX``); ``location`` names it
+    in messages. On an object store this store writes under its own ``run_id``.
+    """
 
     def __init__(self, root: str | os.PathLike, fresh_limit: int = FRESH_LIMIT) -> None:
-        self.root = Path(root)
+        self.files = open_root(root)
+        self.root = self.files.root
+        self.location = self.files.location
         self.fresh_limit = fresh_limit
+        self.run_id = new_run_id() if self.files.remote else None
         self._lock = threading.Lock()  # the driver may call write() from more than one thread
 
-    def view_dir(self, view: str) -> Path:
+    def exists(self) -> bool:
+        return self.files.exists(self.root)
+
+    def view_dir(self, view: str) -> FilePath:
         return self.root / view
 
-    def partition_dir(self, view: str, benchmark: str) -> Path:
-        return self.view_dir(view) / f"{_PARTITION}{quote(benchmark, safe='')}"
+    def partition_dir(self, view: str, benchmark: str) -> FilePath:
+        """Where this store writes ``benchmark``'s files of ``view`` (on an object store: its run's own)."""
+        folder = self.view_dir(view) / f"{_PARTITION}{quote(benchmark, safe='')}"
+        return folder / f"{_RUN}{self.run_id}" if self.run_id else folder
 
     def partitions(self, view: str) -> list[Partition]:
-        folder = self.view_dir(view)
-        if not folder.is_dir():
-            return []
-        return [Partition.scan(Path(e.path)) for e in sorted(os.scandir(folder), key=lambda e: e.name) if e.is_dir()]
+        found = []
+        for entry in sorted(self.files.list(self.view_dir(view)), key=lambda e: e.name):
+            if not entry.is_dir or not entry.name.startswith(_PARTITION):
+                continue
+            benchmark = unquote(entry.name.removeprefix(_PARTITION))
+            if not self.files.remote:
+                found.append(Partition.scan(self.files, entry.path, benchmark))
+                continue
+            for run in sorted(self.files.list(entry.path), key=lambda e: e.name):
+                if run.is_dir and run.name.startswith(_RUN):
+                    found.append(Partition.scan(self.files, run.path, benchmark, run.name.removeprefix(_RUN)))
+        return found
 
     # -- writing ------------------------------------------------------------------------------
 
@@ -191,7 +209,11 @@ class ResultsStore:
 
         ``flock`` ends with its holder however it ends, SIGKILL included, so a lock never goes
         stale; the holder's PID and host are written inside so that the message can name it.
+        An object store has no lock and needs none: this store writes only its own run's files.
         """
+        if self.files.remote:
+            yield
+            return
         self.root.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.root / ".lock", os.O_RDWR | os.O_CREAT, 0o666)
         try:
@@ -200,7 +222,7 @@ class ResultsStore:
             except BlockingIOError:
                 holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "a process that is starting"
                 raise ResultsLocked(
-                    f"results folder {self.root} is in use by another harness run ({holder}); "
+                    f"results folder {self.location} is in use by another harness run ({holder}); "
                     "wait for it to finish or pass another --results folder"
                 ) from None
             os.ftruncate(fd, 0)
@@ -232,51 +254,75 @@ class ResultsStore:
         }
         with self._lock:
             for view, table in tables.items():
-                _atomic_write_table(self.partition_dir(view, benchmark) / name, table)
+                _atomic_write_table(self.files, self.partition_dir(view, benchmark) / name, table)
             if self._fresh_count(benchmark) >= self.fresh_limit:
                 self._compact(benchmark)
 
     def compact(self, benchmark: str | None = None) -> None:
-        """Fold fresh files into segments now (one benchmark, or all); writes do it on their own."""
+        """Fold fresh files into segments now (one benchmark, or all); writes do it on their own.
+        On an object store only this store's own run is compacted: other drivers' files are theirs."""
         with self._lock:
-            names = [benchmark] if benchmark else [p.benchmark for p in self.partitions("cells")]
+            names = [benchmark] if benchmark else sorted({p.benchmark for p in self.partitions("cells")})
             for name in names:
                 self._compact(name)
 
+    def close(self) -> None:
+        """At the end of a driver's run. On an object store its run's fresh files are compacted now:
+        nobody else ever will, and every file costs readers a request."""
+        if self.files.remote:
+            self.compact()
+
     def _fresh_count(self, benchmark: str) -> int:
-        return sum(1 for e in os.scandir(self.partition_dir("cells", benchmark)) if e.name.startswith("cell-"))
+        return sum(1 for e in self.files.list(self.partition_dir("cells", benchmark)) if e.name.startswith("cell-"))
 
     def _compact(self, benchmark: str) -> None:
         for view in CELL_VIEWS:
-            folder = self.partition_dir(view, benchmark)
-            if folder.is_dir():
-                _compact_partition(Partition.scan(folder))
+            partition = Partition.scan(self.files, self.partition_dir(view, benchmark), benchmark, self.run_id)
+            if partition.segments or partition.covered or partition.fresh:
+                _compact_partition(self.files, partition)
 
     def write_trials(self, benchmark: str, study: str, rows: list[dict]) -> None:
         """Replace one study's rows of the ``trials`` view (written by ``harness tune``, never compacted)."""
         name = f"cell-{quote(study, safe='')}.parquet"  # the fresh-file name readers list
-        _atomic_write_table(self.partition_dir("trials", benchmark) / name, to_arrow("trials", rows))
+        _atomic_write_table(self.files, self.partition_dir("trials", benchmark) / name, to_arrow("trials", rows))
 
     # -- reading ------------------------------------------------------------------------------
 
-    def view_sql(self, view: str) -> str:
-        """A SELECT over the files that hold ``view`` now: segments minus rewritten cells, plus fresh files."""
-        parts = self.partitions(view)
-        segments = [s.path for p in parts for s in p.segments]
-        fresh = [path for p in parts for path in p.fresh.values()]
-        rewritten = [(p.benchmark, cell_id) for p in parts for cell_id in p.fresh]
-        selects = []
-        if segments:
-            select = f"SELECT * FROM {_read_parquet(segments)}"
-            if rewritten:
-                values = ", ".join(f"({sql_string(b)}, {sql_string(c)})" for b, c in rewritten)
-                select += f" ANTI JOIN (VALUES {values}) AS rewritten(benchmark, cell_id) USING (benchmark, cell_id)"
-            selects.append(select)
-        if fresh:
-            selects.append(f"SELECT * FROM {_read_parquet(fresh)}")
-        if not selects:
-            return empty_select(view)
-        return " UNION ALL BY NAME ".join(f"({s})" for s in selects)
+    def view_sql(self, view: str, con: duckdb.DuckDBPyConnection) -> str:
+        """A SELECT over the files that hold ``view`` now, valid on ``con`` (object-store files are
+        registered there): per partition, segments minus rewritten cells, plus fresh files; on an
+        object store, each cell's rows from the newest run that wrote it."""
+        return self.view_sqls(con, [view])[view]
+
+    def view_sqls(self, con: duckdb.DuckDBPyConnection, views: list[str]) -> dict[str, str]:
+        """``view_sql`` of several views at once: on an object store the ``cells`` files, which say
+        which run's rows are the newest, are listed and registered once for all of them."""
+        if not self.files.remote:
+            return {v: _run_select(self.files, con, self.partitions(v)) or empty_select(v) for v in views}
+        done = {run: _run_select(self.files, con, p) for run, p in _by_run(self.partitions("cells")).items()}
+        newest = " UNION ALL ".join(
+            f"(SELECT benchmark, cell_id, {sql_string(run)} AS {_RUN_COLUMN} FROM ({select}))"
+            for run, select in done.items()
+        )
+        selects = {}
+        for view in views:
+            runs = (
+                done
+                if view == "cells"
+                else {r: _run_select(self.files, con, p) for r, p in _by_run(self.partitions(view)).items()}
+            )
+            if not done or not runs:
+                selects[view] = empty_select(view)
+                continue
+            tagged = " UNION ALL BY NAME ".join(
+                f"(SELECT *, {sql_string(run)} AS {_RUN_COLUMN} FROM ({select}))" for run, select in runs.items()
+            )
+            selects[view] = (
+                f"SELECT * EXCLUDE ({_RUN_COLUMN}) FROM ({tagged}) SEMI JOIN "
+                f"(SELECT benchmark, cell_id, max({_RUN_COLUMN}) AS {_RUN_COLUMN} FROM ({newest}) GROUP BY ALL) "
+                f"USING (benchmark, cell_id, {_RUN_COLUMN})"
+            )
+        return selects
 
     def statuses(self, benchmark: str | None = None) -> dict[str, str]:
         """``{cell_id: "ok" | "failed"}`` for every cell in the table, or in one benchmark's partition.
@@ -286,9 +332,11 @@ class ResultsStore:
         """
 
         def read() -> list[tuple[str, bool]]:
+            con = duckdb.connect()
             where = "" if benchmark is None else "WHERE benchmark = ?"
-            sql = f"SELECT cell_id, bool_and(status = 'ok') FROM ({self.view_sql('cells')}) {where} GROUP BY cell_id"
-            return duckdb.connect().execute(sql, [] if benchmark is None else [benchmark]).fetchall()
+            files = self.view_sql("cells", con)
+            sql = f"SELECT cell_id, bool_and(status = 'ok') FROM ({files}) {where} GROUP BY cell_id"
+            return con.execute(sql, [] if benchmark is None else [benchmark]).fetchall()
 
         return {cell_id: "ok" if ok else "failed" for cell_id, ok in read_retrying(read)}
 
@@ -296,59 +344,76 @@ class ResultsStore:
         """``{cell_id: method_source_hash}`` of one benchmark's cells (None for rows that predate the column)."""
 
         def read() -> list[tuple[str, str | None]]:
-            cells = self.view_sql("cells")
+            con = duckdb.connect()
+            cells = self.view_sql("cells", con)
             sql = f"SELECT cell_id, max(method_source_hash) FROM ({cells}) WHERE benchmark = ? GROUP BY cell_id"
             try:
-                return duckdb.connect().execute(sql, [benchmark]).fetchall()
+                return con.execute(sql, [benchmark]).fetchall()
             except duckdb.BinderException:  # every file predates the column
                 sql = f"SELECT DISTINCT cell_id, NULL FROM ({cells}) WHERE benchmark = ?"
-                return duckdb.connect().execute(sql, [benchmark]).fetchall()
+                return con.execute(sql, [benchmark]).fetchall()
 
         return dict(read_retrying(read))
 
     # -- dense checkpoints ------------------------------------------------------------------------
 
-    def checkpoint_path(self, pretrain_key: str) -> Path:
+    def checkpoint_path(self, pretrain_key: str) -> FilePath:
         return self.root / "checkpoints" / f"{pretrain_key}.pt"
 
     def load_checkpoint(self, pretrain_key: str) -> bytes | None:
-        path = self.checkpoint_path(pretrain_key)
-        return path.read_bytes() if path.exists() else None
+        return self.files.read_bytes(self.checkpoint_path(pretrain_key))
 
     def save_checkpoint(self, pretrain_key: str, data: bytes) -> None:
-        atomic_write_bytes(self.checkpoint_path(pretrain_key), data)
+        self.files.write_bytes(self.checkpoint_path(pretrain_key), data)
 
     # -- cell logs ----------------------------------------------------------------------------------
 
-    def log_path(self, cell_id: str) -> Path:
+    def log_path(self, cell_id: str) -> FilePath:
         return self.root / "logs" / f"{quote(cell_id, safe='')}.log"
+
+    def log_location(self, cell_id: str) -> str:
+        return self.shown(self.log_path(cell_id))
+
+    def shown(self, path: FilePath) -> str:
+        """Where a file of this store is, as a user would open it (a path, or a URI on an object store)."""
+        return f"{self.location}/{path.relative_to(self.root)}" if self.files.remote else str(path)
+
+    def load_log(self, cell_id: str) -> str | None:
+        data = self.files.read_bytes(self.log_path(cell_id))
+        return None if data is None else data.decode(errors="replace")
 
     def save_log(self, cell_id: str, text: str) -> None:
         """Keep what a cell printed, warned or logged; an empty log removes an older run's."""
         if text:
-            atomic_write_bytes(self.log_path(cell_id), text.encode())
+            self.files.write_bytes(self.log_path(cell_id), text.encode())
         else:
-            self.log_path(cell_id).unlink(missing_ok=True)
+            self.files.delete(self.log_path(cell_id))
 
     # -- benchmark files ---------------------------------------------------------------------------
 
-    def save_spec(self, benchmark: str, text: str) -> Path:
+    def save_spec(self, benchmark: str, text: str) -> FilePath:
         """Keep the benchmark file a run came from, so every result can be traced to it."""
         digest = hashlib.sha256(text.encode()).hexdigest()[:16]
         path = self.root / "specs" / quote(benchmark, safe="") / f"{digest}.yaml"
-        if not path.exists():
-            atomic_write_bytes(path, text.encode())
+        if not self.files.exists(path):
+            self.files.write_bytes(path, text.encode())
         return path
 
-    def specs(self, benchmark: str) -> list[Path]:
-        """The benchmark files run under ``benchmark``, oldest first: regular files inside the folder
-        only, so a results folder from someone else cannot point a report at a file elsewhere."""
-        folder = self.root / "specs" / quote(benchmark, safe="")
-        if not folder.is_dir():
-            return []
-        root = self.root.resolve()
-        inside = [p for p in folder.glob("*.yaml") if _regular_file_inside(p, root)]
-        return sorted(inside, key=lambda p: p.stat().st_mtime)
+    def specs(self, benchmark: str) -> list[FilePath]:
+        """The benchmark files run under ``benchmark``, oldest first. In a local folder only regular
+        files inside it, so a results folder from someone else cannot point a report at a file elsewhere."""
+        entries = self.files.list(self.root / "specs" / quote(benchmark, safe=""))
+        paths = [e.path for e in entries if e.name.endswith(".yaml") and not e.is_dir]
+        if not self.files.remote:
+            root = self.root.resolve()
+            paths = [p for p in paths if _regular_file_inside(p, root)]
+        return sorted(paths, key=self.files.mtime)
+
+    def read_spec(self, path: FilePath) -> str:
+        data = self.files.read_bytes(path)
+        if data is None:
+            raise FileNotFoundError(f"benchmark file {path} is gone from {self.location}")
+        return data.decode()
 
 
 def _regular_file_inside(path: Path, root: Path) -> bool:
@@ -356,56 +421,68 @@ def _regular_file_inside(path: Path, root: Path) -> bool:
     return path.is_file() and not path.is_symlink() and path.resolve().is_relative_to(root)
 
 
+def _by_run(partitions: list[Partition]) -> dict[str | None, list[Partition]]:
+    runs: dict[str | None, list[Partition]] = {}
+    for partition in partitions:
+        runs.setdefault(partition.run, []).append(partition)
+    return runs
+
+
+def _run_select(files: Files, con: duckdb.DuckDBPyConnection, parts: list[Partition]) -> str | None:
+    """The rows of partitions one writer wrote: segments minus the cells rewritten since, plus fresh files."""
+    segments = [s.path for p in parts for s in p.segments]
+    fresh = [path for p in parts for path in p.fresh.values()]
+    rewritten = [(p.benchmark, cell_id) for p in parts for cell_id in p.fresh]
+    selects = []
+    if segments:
+        select = f"SELECT * FROM {files.relation(con, segments)}"
+        if rewritten:
+            values = ", ".join(f"({sql_string(b)}, {sql_string(c)})" for b, c in rewritten)
+            select += f" ANTI JOIN (VALUES {values}) AS rewritten(benchmark, cell_id) USING (benchmark, cell_id)"
+        selects.append(select)
+    if fresh:
+        selects.append(f"SELECT * FROM {files.relation(con, fresh)}")
+    return " UNION ALL BY NAME ".join(f"({s})" for s in selects) or None
+
+
 # -- compaction --------------------------------------------------------------------------------
 
 
-def _compact_partition(partition: Partition) -> None:
+def _compact_partition(files: Files, partition: Partition) -> None:
     """Fresh files → one new segment; older segments drop the rewritten cells; equal spans merge."""
     for segment in partition.covered:
-        segment.path.unlink(missing_ok=True)
+        files.delete(segment.path)
     segments = list(partition.segments)
     con = duckdb.connect()
     if partition.fresh:
         seq = (segments[-1].hi if segments else 0) + 1
         new = Segment(partition.folder / f"seg-{seq:08d}-{seq:08d}.parquet", seq, seq)
-        _copy_atomic(con, f"SELECT * FROM {_read_parquet(list(partition.fresh.values()))}", new.path)
+        files.copy(con, f"SELECT * FROM {files.relation(con, list(partition.fresh.values()))}", new.path, COPY_OPTIONS)
         if segments:
-            _drop_cells(con, segments, list(partition.fresh))
+            _drop_cells(files, con, segments, list(partition.fresh))
         segments.append(new)
         for path in partition.fresh.values():
-            path.unlink()
+            files.delete(path)
     while len(segments) >= FANOUT and len({s.span for s in segments[-FANOUT:]}) == 1:
         inputs = segments[-FANOUT:]
         merged = Segment(
             partition.folder / f"seg-{inputs[0].lo:08d}-{inputs[-1].hi:08d}.parquet", inputs[0].lo, inputs[-1].hi
         )
-        _copy_atomic(con, f"SELECT * FROM {_read_parquet([s.path for s in inputs])}", merged.path)
+        files.copy(con, f"SELECT * FROM {files.relation(con, [s.path for s in inputs])}", merged.path, COPY_OPTIONS)
         for segment in inputs:
-            segment.path.unlink()
+            files.delete(segment.path)
         segments[-FANOUT:] = [merged]
 
 
-def _drop_cells(con: duckdb.DuckDBPyConnection, segments: list[Segment], cell_ids: list[str]) -> None:
+def _drop_cells(files: Files, con: duckdb.DuckDBPyConnection, segments: list[Segment], cell_ids: list[str]) -> None:
     """Rewrite the segments that hold an older write of ``cell_ids`` without those rows."""
     listed = ", ".join(map(sql_string, cell_ids))
-    holding = con.execute(
-        f"SELECT DISTINCT filename FROM {_read_parquet([s.path for s in segments], filename=True)} "
-        f"WHERE cell_id IN ({listed})"
-    ).fetchall()
-    for (filename,) in holding:
-        path = Path(filename)
-        _copy_atomic(con, f"SELECT * FROM {_read_parquet([path])} WHERE cell_id NOT IN ({listed})", path)
-
-
-def _copy_atomic(con: duckdb.DuckDBPyConnection, select: str, path: Path) -> None:
-    tmp = path.parent / f".{path.name}.tmp"
-    try:
-        con.execute(
-            f"COPY ({select}) TO {sql_string(tmp)} (FORMAT parquet, COMPRESSION zstd, ROW_GROUP_SIZE {ROW_GROUP_SIZE})"
+    per_file = " UNION ALL ".join(
+        f"SELECT {i} AS segment, cell_id FROM {files.relation(con, [s.path])}" for i, s in enumerate(segments)
+    )
+    holding = con.execute(f"SELECT DISTINCT segment FROM ({per_file}) WHERE cell_id IN ({listed})").fetchall()
+    for (index,) in holding:
+        path = segments[index].path
+        files.copy(
+            con, f"SELECT * FROM {files.relation(con, [path])} WHERE cell_id NOT IN ({listed})", path, COPY_OPTIONS
         )
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise

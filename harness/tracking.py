@@ -41,11 +41,32 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 MAX_METRICS_PER_BATCH = 1000  # MLflow's limit for one log_batch call
 
 
-def resolve_tracking_uri(configured: str | None, results_dir: Path) -> str:
-    """The spec's URI, else ``$MLFLOW_TRACKING_URI``, else a SQLite file under the results folder."""
+def resolve_tracking_uri(configured: str | None, results_dir: str | Path) -> str:
+    """The spec's URI, else ``$MLFLOW_TRACKING_URI``, else a SQLite file under the results folder.
+
+    Results on an object store have no folder for SQLite, so there one of the first two is required:
+    a tracking server everyone can reach, or a store the user chose knowingly.
+    """
+    from harness.storage import is_remote
+
     if configured or os.environ.get("MLFLOW_TRACKING_URI"):
         return configured or os.environ["MLFLOW_TRACKING_URI"]
+    if is_remote(results_dir):
+        raise ValueError(
+            f"{results_dir} is on an object store, which cannot hold MLflow's SQLite store: set $MLFLOW_TRACKING_URI "
+            "or the spec's tracking_uri (a server, http://HOST:5000, or a file you keep, e.g. sqlite:///mlflow.db)"
+        )
+    results_dir = Path(results_dir)
     return f"sqlite:///{(results_dir / 'mlflow.db').resolve()}"
+
+
+def _artifact_location(results_dir: str | Path) -> str:
+    """``mlartifacts`` beside the results, under the prefix when they are on an object store."""
+    from harness.storage import is_remote
+
+    if is_remote(results_dir):
+        return f"{str(results_dir).rstrip('/')}/mlartifacts"
+    return (Path(results_dir) / "mlartifacts").resolve().as_uri()
 
 
 def check_tracking_uri(uri: str, timeout: float = 5.0) -> None:
@@ -89,20 +110,26 @@ class MatrixRun:
     results: Path | None = None  # the folder holding the note that this run is open (None: no note)
 
     @classmethod
-    def start(cls, uri: str, benchmark: str, artifact_root: Path, params: dict[str, Any]) -> MatrixRun:
+    def start(cls, uri: str, benchmark: str, artifact_root: str | Path, params: dict[str, Any]) -> MatrixRun:
         client = _client(uri)
         experiment = client.get_experiment_by_name(benchmark)  # creates a new SQLite store's tables
         _write_ahead_log(uri)
         if experiment is None:
-            artifact_location = None if uri.startswith("http") else (artifact_root / "mlartifacts").resolve().as_uri()
+            artifact_location = None if uri.startswith("http") else _artifact_location(artifact_root)
             experiment_id = client.create_experiment(benchmark, artifact_location=artifact_location)
         else:
             experiment_id = experiment.experiment_id
-        mark_killed_run(artifact_root)
+        from harness.storage import is_remote
+
+        # the note is one shared file: only a local folder, which one driver holds, gets one
+        folder = None if is_remote(artifact_root) else Path(artifact_root)
+        if folder is not None:
+            mark_killed_run(folder)
         run = client.create_run(experiment_id, run_name=f"{benchmark}-matrix", tags={"harness.role": "matrix"})
         client.log_batch(run.info.run_id, params=_params(params))
-        matrix = cls(uri, experiment_id, run.info.run_id, artifact_root)
-        matrix._note_running()
+        matrix = cls(uri, experiment_id, run.info.run_id, folder)
+        if folder is not None:
+            matrix._note_running()
         return matrix
 
     def _note_running(self) -> None:

@@ -11,9 +11,9 @@ import sys
 import time
 from pathlib import Path
 
-import duckdb
 import pytest
 
+from harness.results import connect
 from harness.runner import SchedulingError, run_matrix
 from harness.spec import expand, load_spec
 from harness.store import ResultsStore
@@ -51,8 +51,7 @@ def wait_for_cells(store: ResultsStore, more_than: int, process: subprocess.Pope
 
 
 def finished_at(store: ResultsStore) -> dict[str, object]:
-    query = f"SELECT cell_id, finished_at FROM ({store.view_sql('cells')})"
-    return dict(duckdb.connect().execute(query).fetchall())
+    return dict(connect(store.root).execute("SELECT cell_id, finished_at FROM cells").fetchall())
 
 
 @pytest.mark.ray
@@ -93,7 +92,7 @@ def test_ctrl_c_then_sigkill_then_rerun_finishes_without_redoing_anything(write_
     done_after = finished_at(store)
     assert len(done_after) == CELLS
     assert {cell: done_after[cell] for cell in done_before} == done_before, "finished cells were not run again"
-    count = duckdb.connect().execute(f"SELECT count(*) FROM ({store.view_sql('cells')})").fetchone()[0]
+    count = connect(store.root).execute("SELECT count(*) FROM cells").fetchone()[0]
     assert count == CELLS, "one row per cell: no duplicates"
     assert not (Path(os.environ["HOME"]) / ".ray").exists(), "the local Ray left nothing in the home folder"
 
@@ -118,7 +117,7 @@ def test_a_gpu_spec_runs_on_the_cpu_of_a_local_ray_without_gpu(write_spec, resul
     store = ResultsStore(results_dir)
     progress = run_matrix(local_cells(write_spec, "{cpus: 1, gpus: 0.5}"), store)
     assert (progress.ok, progress.failed) == (1, 0)
-    gpu_ids = duckdb.connect().execute(f"SELECT gpu_ids FROM ({store.view_sql('cells')})").fetchall()
+    gpu_ids = connect(store.root).execute("SELECT gpu_ids FROM cells").fetchall()
     assert gpu_ids == [("",)], "no GPU was asked of Ray"
 
 

@@ -8,7 +8,6 @@ is said: sections of notes, figures and tables; uses :mod:`ranking`, :mod:`check
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
 from harness.report.claims import claims_page
@@ -24,7 +23,7 @@ class ReportError(ValueError):
 
 
 def build_report(
-    results: list[os.PathLike],
+    results: list[str | os.PathLike],
     out: os.PathLike,
     formats: tuple[str, ...] = ("html", "markdown"),
     labels: list[str] | None = None,
@@ -49,11 +48,11 @@ def build_report(
 def _copy_specs(data: ReportData, out: Path) -> dict[tuple[str, str], list[str]]:
     """Copy each benchmark file beside the pages, so the site links to it offline."""
     links = {}
-    for (source, benchmark), paths in data.specs.items():
+    for (source, benchmark), texts in data.specs.items():
         folder = Path("specs") / slug(source, benchmark)
         links[(source, benchmark)] = []
-        for path in paths:
+        for name, text in texts.items():
             (out / folder).mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(path, out / folder / path.name)
-            links[(source, benchmark)].append((folder / path.name).as_posix())
+            (out / folder / name).write_text(text)
+            links[(source, benchmark)].append((folder / name).as_posix())
     return links

@@ -12,13 +12,14 @@ import json
 import os
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import pandas as pd
 
 from harness.leaderboard import method_label
 from harness.report.tuning import load_importances, tuned_section, tuning_mark
 from harness.results import load
+from harness.storage import is_remote
 from harness.store import ResultsStore
 
 MANY_CLASSES = 100  # from this many classes on, top-5 is reported beside top-1
@@ -27,22 +28,21 @@ POINT_METRICS = ("top1", "top5", "compression_ratio", "theoretical_speedup", "si
 
 @dataclass(frozen=True)
 class Source:
-    """One results folder and the name it goes by in the report."""
+    """One results folder (or object-store URI) and the name it goes by in the report."""
 
     label: str
-    path: Path
+    path: str | Path
 
 
-def sources_from(paths: list[os.PathLike], labels: list[str] | None = None) -> list[Source]:
+def sources_from(paths: list[str | os.PathLike], labels: list[str] | None = None) -> list[Source]:
     """Label each folder by ``labels`` or else its name (its parent's too where names repeat)."""
-    paths = [Path(p) for p in paths]
+    paths = [str(p).rstrip("/") if is_remote(p) else Path(p) for p in paths]
     if labels and len(labels) != len(paths):
         raise ValueError(f"{len(labels)} labels for {len(paths)} results folders; give one --label per --results")
     if not labels:
-        names = [p.resolve().name for p in paths]
-        labels = [
-            f"{p.resolve().parent.name}/{n}" if names.count(n) > 1 else n for p, n in zip(paths, names, strict=True)
-        ]
+        full = [PurePosixPath(p.split("://", 1)[1]) if isinstance(p, str) else p.resolve() for p in paths]
+        names = [p.name for p in full]
+        labels = [f"{p.parent.name}/{n}" if names.count(n) > 1 else n for p, n in zip(full, names, strict=True)]
     if len(set(labels)) != len(labels):
         raise ValueError(f"two results folders share the label in {labels}; name them with --label")
     return [Source(label, path) for label, path in zip(labels, paths, strict=True)]
@@ -56,7 +56,7 @@ class ReportData:
     cells: pd.DataFrame  # every row, ok or failed
     layers: pd.DataFrame
     points: pd.DataFrame  # operating points of the ok rows
-    specs: dict[tuple[str, str], list[Path]]  # (source, benchmark) -> benchmark files
+    specs: dict[tuple[str, str], dict[str, str]]  # (source, benchmark) -> {file name: text} of its benchmark files
     trials: pd.DataFrame = field(default_factory=pd.DataFrame)  # the trials view of every source
     importances: dict[str, dict[str, float]] = field(default_factory=dict)  # study -> parameter -> importance
     tuned: dict[tuple[str, str], dict] = field(default_factory=dict)  # (source, benchmark) -> its `tuned:` section
@@ -76,16 +76,15 @@ class ReportData:
 def load_report_data(sources: list[Source]) -> ReportData:
     cells, layers, trials, specs, importances, tuned = [], [], [], {}, {}, {}
     for source in sources:
-        if not source.path.is_dir():
-            raise FileNotFoundError(f"results folder {source.path} does not exist; run a benchmark or pass its folder")
         cells.append(load(source.path, "cells").assign(source=source.label))
         layers.append(load(source.path, "layers").assign(source=source.label))
         trials.append(load(source.path, "trials").assign(source=source.label))
-        importances.update(load_importances(source.path))
+        if isinstance(source.path, Path):  # harness tune writes only to local folders
+            importances.update(load_importances(source.path))
         store = ResultsStore(source.path)
         for benchmark in cells[-1]["benchmark"].dropna().unique():
-            specs[(source.label, benchmark)] = store.specs(benchmark)
-            if (section := tuned_section(specs[(source.label, benchmark)])) is not None:
+            specs[(source.label, benchmark)] = {p.name: store.read_spec(p) for p in store.specs(benchmark)}
+            if (section := tuned_section(list(specs[(source.label, benchmark)].values()))) is not None:
                 tuned[(source.label, benchmark)] = section
     frame = pd.concat(cells, ignore_index=True)
     frame["series"] = _series_labels(frame, tuned)

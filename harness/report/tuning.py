@@ -17,11 +17,12 @@ import yaml
 from harness.report.plots import history_svg
 
 
-def tuned_section(spec_paths: list[Path]) -> dict[str, Any] | None:
-    """The ``tuned:`` section of the newest benchmark file a benchmark ran, if ``harness tune`` wrote it."""
-    if not spec_paths:
+def tuned_section(spec_texts: list[str]) -> dict[str, Any] | None:
+    """The ``tuned:`` section of the newest benchmark file a benchmark ran (texts oldest first), if
+    ``harness tune`` wrote it."""
+    if not spec_texts:
         return None
-    raw = yaml.safe_load(spec_paths[-1].read_text()) or {}
+    raw = yaml.safe_load(spec_texts[-1]) or {}
     tuned = raw.get("tuned") if isinstance(raw, dict) else None
     return tuned if isinstance(tuned, dict) else None
 
