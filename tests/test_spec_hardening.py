@@ -13,7 +13,6 @@ import tracemalloc
 from pathlib import Path
 
 import pytest
-import yaml
 from results_factory import fake_cell
 from typer.testing import CliRunner
 
@@ -21,20 +20,7 @@ from harness.cli import app
 from harness.config import SEED_MAX
 from harness.spec import SpecError, count_cells, expand, load_spec
 from harness.store import ResultsStore
-
-BASE = {
-    "name": "t",
-    "models": ["lenet_300_100"],
-    "datasets": ["digits"],
-    "methods": ["global_magnitude"],
-    "sparsities": [0.5],
-    "seeds": [0],
-}
-
-
-def spec_text(**changes: object) -> str:
-    fields = {**BASE, **changes}
-    return yaml.safe_dump({k: v for k, v in fields.items() if v is not None}, sort_keys=False)
+from tests.test_spec import spec_text
 
 
 def run_cli(*args: str):
