@@ -157,7 +157,7 @@ def spec_page() -> str:
         ("`recipes.MODEL`: ModelRecipes", ModelRecipes, "recipes.MODEL."),
         ("`resources`: Resources", Resources, "resources."),
     ]
-    out = GENERATED.format(source="the pydantic models in harness/spec.py") + "# Benchmark file fields\n\n"
+    out = GENERATED.format(source="the pydantic models in harness/config.py") + "# Benchmark file fields\n\n"
     out += (
         "Every key a benchmark YAML file may hold. A key not listed here is refused when the spec loads "
         "(exit 2, naming the file, the field and the allowed keys). A method's own parameters are in "
