@@ -44,9 +44,9 @@ def cells_of(write_spec, text: str):
 
 
 def rows(store: ResultsStore) -> list[dict]:
-    import duckdb
+    from harness.results import connect
 
-    return duckdb.connect().execute(store.view_sql("cells")).df().to_dict("records")
+    return connect(store.root).execute("SELECT * FROM cells").df().to_dict("records")
 
 
 def test_cells_spread_over_nodes_and_half_gpus_pack_two_per_gpu(cluster, write_spec, results_dir, tmp_path) -> None:
