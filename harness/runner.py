@@ -211,11 +211,12 @@ def _cell_task(cell: CellSpec, dense: bytes, view: SplitView = all_splits) -> Ce
     return result
 
 
-_remote_pretrain = ray.remote(_pretrain_task)
-_remote_cell = ray.remote(_cell_task)
+# The task API the matrix and `harness tune` share: the same resources, retries and failure rows.
+remote_pretrain = ray.remote(_pretrain_task)
+remote_cell = ray.remote(_cell_task)
 
 
-def _task_options(resources: Resources, max_retries: int, name: str) -> dict:
+def task_options(resources: Resources, max_retries: int, name: str) -> dict:
     """Ray options of one task: the cell's resources; a failing cell is a row, only a dead worker is retried."""
     return {
         "num_cpus": resources.cpus,
@@ -265,11 +266,11 @@ def _run_id(future: Future) -> str | None:
     try:
         return future.result()
     except Exception as exc:
-        warnings.warn(f"MLflow logging failed; the results table is complete: {_error_text(exc)}", stacklevel=1)
+        warnings.warn(f"MLflow logging failed; the results table is complete: {error_text(exc)}", stacklevel=1)
         return None
 
 
-def _error_text(exc: BaseException) -> str:
+def error_text(exc: BaseException) -> str:
     """A task's error as the user needs it: what the task raised on the first line (the one the CLI
     shows), then Ray's message, which holds the worker's traceback, without its terminal colours."""
     cause = getattr(exc, "cause", None)  # a RayTaskError's: the exception raised inside the task
@@ -420,15 +421,15 @@ class _Scheduler:
         while self.to_pretrain and self._slots():
             cell = self.to_pretrain.popleft()
             name = f"pretrain {cell.model}/{cell.dataset} seed {cell.seed}"
-            options = _task_options(self._shape(cell.resources), self.max_retries, name)
-            self.pretraining[_remote_pretrain.options(**options).remote(cell)] = cell
+            options = task_options(self._shape(cell.resources), self.max_retries, name)
+            self.pretraining[remote_pretrain.options(**options).remote(cell)] = cell
         while self.ready and self._slots():
             cell = self.ready.popleft()
             shape = cell.resources.model_dump_json()
             if shape not in self.shapes:
                 self.shapes[shape] = self._shape(cell.resources)
-            options = _task_options(self.shapes[shape], self.max_retries, f"cell {cell.cell_id}")
-            self.in_flight[_remote_cell.options(**options).remote(cell, self.dense[cell.pretrain_key])] = cell, shape
+            options = task_options(self.shapes[shape], self.max_retries, f"cell {cell.cell_id}")
+            self.in_flight[remote_cell.options(**options).remote(cell, self.dense[cell.pretrain_key])] = cell, shape
             self.in_flight_by_shape[shape] += 1
 
     def _slots(self) -> bool:
@@ -440,7 +441,7 @@ class _Scheduler:
             data = ray.get(ref)
         except ray.exceptions.RayError as exc:  # every cell that needs this model fails; the others go on
             for waiting in self.blocked.pop(key):
-                self._write(waiting, failed_result(waiting, _error_text(exc), phase="pretraining"))
+                self._write(waiting, failed_result(waiting, error_text(exc), phase="pretraining"))
             return
         self.store.save_checkpoint(key, data)
         self.progress.pretrained += 1
@@ -461,7 +462,7 @@ class _Scheduler:
         try:
             result = ray.get(ref)
         except ray.exceptions.RayError as exc:  # its worker died more often than max_retries allows
-            result = failed_result(cell, _error_text(exc), phase="task")
+            result = failed_result(cell, error_text(exc), phase="task")
         self._write(cell, result)
 
     def _write(self, cell: CellSpec, result: CellResult) -> None:
@@ -486,7 +487,7 @@ class _Scheduler:
         try:
             self.on_result(cell, result)
         except Exception as exc:  # showing one result must not stop the matrix: its rows are written already
-            warnings.warn(f"cell {cell.cell_id} is saved, but showing it failed: {_error_text(exc)}", stacklevel=1)
+            warnings.warn(f"cell {cell.cell_id} is saved, but showing it failed: {error_text(exc)}", stacklevel=1)
 
     def _check_writes(self, wait: bool = False) -> None:
         """Raise a write's error in the driver's loop (a full disk must stop the matrix)."""

@@ -1,7 +1,7 @@
 """``harness tune``: one Optuna study per (model, data set, method, sparsity, search seed), equal budgets.
 
 The driver runs Optuna's ask/tell loop: it asks as many trials as the cluster holds, submits each
-as an ordinary cell task (``runner._remote_cell``: the same resources, retries and failure rows as
+as an ordinary cell task (``runner.remote_cell``: the same resources, retries and failure rows as
 ``harness run``) whose data view is :func:`harness.data.validation_only`, and tells each result
 as it comes back. The objective is the trial's top-1 on the validation split; test data is never
 loaded into a trial. Every study of a spec gets the same number of trials and the same cap on
@@ -39,12 +39,12 @@ from harness.data import validation_only
 from harness.methods import METHODS
 from harness.runner import (
     SchedulingError,
-    _error_text,
-    _remote_cell,
-    _remote_pretrain,
-    _task_options,
     capacity,
+    error_text,
     ray_session,
+    remote_cell,
+    remote_pretrain,
+    task_options,
 )
 from harness.schema import CellResult
 from harness.spec import BenchmarkSpec, CellSpec, Recipe, content_hash, epoch_cap, expand, tuning_space
@@ -323,7 +323,7 @@ class _Driver:
                 f"trials ask for {resources.model_dump(exclude_defaults=True)} but this machine's Ray has "
                 f"{ {k: v for k, v in cluster.items() if not k.startswith('node:')} }; lower the spec's resources"
             )
-        self.options = _task_options(resources, self.settings.max_retries, "trial")
+        self.options = task_options(resources, self.settings.max_retries, "trial")
         slots = self.settings.max_parallel or max(fits, 1)
         self._open_study_runs()
         for study in self.studies:
@@ -364,7 +364,7 @@ class _Driver:
         except ValueError as exc:
             self._record(study, trial, study.base, point, None, str(exc), 0.0)
             return
-        ref = _remote_cell.options(**{**self.options, "name": f"trial {study.name}/{trial.number}"}).remote(
+        ref = remote_cell.options(**{**self.options, "name": f"trial {study.name}/{trial.number}"}).remote(
             cell, self._dense(cell), validation_only
         )
         study.in_flight += 1
@@ -379,7 +379,7 @@ class _Driver:
                 self.dense[key] = ray.put(data)
             else:
                 options = {**self.options, "name": f"pretrain {cell.model}/{cell.dataset} seed {cell.seed}"}
-                self.dense[key] = _remote_pretrain.options(**options).remote(cell, validation_only)
+                self.dense[key] = remote_pretrain.options(**options).remote(cell, validation_only)
                 self.unsaved[self.dense[key]] = key
         return self.dense[key]
 
@@ -394,7 +394,7 @@ class _Driver:
             result: CellResult | None = ray.get(ref)
             error = None if result.ok else result.rows[0].get("error") or "failed"
         except ray.exceptions.RayError as exc:
-            result, error = None, _error_text(exc)
+            result, error = None, error_text(exc)
         seconds = time.monotonic() - t0  # a task that never ran: from submission to its error
         if result is not None and result.rows[0].get("started_at") and result.rows[0].get("finished_at"):
             seconds = (result.rows[0]["finished_at"] - result.rows[0]["started_at"]).total_seconds()
