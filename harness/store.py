@@ -7,6 +7,7 @@ Layout::
       cells/benchmark=<name>/seg-<lo>-<hi>.parquet    compacted segments of many cells
       epochs/…, layers/…                              the same, for per-epoch curves and per-layer tables
       checkpoints/<pretrain_key>.pt                   shared dense models
+      levels/<cell_id>.pt                             a running or failed cell's last finished level
       logs/<cell_id>.log                              each cell's captured log
       specs/<name>/<hash>.yaml                        every benchmark file that was run
       mlflow.db                                       embedded tracking store
@@ -216,7 +217,8 @@ class ResultsStore:
         return " UNION ALL BY NAME ".join(f"({s})" for s in selects)
 
     def statuses(self, benchmark: str | None = None) -> dict[str, str]:
-        """``{cell_id: "ok" | "failed"}`` for every cell in the table, or in one benchmark's partition.
+        """``{cell_id: "ok" | "failed" | "partial"}`` for every cell in the table, or in one benchmark's partition
+        (``partial``: some levels finished, the cell did not; a rerun continues it).
 
         Per benchmark because a benchmark's views and reports read its own partition: a cell that
         another benchmark already ran must still land in this one.
@@ -224,10 +226,14 @@ class ResultsStore:
 
         def read() -> list[tuple[str, bool]]:
             where = "" if benchmark is None else "WHERE benchmark = ?"
-            sql = f"SELECT cell_id, bool_and(status = 'ok') FROM ({self.view_sql('cells')}) {where} GROUP BY cell_id"
+            status = (
+                "CASE WHEN bool_or(status = 'failed') THEN 'failed' "
+                "WHEN bool_and(status = 'ok') THEN 'ok' ELSE 'partial' END"
+            )
+            sql = f"SELECT cell_id, {status} FROM ({self.view_sql('cells')}) {where} GROUP BY cell_id"
             return duckdb.connect().execute(sql, [] if benchmark is None else [benchmark]).fetchall()
 
-        return {cell_id: "ok" if ok else "failed" for cell_id, ok in read_retrying(read)}
+        return dict(read_retrying(read))
 
     def source_hashes(self, benchmark: str) -> dict[str, str | None]:
         """``{cell_id: method_source_hash}`` of one benchmark's cells (None for rows that predate the column)."""
@@ -254,6 +260,21 @@ class ResultsStore:
 
     def save_checkpoint(self, pretrain_key: str, data: bytes) -> None:
         atomic_write_bytes(self.checkpoint_path(pretrain_key), data)
+
+    # -- finished levels of cells not done ---------------------------------------------------------
+
+    def level_path(self, cell_id: str) -> Path:
+        return self.root / "levels" / f"{quote(cell_id, safe='')}.pt"
+
+    def load_level(self, cell_id: str) -> bytes | None:
+        path = self.level_path(cell_id)
+        return path.read_bytes() if path.exists() else None
+
+    def save_level(self, cell_id: str, data: bytes) -> None:
+        atomic_write_bytes(self.level_path(cell_id), data)
+
+    def drop_level(self, cell_id: str) -> None:
+        self.level_path(cell_id).unlink(missing_ok=True)
 
     # -- cell logs ----------------------------------------------------------------------------------
 
