@@ -472,7 +472,8 @@ def run_cell(
     """Prune the dense model with the cell's method, fine-tune, evaluate: one row per level.
 
     ``resume`` continues after an earlier run's last finished level when the method can (``resumable``);
-    ``on_level`` sees each level as it finishes; ``jobs`` receives the job (its rows outlive a failure).
+    ``on_level`` sees each level of such a method as it finishes (the others record one level, or start
+    again anyway); ``jobs`` receives the job (its rows outlive a failure).
     """
     load_plugins(cell.plugins)
     seed_everything(cell.seed)
@@ -480,7 +481,7 @@ def run_cell(
     method = create_method(cell.method, cell.method_params)
     if resume is not None and (resume.storage_set or not method.resumable):
         resume = None  # start again from level 0: the method cannot pick up where it stopped
-    job = CellJob(cell, data, dense, resume, on_level)
+    job = CellJob(cell, data, dense, resume, on_level if method.resumable else None)  # only a resumable one needs them
     if jobs is not None:
         jobs.append(job)
     method.apply(job)

@@ -23,6 +23,7 @@ import ray
 
 from harness.cell import SplitView, all_splits, execute_cell, pretrain
 from harness.config import CellSpec, Resources
+from harness.methods import METHODS
 from harness.schema import CellResult
 
 
@@ -34,6 +35,7 @@ class SchedulingError(RuntimeError):
 class Task:
     cell: CellSpec
     kind: Literal["pretrain", "cell"]
+    streamed: bool = False  # its levels come back one by one (a resumable method's cell on Ray)
 
 
 @dataclass
@@ -216,7 +218,11 @@ class RayBackend:
         self, cell: CellSpec, dense: Any, view: SplitView = all_splits, resume: bytes | None = None, name: str = ""
     ) -> Task:
         task = Task(cell, "cell")
+        if not METHODS.get(cell.method).resumable:  # nothing to stream: a plain task costs Ray less
+            self.tasks[self.remote_cell(cell, dense, view, name)] = task
+            return task
         options = self.options(cell, name or f"cell {cell.cell_id}")
+        task.streamed = True
         self.tasks[_remote_cell.options(**options).remote(cell, dense, view, resume)] = task
         return task
 
@@ -232,14 +238,14 @@ class RayBackend:
             done, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
         for ref in done:
             task = self.tasks[ref]
-            if task.kind == "pretrain":
-                del self.tasks[ref]
-                try:
-                    handle(Event(task, "done", ray.get(ref)))
-                except ray.exceptions.RayError as exc:
-                    handle(Event(task, "failed", error=error_text(exc)))
-            else:
+            if task.streamed:
                 self._next(ref, task, handle)
+                continue
+            del self.tasks[ref]
+            try:
+                handle(Event(task, "done", ray.get(ref)))
+            except ray.exceptions.RayError as exc:  # a cell's worker died more often than max_retries allows
+                handle(Event(task, "failed", error=error_text(exc)))
 
     def _next(self, stream: Any, task: Task, handle: Handle) -> None:
         """One item of a cell's stream: a level, or the result (then the stream is done)."""
