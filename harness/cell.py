@@ -14,6 +14,7 @@ import json
 import logging
 import subprocess
 import traceback
+import zlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -53,6 +54,7 @@ class DenseCheckpoint:
     metrics: dict[str, float]  # dense_top1, dense_top5, dense_loss, pretrain_seconds
     epochs: list[dict[str, Any]] = field(default_factory=list)
     snapshots: dict[int, dict[str, torch.Tensor]] = field(default_factory=dict)  # pretrain recipe's save_epochs
+    identity: str = ""  # which checkpoint of its key this is, for a worker's caches (not saved)
 
     def weights_at(self, epoch: int) -> dict[str, torch.Tensor]:
         """The dense model's state after ``epoch`` epochs of pretraining (0: θ0), for weight rewinding."""
@@ -67,7 +69,7 @@ class DenseCheckpoint:
 
     def to_bytes(self) -> bytes:
         buffer = io.BytesIO()
-        torch.save(self.__dict__, buffer)
+        torch.save({k: v for k, v in self.__dict__.items() if k != "identity"}, buffer)
         return buffer.getvalue()
 
     @classmethod
@@ -199,7 +201,7 @@ class CellJob:
         self._latency = LatencyMeter(self._dense_model, batch, _DENSE_LATENCY.get(self._latency_key()))
 
     def _latency_key(self) -> tuple[str, str, int]:
-        return self.cell.pretrain_key, str(device_for_cell()), torch.get_num_threads()
+        return self.dense.identity or self.cell.pretrain_key, str(device_for_cell()), torch.get_num_threads()
 
     def _dense_model(self) -> nn.Module:
         model = create_model(self.cell.model, self.data.input_shape, self.data.num_classes)
@@ -449,10 +451,14 @@ def _cached(cache: dict, key: Any, make: Callable[[], Any]) -> Any:
 
 
 def dense_checkpoint(dense: bytes | DenseCheckpoint, pretrain_key: str) -> DenseCheckpoint:
-    """The dense model from its bytes, deserialised once per worker."""
+    """The dense model from its bytes, deserialised once per worker and checkpoint: a worker outlives a
+    matrix on a cluster, and another results folder may hold another training of the same key."""
     if isinstance(dense, DenseCheckpoint):
         return dense
-    return _cached(_DENSE, pretrain_key, lambda: DenseCheckpoint.from_bytes(dense))
+    identity = f"{pretrain_key}-{len(dense)}-{zlib.crc32(dense):08x}"
+    checkpoint = _cached(_DENSE, identity, lambda: DenseCheckpoint.from_bytes(dense))
+    checkpoint.identity = identity
+    return checkpoint
 
 
 def cell_data(cell: CellSpec, view: SplitView) -> DataSplits:

@@ -170,3 +170,18 @@ def test_levels_stream_back_from_ray_workers(write_spec, tmp_path) -> None:
     assert again.returncode == 0, again.stderr
     assert log.read_text().split() == ["0", "1", "2"]
     assert [(level, status) for level, status, *_ in cell_rows(results)] == [(0, "ok"), (1, "ok"), (2, "ok")]
+
+
+def test_a_worker_caches_each_dense_checkpoint_by_its_bytes_not_only_its_key() -> None:
+    """A cluster's worker outlives a matrix: another results folder may hold another training of one key."""
+    import torch
+
+    from harness.cell import DenseCheckpoint, dense_checkpoint
+
+    state = {"w": torch.zeros(2)}
+    first = DenseCheckpoint("key", state, state, {"pretrain_seconds": 1.0}).to_bytes()
+    second = DenseCheckpoint("key", state, state, {"pretrain_seconds": 2.0}).to_bytes()
+    assert dense_checkpoint(first, "key").metrics == {"pretrain_seconds": 1.0}
+    assert dense_checkpoint(second, "key").metrics == {"pretrain_seconds": 2.0}
+    assert dense_checkpoint(first, "key") is not dense_checkpoint(second, "key")
+    assert dense_checkpoint(first, "key") is dense_checkpoint(first, "key")  # deserialised once
