@@ -29,6 +29,12 @@ and a partition holds at most a few dozen files). Segments are named by the rang
 they hold, ``seg-<lo>-<hi>``; a merge that crashed before deleting its inputs leaves segments whose
 range another one covers, and those are ignored by readers and deleted by the next compaction.
 
+The driver writes finished cells in batches (:meth:`ResultsStore.write_batch`): the cells no segment
+holds yet go straight into one new segment per view, which then merges like any other, so a batch
+costs three files instead of three per cell plus their compaction; a cell a segment holds already
+(a rerun) is written as a fresh file, as above. Levels of a running cell are fresh files (one per
+finished level, replaced); the batch that holds the cell's final rows removes them after writing.
+
 On an object store (``s3://BUCKET/PREFIX``, ``gs://…``, see ``harness/storage.py``) there is no lock,
 so each driver writes a partition of its own, ``cells/benchmark=<name>/run=<run_id>/``, laid out and
 compacted as above by that driver alone; no driver ever writes or deletes another's file. Run ids
@@ -176,6 +182,7 @@ class ResultsStore:
         self.fresh_limit = fresh_limit
         self.run_id = new_run_id() if self.files.remote else None
         self._lock = threading.Lock()  # the driver may call write() from more than one thread
+        self._in_segments: dict[str, set[str]] = {}  # benchmark -> cells its segments hold (write_batch)
 
     def exists(self) -> bool:
         return self.files.exists(self.root)
@@ -243,21 +250,67 @@ class ResultsStore:
 
     def write(self, result: CellResult) -> None:
         """Write a cell's three tables, the ``cells`` file last since its presence means done."""
-        benchmark = result.rows[0].get("benchmark") if result.rows else None
-        if not isinstance(benchmark, str) or not benchmark:
-            raise ValueError(f"cell {result.cell_id}: its rows carry no 'benchmark' to file them under")
-        name = f"cell-{quote(result.cell_id, safe='')}.parquet"
-        keys = {"benchmark": benchmark, "cell_id": result.cell_id}
-        tables = {
-            "epochs": to_arrow("epochs", [{**row, **keys} for row in result.epochs]),
-            "layers": to_arrow("layers", [{**row, **keys} for row in result.layers]),
-            "cells": to_arrow("cells", [{**row, **keys} for row in result.rows]),
-        }
+        benchmark = _benchmark_of(result)
         with self._lock:
-            for view, table in tables.items():
-                _atomic_write_table(self.files, self.partition_dir(view, benchmark) / name, table)
+            self._write_fresh(benchmark, result)
             if self._fresh_count(benchmark) >= self.fresh_limit:
                 self._compact(benchmark)
+
+    def write_batch(self, results: list[CellResult]) -> None:
+        """Write many cells at once: per benchmark, one new segment per view holds the cells that no segment
+        holds yet (no fresh file, no compaction; the ``cells`` segment last); a cell some segment holds
+        already (a rerun) gets fresh files, which hide its older rows, as :meth:`write` does."""
+        by_benchmark: dict[str, dict[str, CellResult]] = {}
+        for result in results:  # a cell twice in one batch: its last write wins
+            by_benchmark.setdefault(_benchmark_of(result), {})[result.cell_id] = result
+        with self._lock:
+            for benchmark, cells in by_benchmark.items():
+                held = self._cells_in_segments(benchmark)
+                new = [result for cell_id, result in cells.items() if cell_id not in held]
+                for cell_id, result in cells.items():
+                    if cell_id in held:
+                        self._write_fresh(benchmark, result)
+                if new:
+                    self._write_segments(benchmark, new)
+                if self._fresh_count(benchmark) >= self.fresh_limit:
+                    self._compact(benchmark)
+
+    def _write_fresh(self, benchmark: str, result: CellResult) -> None:
+        name = f"cell-{quote(result.cell_id, safe='')}.parquet"
+        for view, table in _tables([result], benchmark).items():
+            _atomic_write_table(self.files, self.partition_dir(view, benchmark) / name, table)
+
+    def _write_segments(self, benchmark: str, results: list[CellResult]) -> None:
+        """New cells as one segment per view; then their fresh files (rows of finished levels) go."""
+        con = duckdb.connect()
+        for view, table in _tables(results, benchmark).items():
+            partition = Partition.scan(self.files, self.partition_dir(view, benchmark), benchmark, self.run_id)
+            if table.num_rows:
+                seq = (partition.segments[-1].hi if partition.segments else 0) + 1
+                path = partition.folder / f"seg-{seq:08d}-{seq:08d}.parquet"
+                _atomic_write_table(self.files, path, table)
+                partition.segments.append(Segment(path, seq, seq))
+            _merge_equal_spans(self.files, con, partition.folder, partition.segments)
+        for view in CELL_VIEWS:  # after the cells segment: until then a fresh file shows the cell as it was
+            fresh = Partition.scan(self.files, self.partition_dir(view, benchmark), benchmark, self.run_id).fresh
+            for result in results:
+                if result.cell_id in fresh:
+                    self.files.delete(fresh[result.cell_id])
+        self._cells_in_segments(benchmark).update(result.cell_id for result in results)
+
+    def _cells_in_segments(self, benchmark: str) -> set[str]:
+        """The ids of cells with rows in this store's segments of ``benchmark`` (any view), read once."""
+        if benchmark not in self._in_segments:
+            con = duckdb.connect()
+            held: set[str] = set()
+            for view in CELL_VIEWS:
+                partition = Partition.scan(self.files, self.partition_dir(view, benchmark), benchmark, self.run_id)
+                if partition.segments:
+                    files = self.files.relation(con, [s.path for s in partition.segments])
+                    rows = con.execute(f"SELECT DISTINCT cell_id FROM {files}").fetchall()
+                    held.update(cell_id for (cell_id,) in rows)
+            self._in_segments[benchmark] = held
+        return self._in_segments[benchmark]
 
     def compact(self, benchmark: str | None = None) -> None:
         """Fold fresh files into segments now (one benchmark, or all); writes do it on their own.
@@ -281,6 +334,8 @@ class ResultsStore:
             partition = Partition.scan(self.files, self.partition_dir(view, benchmark), benchmark, self.run_id)
             if partition.segments or partition.covered or partition.fresh:
                 _compact_partition(self.files, partition)
+                if benchmark in self._in_segments:
+                    self._in_segments[benchmark].update(partition.fresh)
 
     def write_trials(self, benchmark: str, study: str, rows: list[dict]) -> None:
         """Replace one study's rows of the ``trials`` view (written by ``harness tune``, never compacted)."""
@@ -441,6 +496,24 @@ def _regular_file_inside(path: Path, root: Path) -> bool:
     return path.is_file() and not path.is_symlink() and path.resolve().is_relative_to(root)
 
 
+def _benchmark_of(result: CellResult) -> str:
+    benchmark = result.rows[0].get("benchmark") if result.rows else None
+    if not isinstance(benchmark, str) or not benchmark:
+        raise ValueError(f"cell {result.cell_id}: its rows carry no 'benchmark' to file them under")
+    return benchmark
+
+
+def _tables(results: list[CellResult], benchmark: str) -> dict[str, pa.Table]:
+    """The cells' rows of each view, ``cells`` last (its presence means done)."""
+    rows: dict[str, list[dict]] = {"epochs": [], "layers": [], "cells": []}
+    for result in results:
+        keys = {"benchmark": benchmark, "cell_id": result.cell_id}
+        rows["epochs"] += [{**row, **keys} for row in result.epochs]
+        rows["layers"] += [{**row, **keys} for row in result.layers]
+        rows["cells"] += [{**row, **keys} for row in result.rows]
+    return {view: to_arrow(view, values) for view, values in rows.items()}
+
+
 def _by_run(partitions: list[Partition]) -> dict[str | None, list[Partition]]:
     runs: dict[str | None, list[Partition]] = {}
     for partition in partitions:
@@ -483,11 +556,14 @@ def _compact_partition(files: Files, partition: Partition) -> None:
         segments.append(new)
         for path in partition.fresh.values():
             files.delete(path)
+    _merge_equal_spans(files, con, partition.folder, segments)
+
+
+def _merge_equal_spans(files: Files, con: duckdb.DuckDBPyConnection, folder: FilePath, segments: list[Segment]) -> None:
+    """Merge the last ``FANOUT`` segments while they span equally many compactions (``segments`` follows)."""
     while len(segments) >= FANOUT and len({s.span for s in segments[-FANOUT:]}) == 1:
         inputs = segments[-FANOUT:]
-        merged = Segment(
-            partition.folder / f"seg-{inputs[0].lo:08d}-{inputs[-1].hi:08d}.parquet", inputs[0].lo, inputs[-1].hi
-        )
+        merged = Segment(folder / f"seg-{inputs[0].lo:08d}-{inputs[-1].hi:08d}.parquet", inputs[0].lo, inputs[-1].hi)
         files.copy(con, f"SELECT * FROM {files.relation(con, [s.path for s in inputs])}", merged.path, COPY_OPTIONS)
         for segment in inputs:
             files.delete(segment.path)

@@ -185,3 +185,45 @@ def test_a_cell_done_in_one_benchmark_is_still_to_run_in_another(results_dir: Pa
     assert store.statuses("a") == {done.cell_id: "ok"}
     assert store.statuses("b") == {}
     assert store.statuses() == {done.cell_id: "ok"}
+
+
+def test_a_batch_of_new_cells_is_one_segment_per_view_and_merges_like_any_other(results_dir: Path) -> None:
+    store = ResultsStore(results_dir, fresh_limit=4)
+    store.write_batch([cell(seed, top1=seed / 100) for seed in range(10)])
+    assert files(results_dir) == files(results_dir, "epochs") == ["seg-00000001-00000001.parquet"]
+    assert files(results_dir, "layers") == ["seg-00000001-00000001.parquet"]  # no fresh file, no compaction
+    for batch in range(1, FANOUT):
+        store.write_batch([cell(100 * batch + seed) for seed in range(3)])
+    assert files(results_dir) == ["seg-00000001-00000008.parquet"]  # 8 batches of equal span merged
+    cells = load(results_dir)
+    assert len(cells) == cells["cell_id"].nunique() == 10 + 3 * (FANOUT - 1)
+    assert cells.set_index("seed").loc[range(10), "top1"].tolist() == [seed / 100 for seed in range(10)]
+    assert len(load(results_dir, "layers")) == 3 * len(cells) and len(load(results_dir, "epochs")) == len(cells)
+
+
+def test_a_batch_replaces_a_running_cells_levels_and_a_rerun_in_a_batch_replaces_the_old_rows(
+    results_dir: Path,
+) -> None:
+    store = ResultsStore(results_dir, fresh_limit=1000)
+    running = cell(0, top1=0.1)
+    running.rows[0]["status"] = "partial"
+    store.write(running)  # a finished level of a cell still running: a fresh file
+    assert store.statuses() == {cell(0).cell_id: "partial"}
+    store.write_batch([cell(0, top1=0.5), cell(1, top1=0.6)])  # its final rows, with another cell's
+    assert files(results_dir) == ["seg-00000001-00000001.parquet"], "the level's fresh file went"
+    assert load(results_dir).sort_values("seed")["top1"].tolist() == [0.5, 0.6]
+    assert store.statuses() == {cell(0).cell_id: "ok", cell(1).cell_id: "ok"}
+
+    again = cell(1, top1=0.7)
+    again.epochs = []  # the rerun recorded no curve
+    store.write_batch([again, cell(2, top1=0.8)])  # cell 1 is in a segment already: a fresh file hides it
+    assert files(results_dir) == sorted(
+        ["seg-00000001-00000001.parquet", "seg-00000002-00000002.parquet", f"cell-{again.cell_id}.parquet"]
+    )
+    reopened = ResultsStore(results_dir)  # another driver finds the segments' cells by reading them
+    reopened.write_batch([cell(0, top1=0.9)])
+    for _ in range(2):  # before and after compaction
+        cells = load(results_dir).sort_values("seed")
+        assert cells["top1"].tolist() == [0.9, 0.7, 0.8] and len(cells) == 3
+        assert set(load(results_dir, "epochs")["cell_id"]) == {cell(0).cell_id, cell(2).cell_id}
+        store.compact()

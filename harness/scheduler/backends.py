@@ -264,8 +264,12 @@ class RayBackend:
         handle(Event(task, kind, result, checkpoint))
 
     def cancel(self) -> None:
-        for ref in self.tasks:
-            ray.cancel(ref, force=True)
+        """Interrupt the tasks still running. Not ``force``: killing a worker whose reply is on its way made
+        the driver's Ray abort with a C++ stack trace ("Tried to complete task that was not pending")."""
+        refs = list(self.tasks)
+        finished, _ = ray.wait(refs, num_returns=len(refs), timeout=0) if refs else ([], [])
+        for ref in set(refs) - set(finished):
+            ray.cancel(ref)
         self.tasks.clear()
 
 
