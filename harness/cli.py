@@ -231,10 +231,10 @@ def run(
                 _print_cells(cells, todo, format)
             return
         counts = {"ok": 0, "failed": 0}
-        if not todo.todo and isinstance(results, Path) and results.is_dir():  # no note on an object store
-            from harness.tracking import mark_killed_run
+        if not todo.todo:
+            from harness.tracking import mark_killed_runs
 
-            mark_killed_run(results)  # a driver killed after its last cell still leaves its MLflow run RUNNING
+            mark_killed_runs(results)  # a driver killed after its last cell still leaves its MLflow run RUNNING
         if todo.todo:
             store.save_spec(spec.name, spec_path.read_text())  # the report links every result to its benchmark file
             resume = f"harness run {spec_path} --results {results}" + (f" --address {address}" if address else "")
