@@ -444,14 +444,14 @@ def tune(
 ) -> None:
     """Tune every method with the same budget on VALIDATION data; write results/tuned/<name>.yaml to run."""
     spec, _ = _load_cells(spec_path, plugin)
-    results = _results_folder(results)
-    if not isinstance(results, Path):  # the Optuna journal, tuned spec and importances are local files
-        from harness.storage import shown_uri
+    results = _results_folder(results, writing=True)
+    if not isinstance(results, Path):  # what must be known before anything starts: MLflow, the Optuna storage
+        from harness.tracking import resolve_tracking_uri
 
-        raise _fail_input(
-            f"--results {shown_uri(results)}: harness tune needs a local results folder; "
-            "run the tuned spec it writes into the object store"
-        )
+        try:
+            resolve_tracking_uri(spec.tracking_uri, results)
+        except ValueError as exc:
+            raise _fail_input(f"--results {exc}") from None
     chosen = sampler.value if sampler else ("qmc" if protocol is Protocol.qmc else "tpe")
     if protocol is Protocol.qmc and chosen != "qmc":
         raise _fail_input(f"--protocol qmc searches quasi-randomly; --sampler {chosen} contradicts it (allowed: qmc)")

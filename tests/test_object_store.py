@@ -8,6 +8,7 @@ results root needs a tracking store of its own) and DuckDB over the bucket's Par
 from __future__ import annotations
 
 import io
+import json
 import os
 import socket
 import subprocess
@@ -218,8 +219,6 @@ def test_two_drivers_on_one_prefix_keep_every_row_and_the_newest_write_of_a_cell
 def test_on_an_object_store_each_driver_has_its_own_note_and_a_dead_or_silent_ones_run_is_marked_killed(
     endpoint: str, bucket: str, tmp_path: Path
 ) -> None:
-    import json
-
     import boto3
     from mlflow.tracking import MlflowClient
 
@@ -260,6 +259,38 @@ def test_on_an_object_store_each_driver_has_its_own_note_and_a_dead_or_silent_on
     third = MatrixRun.start(uri, "faults", root, {"cells": 1})
     third.finish({"ok": 1, "failed": 0})
     assert client.get_run(third.run_id).info.status == "FINISHED" and notes() == {}  # an ended run takes its note
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_harness_tune_keeps_its_results_in_s3_and_its_optuna_storage_in_a_database(
+    endpoint: str, bucket: str, tmp_path: Path
+) -> None:
+    spec = tmp_path / "tiny.yaml"
+    spec.write_text(SPEC.replace("layer_magnitude", "random") + "tune: {max_epochs: 1}\n")
+    results = f"s3://{bucket}/tune"
+    env = os.environ | {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}", "PYTHONPATH": str(REPO)}
+
+    def tune(*extra: str) -> subprocess.CompletedProcess:
+        command = [str(HARNESS), "tune", str(spec), "--trials", "2", "--results", results, *extra]
+        return subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+
+    refused = tune()  # no --storage: the journal would have to live in the bucket
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert "the Optuna journal cannot live on an object store" in refused.stderr
+    assert "--storage" in refused.stderr and s3_objects(endpoint, bucket, "tune/") == {}
+
+    ran = tune("--storage", f"sqlite:///{tmp_path / 'optuna.db'}")
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    objects = s3_objects(endpoint, bucket, "tune/")
+    trials = parquet_rows(objects, "trials")
+    assert sorted(trials.groupby("study").size()) == [2, 2] and (trials["state"] == "COMPLETE").all()
+    assert [k for k in objects if k.startswith("tune/tuning/checkpoints/") and k.endswith(".pt")]
+    assert json.loads(objects["tune/tuning/tiny.importances.json"]).keys() <= set(trials["study"])
+    local = tmp_path / "tuned" / "tiny.yaml"  # harness run reads a local file; the bucket keeps a copy
+    assert objects["tune/tuned/tiny.yaml"] == local.read_bytes()
+    assert f"harness run tuned/tiny.yaml --results {results}" in " ".join(ran.stdout.split())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mlflow.db", "optuna.db", "tiny.yaml", "tuned"]
 
 
 def test_a_reader_sees_every_cell_once_while_a_driver_compacts_and_deletes_its_files(bucket: str) -> None:
