@@ -443,14 +443,19 @@ def expand(spec: BenchmarkSpec, spec_path: str | os.PathLike | None = None, tune
     for model, given in spec.pretrained.items():
         file = pretrained_path(Path(spec_path or "x"), given)
         weights[model] = (str(file), file_sha256(file))
+    pairs = spec.model_dataset_pairs
+    targets = {  # the same for every seed
+        (model, dataset, i): [(0.0, None)] if sets_own_sparsity else _targets(spec, model, dataset, params)
+        for model, dataset in pairs
+        for i, (_, sets_own_sparsity, params, _, _) in enumerate(methods)
+    }
     cells = []
     for seed in spec.seeds:
-        for model, dataset in spec.model_dataset_pairs:
+        for model, dataset in pairs:
             pretrain, finetune = recipes[model]
             pretrained, pretrained_sha256 = weights.get(model, (None, None))
-            for name, sets_own_sparsity, params, dumped, version in methods:
-                targets = [(0.0, None)] if sets_own_sparsity else _targets(spec, model, dataset, params)
-                for sparsity, compression in targets:
+            for i, (name, _, params, dumped, version) in enumerate(methods):
+                for sparsity, compression in targets[model, dataset, i]:
                     entry = chosen.get(_tuned_key(model, dataset, name, dumped, sparsity)) if chosen else None
                     cell_finetune, cell_params = finetune, dumped
                     if entry:  # harness tune's choice for this cell, validated when the spec loaded
