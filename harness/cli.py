@@ -212,7 +212,7 @@ def run(
     results = _results_folder(results)
     cells = _only(cells, only or [])
 
-    from harness.runner import plan
+    from harness.scheduler.dag import plan
     from harness.store import ResultsStore
 
     store = ResultsStore(results)
@@ -520,7 +520,7 @@ def status(
     spec, cells = _load_cells(spec_path, plugin, max_cells)
     results = _results_folder(results)
 
-    from harness.runner import plan
+    from harness.scheduler.dag import plan
     from harness.store import ResultsStore
 
     store = ResultsStore(results)
