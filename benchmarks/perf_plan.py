@@ -7,12 +7,14 @@
 
 The figure includes everything the command does: Python and torch start-up, loading the method
 registry, the 50 model × data-set forward passes on the meta device, expanding and hashing every
-cell, reading the (empty) results table and printing the summary by axis.
+cell, reading the (empty) results table and printing the summary by axis. The load average is
+printed beside it: on a shared machine the wall time grows with the load (the CPU time much less).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import resource
 import subprocess
 import sys
@@ -62,9 +64,11 @@ def main() -> None:
     args = parser.parse_args()
     assert CELLS == 100_000, CELLS
     runs = []
+    load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as folder:
         for _ in range(args.repeats):
             runs.append(dry_run(Path(folder)))
+    load = f"load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after, on {os.cpu_count()} cores"
     seconds, cpu = min(r[0] for r in runs), min(r[1] for r in runs)
     peak = max(r[2] for r in runs)
     output = runs[0][3]
@@ -76,7 +80,7 @@ def main() -> None:
         f"peak {peak:.2f} GB = {peak / MEMORY_TARGET:.2f}x of the {MEMORY_TARGET:.0f} GB target — "
         f"`harness run --dry-run` of {CELLS:,} cells ({len(MODELS)} models × {len(DATASETS)} data sets × "
         f"{len(METHODS)} methods × {len(SPARSITIES)} sparsities × {len(SEEDS)} seeds), "
-        f"{len(output.splitlines())} lines printed"
+        f"{len(output.splitlines())} lines printed; {load}"
     )
 
 

@@ -212,7 +212,7 @@ def run(
     results = _results_folder(results)
     cells = _only(cells, only or [])
 
-    from harness.runner import plan
+    from harness.scheduler.dag import plan
     from harness.store import ResultsStore
 
     store = ResultsStore(results)
@@ -240,10 +240,10 @@ def run(
                 _print_cells(cells, todo, format)
             return
         counts = {"ok": 0, "failed": 0}
-        if not todo.todo and isinstance(results, Path) and results.is_dir():  # no note on an object store
-            from harness.tracking import mark_killed_run
+        if not todo.todo:
+            from harness.tracking import mark_killed_runs
 
-            mark_killed_run(results)  # a driver killed after its last cell still leaves its MLflow run RUNNING
+            mark_killed_runs(results)  # a driver killed after its last cell still leaves its MLflow run RUNNING
         if todo.todo:
             store.save_spec(spec.name, spec_path.read_text())  # the report links every result to its benchmark file
             resume = f"harness run {spec_path} --results {results}" + (f" --address {address}" if address else "")
@@ -454,14 +454,14 @@ def tune(
 ) -> None:
     """Tune every method with the same budget on VALIDATION data; write results/tuned/<name>.yaml to run."""
     spec, _ = _load_cells(spec_path, plugin)
-    results = _results_folder(results)
-    if not isinstance(results, Path):  # the Optuna journal, tuned spec and importances are local files
-        from harness.storage import shown_uri
+    results = _results_folder(results, writing=True)
+    if not isinstance(results, Path):  # what must be known before anything starts: MLflow, the Optuna storage
+        from harness.tracking import resolve_tracking_uri
 
-        raise _fail_input(
-            f"--results {shown_uri(results)}: harness tune needs a local results folder; "
-            "run the tuned spec it writes into the object store"
-        )
+        try:
+            resolve_tracking_uri(spec.tracking_uri, results)
+        except ValueError as exc:
+            raise _fail_input(f"--results {exc}") from None
     chosen = sampler.value if sampler else ("qmc" if protocol is Protocol.qmc else "tpe")
     if protocol is Protocol.qmc and chosen != "qmc":
         raise _fail_input(f"--protocol qmc searches quasi-randomly; --sampler {chosen} contradicts it (allowed: qmc)")
@@ -520,7 +520,7 @@ def status(
     spec, cells = _load_cells(spec_path, plugin, max_cells)
     results = _results_folder(results)
 
-    from harness.runner import plan
+    from harness.scheduler.dag import plan
     from harness.store import ResultsStore
 
     store = ResultsStore(results)

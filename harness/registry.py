@@ -1,10 +1,12 @@
 """One small typed registry serving models, datasets and methods.
 
 Entries are registered with a decorator (``@register_model("lenet5")``), as lazy modules whose
-decorators run on the first lookup, or through a package entry-point group (``harness.methods``,
-``harness.models``, ``harness.datasets``). Every entry is checked for its kind when it is added
-(a function is not a method class); unknown names get a "did you mean"; a second entry under a
-taken name is an error, never a silent override; :meth:`Registry.freeze` ends registration.
+decorators run on the first lookup (a module that declares its names is imported only when one of
+them is used: planning imports the methods a spec names, not Lightning for all of them), or through
+a package entry-point group (``harness.methods``, ``harness.models``, ``harness.datasets``). Every
+entry is checked for its kind when it is added (a function is not a method class); unknown names get
+a "did you mean"; a second entry under a taken name is an error, never a silent override;
+:meth:`Registry.freeze` ends registration.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from __future__ import annotations
 import difflib
 import importlib
 import importlib.metadata
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -31,7 +33,7 @@ class _Entry(Generic[T]):
     name: str
     source: str  # where the entry came from: "builtin", a plugin module, an entry point
     obj: T | None = None
-    lazy: str | None = None  # "module:attr", imported on first use
+    lazy: str | None = None  # "module:attr" (imported on first use) or "module" (whose decorator fills the entry)
 
 
 class Registry(Generic[T]):
@@ -72,7 +74,7 @@ class Registry(Generic[T]):
         if problem:
             raise RegistryError(f"{self.kind} {name!r} from {source or self._source} is refused: {problem}")
         existing = self._entries.get(name)
-        if existing is not None and existing.obj is None and existing.lazy == _qualified(obj):
+        if existing is not None and existing.obj is None and existing.lazy in (_qualified(obj), _module_of(obj)):
             existing.obj = obj  # the lazy entry's module is being imported: fill it in
             return
         self._refuse_if_frozen(name, source)
@@ -105,9 +107,14 @@ class Registry(Generic[T]):
             )
         self._entries[name] = _Entry(name, source or self._source, lazy=target)
 
-    def add_lazy_module(self, module: str) -> None:
-        """Import ``module`` (whose decorators register entries) the first time a name is looked up."""
-        self._lazy_modules.append(module)
+    def add_lazy_module(self, module: str, names: Iterable[str] = ()) -> None:
+        """``module``'s decorators register entries: without ``names`` it is imported the first time any name is
+        looked up; with them, those names are known at once and the module is imported when one of them is used."""
+        names = list(names)
+        if not names:
+            self._lazy_modules.append(module)
+        for name in names:
+            self.add_lazy(name, module)
 
     def freeze(self) -> None:
         """Load the pending modules and entry-point names, then refuse any new name: the set of entries a
@@ -138,14 +145,20 @@ class Registry(Generic[T]):
             raise RegistryError(self.unknown_message(name))
         if entry.obj is None:
             module_name, _, attr = entry.lazy.partition(":")
-            obj = getattr(importlib.import_module(module_name), attr)
-            problem = self._check(name, obj) if self._check else None
-            if problem:
-                raise RegistryError(f"{self.kind} {name!r} from {entry.source} is refused: {problem}")
-            entry.obj = obj
+            module = importlib.import_module(module_name)  # a module-only entry is filled by its decorator here
+            if attr:
+                obj = getattr(module, attr)
+                problem = self._check(name, obj) if self._check else None
+                if problem:
+                    raise RegistryError(f"{self.kind} {name!r} from {entry.source} is refused: {problem}")
+                entry.obj = obj
+            elif entry.obj is None:
+                raise RegistryError(f"{self.kind} {name!r} is declared for {module_name}, which does not register it")
         return entry.obj
 
     def __contains__(self, name: object) -> bool:
+        if name in self._entries:  # a declared name is known without importing its module
+            return True
         self._load_pending()
         return name in self._entries
 
@@ -178,6 +191,10 @@ class Registry(Generic[T]):
 
 def _qualified(obj: object) -> str:
     return f"{getattr(obj, '__module__', '')}:{getattr(obj, '__qualname__', '')}"
+
+
+def _module_of(obj: object) -> str | None:
+    return getattr(obj, "__module__", None)
 
 
 class _SourceScope:

@@ -15,7 +15,6 @@ cell is not retried but becomes a ``failed`` row (see ``execute_cell``).
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import secrets
@@ -26,7 +25,7 @@ import warnings
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 import ray
@@ -36,7 +35,6 @@ from ray._private import ray_constants
 from harness import reaper
 from harness.cell import failed_result
 from harness.config import CellSpec, Resources
-from harness.methods import method_provenance
 from harness.scheduler.backends import (
     Backend,
     Event,
@@ -54,52 +52,16 @@ from harness.store import ResultsStore
 from harness.tracking import MatrixRun, TrackingWriter
 
 __all__ = [
-    "Plan",
     "Progress",
     "SchedulingError",
     "capacity",
     "check_local_resources",
-    "plan",
     "ray_session",
     "run_matrix",
 ]
 
 REFRESH_SECONDS = 1.0  # how often progress is reported while nothing finishes
 TRACKING_SECONDS = 10.0  # how often the parent MLflow run gets the matrix's counts
-
-
-@dataclass
-class Plan:
-    """Which cells run and which are already in the table; ``other_code``: cells in the table whose rows
-    were produced by a different version of their method's source (rerun them with ``--force``)."""
-
-    todo: list[CellSpec]
-    done: list[CellSpec]
-    failed_before: list[CellSpec]
-    other_code: list[CellSpec] = field(default_factory=list)
-
-
-def plan(cells: list[CellSpec], store: ResultsStore, retry_failed: bool = False, force: bool = False) -> Plan:
-    """Sort ``cells`` into to run / done / failed before; ``force`` runs every one of them again."""
-    benchmarks = {cell.benchmark for cell in cells}
-    statuses = {benchmark: store.statuses(benchmark) for benchmark in benchmarks}
-    recorded = {benchmark: store.source_hashes(benchmark) for benchmark in benchmarks}
-    current: dict[str, str | None] = {}
-    todo, done, failed, other_code = [], [], [], []
-    for cell in cells:
-        status = statuses[cell.benchmark].get(cell.cell_id)
-        if status is not None:
-            key = json.dumps([cell.method, cell.method_params], sort_keys=True)
-            if key not in current:
-                current[key] = method_provenance(cell.method, cell.method_params)["method_source_hash"]
-            was = recorded[cell.benchmark].get(cell.cell_id)
-            if was is not None and current[key] is not None and was != current[key]:
-                other_code.append(cell)
-        if force or status in (None, "partial") or (status == "failed" and retry_failed):
-            todo.append(cell)
-        else:
-            (done if status == "ok" else failed).append(cell)
-    return Plan(todo, done, failed, other_code)
 
 
 # -- Ray ------------------------------------------------------------------------------------------

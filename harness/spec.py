@@ -241,14 +241,18 @@ def _check_registries(path: Path, spec: BenchmarkSpec) -> None:
                 "distinct, or the same cells would run twice",
             )
         seen[key] = i
+    checked: dict[tuple[str, tuple[int, ...], int], torch.nn.Module] = {}  # data sets alike in shape share a check
     for model, dataset in spec.model_dataset_pairs:
-        try:
-            _check_compatible(model, dataset)
-        except IncompatibleInput as exc:
-            field = "pairs" if spec.pairs else "models"
-            raise fail(field, f"{model!r} cannot take dataset {dataset!r}: {exc}") from None
+        info = DATASETS.get(dataset)
+        key = (model, tuple(info.input_shape), info.num_classes)
+        if key not in checked:
+            try:
+                checked[key] = _compatible_model(model, *key[1:])
+            except IncompatibleInput as exc:
+                field = "pairs" if spec.pairs else "models"
+                raise fail(field, f"{model!r} cannot take dataset {dataset!r}: {exc}") from None
         if model in spec.pretrained:
-            _check_pretrained(path, model, dataset, spec.pretrained[model], recipes[model][0])
+            _check_pretrained(path, model, dataset, spec.pretrained[model], recipes[model][0], checked[key])
     if spec.compressions:  # reachable or not depends on whether the method may prune the classifier
         for method in spec.methods:
             params = METHODS.get(method.name).Params.model_validate(method.params)
@@ -317,13 +321,16 @@ def pretrained_path(spec_path: Path, given: str) -> Path:
     return (spec_path.parent / Path(given).expanduser()).resolve()
 
 
-def _check_pretrained(path: Path, model: str, dataset: str, given: str, pretrain: Recipe) -> None:
-    """The file is a state dict of exactly this model's tensors and shapes (read with weights_only)."""
+def _check_pretrained(
+    path: Path, model: str, dataset: str, given: str, pretrain: Recipe, net: torch.nn.Module
+) -> None:
+    """The file is a state dict of exactly the tensors and shapes of ``net``, this model built for this data set
+    (read with weights_only)."""
     where = f"pretrained.{model}"
     if pretrain.save_epochs:
         raise SpecError(f"{path}: {where}: pretrained weights have no pretraining epochs to keep; drop save_epochs")
     state = from_torchvision(model, _read_state_dict(path, where, pretrained_path(path, given)))
-    expected = {name: tuple(t.shape) for name, t in _meta_model(model, dataset).state_dict().items()}
+    expected = {name: tuple(t.shape) for name, t in net.state_dict().items()}
     found = {name: tuple(t.shape) for name, t in state.items()}
     missing, unexpected = sorted(expected.keys() - found.keys()), sorted(found.keys() - expected.keys())
     wrong = sorted(name for name in expected.keys() & found.keys() if expected[name] != found[name])
@@ -362,22 +369,22 @@ def file_sha256(file: Path) -> str:
     return digest.hexdigest()[:16]
 
 
-def _meta_model(model: str, dataset: str) -> torch.nn.Module:
+def _meta_model(model: str, input_shape: tuple[int, ...], num_classes: int) -> torch.nn.Module:
     """Build the model on the meta device: shapes without memory or time."""
-    info = DATASETS.get(dataset)
     with torch.device("meta"):
-        return create_model(model, info.input_shape, info.num_classes)
+        return create_model(model, input_shape, num_classes)
 
 
-def _check_compatible(model: str, dataset: str) -> None:
-    info = DATASETS.get(dataset)
-    net = _meta_model(model, dataset)
+def _compatible_model(model: str, input_shape: tuple[int, ...], num_classes: int) -> torch.nn.Module:
+    """The model on the meta device, once a forward pass of this input gave one score per class."""
+    net = _meta_model(model, input_shape, num_classes)
     try:
-        out = net(torch.zeros((2, *info.input_shape), device="meta"))
+        out = net(torch.zeros((2, *input_shape), device="meta"))  # as in training: train mode, autograd on
     except (RuntimeError, ValueError) as exc:
-        raise IncompatibleInput(f"forward pass on input {info.input_shape} fails: {exc}") from None
-    if tuple(out.shape) != (2, info.num_classes):
-        raise IncompatibleInput(f"output shape {tuple(out.shape)[1:]} is not ({info.num_classes},) classes")
+        raise IncompatibleInput(f"forward pass on input {input_shape} fails: {exc}") from None
+    if tuple(out.shape) != (2, num_classes):
+        raise IncompatibleInput(f"output shape {tuple(out.shape)[1:]} is not ({num_classes},) classes")
+    return net
 
 
 @cache
@@ -385,7 +392,8 @@ def _parameter_counts(model: str, dataset: str, include_classifier: bool) -> tup
     """(all parameters, prunable weights) of ``model`` built for ``dataset``."""
     from harness.masks import prunable_weights
 
-    net = _meta_model(model, dataset)
+    info = DATASETS.get(dataset)
+    net = _meta_model(model, tuple(info.input_shape), info.num_classes)
     total = sum(p.numel() for p in net.parameters())
     return total, sum(p.numel() for p in prunable_weights(net, include_classifier).values())
 
@@ -435,14 +443,19 @@ def expand(spec: BenchmarkSpec, spec_path: str | os.PathLike | None = None, tune
     for model, given in spec.pretrained.items():
         file = pretrained_path(Path(spec_path or "x"), given)
         weights[model] = (str(file), file_sha256(file))
+    pairs = spec.model_dataset_pairs
+    targets = {  # the same for every seed
+        (model, dataset, i): [(0.0, None)] if sets_own_sparsity else _targets(spec, model, dataset, params)
+        for model, dataset in pairs
+        for i, (_, sets_own_sparsity, params, _, _) in enumerate(methods)
+    }
     cells = []
     for seed in spec.seeds:
-        for model, dataset in spec.model_dataset_pairs:
+        for model, dataset in pairs:
             pretrain, finetune = recipes[model]
             pretrained, pretrained_sha256 = weights.get(model, (None, None))
-            for name, sets_own_sparsity, params, dumped, version in methods:
-                targets = [(0.0, None)] if sets_own_sparsity else _targets(spec, model, dataset, params)
-                for sparsity, compression in targets:
+            for i, (name, _, params, dumped, version) in enumerate(methods):
+                for sparsity, compression in targets[model, dataset, i]:
                     entry = chosen.get(_tuned_key(model, dataset, name, dumped, sparsity)) if chosen else None
                     cell_finetune, cell_params = finetune, dumped
                     if entry:  # harness tune's choice for this cell, validated when the spec loaded

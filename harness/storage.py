@@ -71,6 +71,14 @@ def object_filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
     return pafs.PyFileSystem(pafs.FSSpecHandler(filesystem)), path
 
 
+def child(root: str | os.PathLike, name: str) -> str | Path:
+    """The root ``name`` below ``root``: a subfolder, or the URI of the prefix under it (its query kept)."""
+    if not is_remote(root):
+        return local_path(root) / name
+    parts = urlsplit(str(root))
+    return parts._replace(path=f"{parts.path.rstrip('/')}/{name}").geturl()
+
+
 def shown_uri(uri: str) -> str:
     """A URI as messages show it: without its query, which may hold keys (``?access_key=…``)."""
     return urlsplit(uri)._replace(query="", fragment="").geturl().rstrip("/")

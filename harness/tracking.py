@@ -114,7 +114,7 @@ class MatrixRun:
     uri: str
     experiment_id: str
     run_id: str
-    results: Path | None = None  # the folder holding the note that this run is open (None: no note)
+    results: str | None = None  # the results root (folder or URI) holding the note that this run is open
 
     @classmethod
     def start(cls, uri: str, benchmark: str, artifact_root: str | Path, params: dict[str, Any]) -> MatrixRun:
@@ -126,37 +126,43 @@ class MatrixRun:
             experiment_id = client.create_experiment(benchmark, artifact_location=artifact_location)
         else:
             experiment_id = experiment.experiment_id
-        from harness.storage import is_remote
-
-        # the note is one shared file: only a local folder, which one driver holds, gets one
-        folder = None if is_remote(artifact_root) else Path(artifact_root)
-        if folder is not None:
-            mark_killed_run(folder)
+        mark_killed_runs(artifact_root)
         run = client.create_run(experiment_id, run_name=f"{benchmark}-matrix", tags={"harness.role": "matrix"})
         client.log_batch(run.info.run_id, params=_params(params))
-        matrix = cls(uri, experiment_id, run.info.run_id, folder)
-        if folder is not None:
-            matrix._note_running()
+        matrix = cls(uri, experiment_id, run.info.run_id, str(artifact_root))
+        matrix._note_running()
         return matrix
 
     def _note_running(self) -> None:
-        """Note this run in the results folder until it finishes: if the driver dies, the next run ends it."""
-        note = {"uri": self.uri, "run_id": self.run_id, "pid": os.getpid(), "host": socket.gethostname()}
-        temporary = self.results / f".{RUNNING_FILE}.tmp"
-        temporary.write_text(json.dumps(note))
-        temporary.replace(self.results / RUNNING_FILE)
+        """Note this run in the results root until it finishes: if the driver dies, the next run ends it.
+        On an object store the note is rewritten with every progress log: its age says whether its driver,
+        on whichever host, still lives."""
+        note = {
+            "uri": self.uri,
+            "run_id": self.run_id,
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "beat": time.time(),
+        }
+        files = _notes_root(self.results)
+        files.write_bytes(_note_path(files, self.run_id), json.dumps(note).encode())
 
     def log_progress(self, counts: dict[str, int], step: int) -> None:
         """The matrix's counts (cells ok, failed, running, ...) as curves over cells finished."""
         metrics = _metrics({f"cells_{k}": v for k, v in counts.items()}, step)
         _client(self.uri).log_batch(self.run_id, metrics=_entities(metrics))
+        if self.results is not None and _notes_root(self.results).remote:
+            self._note_running()  # the heartbeat that keeps other drivers from taking this run for dead
 
     def finish(self, counts: dict[str, int], interrupted: bool = False) -> None:
         self.log_progress(counts, step=counts.get("ok", 0) + counts.get("failed", 0))
         status = "KILLED" if interrupted else "FAILED" if counts.get("failed") else "FINISHED"
         _client(self.uri).set_terminated(self.run_id, status)
-        if self.results is not None and _running_note(self.results).get("run_id") == self.run_id:
-            (self.results / RUNNING_FILE).unlink(missing_ok=True)
+        if self.results is not None:
+            files = _notes_root(self.results)
+            path = _note_path(files, self.run_id)
+            if _read_note(files, path).get("run_id") == self.run_id:
+                files.delete(path)
 
     def log_child(self, child: ChildRun) -> str:
         """Create, fill and end one child run (a cell's or a pretraining's); returns its id."""
@@ -182,33 +188,61 @@ class MatrixRun:
             return list(pool.map(functools.partial(_mirror, self, "log_child"), children))
 
 
-RUNNING_FILE = "matrix-run.json"  # in the results folder while a driver's parent run is open
+RUNNING_FILE = "matrix-run.json"  # in a local results folder while its driver's parent run is open
+RUNNING_FOLDER = "matrix-runs"  # on an object store: one note per driver, <run id>.json, never shared
+STALE_SECONDS = 300.0  # an object-store note not rewritten for this long belongs to a driver that is gone
 
 
-def mark_killed_run(results: Path) -> str | None:
-    """End the parent run a driver left RUNNING when it died (SIGKILL, a lost node): KILLED. Its id, or None.
+def mark_killed_runs(results: str | os.PathLike) -> list[str]:
+    """End the parent runs drivers left RUNNING when they died (SIGKILL, a lost node): KILLED. Their ids.
 
-    A driver notes its run in the results folder and removes the note when it finishes; a note whose
-    driver is still alive on this host is left alone (it is another run in progress).
+    A driver notes its run in the results root and removes the note when it finishes. A note whose
+    driver is alive on this host is left alone (another run in progress). A local folder has one
+    driver at a time (its lock), so a note from another host is stale; an object store is shared by
+    drivers on many hosts, so there a note from elsewhere is stale only once it has not been
+    rewritten (every progress log, ~10 s) for :data:`STALE_SECONDS`.
     """
-    note = _running_note(results)
-    if not note:
-        return None
-    if note.get("host") == socket.gethostname() and _alive(int(note.get("pid", 0))):
-        return None
-    try:
-        client = _client(note["uri"])
-        if client.get_run(note["run_id"]).info.status == "RUNNING":
-            client.set_terminated(note["run_id"], "KILLED")
-    except Exception as exc:  # MLflow mirrors the table: a store gone away only warns
-        warnings.warn(f"could not mark the killed run {note.get('run_id')} in MLflow: {exc}", stacklevel=2)
-    (results / RUNNING_FILE).unlink(missing_ok=True)
-    return note["run_id"]
+    files = _notes_root(str(results))
+    if files.remote:
+        paths = [entry.path for entry in files.list(files.root / RUNNING_FOLDER) if entry.name.endswith(".json")]
+    else:
+        paths = [files.root / RUNNING_FILE]
+    killed = []
+    for path in paths:
+        note = _read_note(files, path)
+        if not note or _driver_alive(note, files.remote):
+            continue
+        try:
+            client = _client(note["uri"])
+            if client.get_run(note["run_id"]).info.status == "RUNNING":
+                client.set_terminated(note["run_id"], "KILLED")
+        except Exception as exc:  # MLflow mirrors the table: a store gone away only warns
+            warnings.warn(f"could not mark the killed run {note.get('run_id')} in MLflow: {exc}", stacklevel=2)
+        files.delete(path)
+        killed.append(note["run_id"])
+    return killed
 
 
-def _running_note(results: Path) -> dict[str, Any]:
+def _driver_alive(note: dict[str, Any], shared: bool) -> bool:
+    if note.get("host") == socket.gethostname():
+        return _alive(int(note.get("pid", 0)))
+    return shared and time.time() - float(note.get("beat", 0)) < STALE_SECONDS
+
+
+@functools.cache  # the writer process rewrites an object-store note every ~10 s: one filesystem for all
+def _notes_root(results: str):
+    from harness.storage import open_root  # pyarrow: only the processes that write notes pay for it
+
+    return open_root(results)
+
+
+def _note_path(files, run_id: str):
+    return files.root / RUNNING_FOLDER / f"{run_id}.json" if files.remote else files.root / RUNNING_FILE
+
+
+def _read_note(files, path) -> dict[str, Any]:
     try:
-        note = json.loads((results / RUNNING_FILE).read_text())
+        note = json.loads(files.read_bytes(path) or b"")
     except (OSError, ValueError):
         return {}
     return note if isinstance(note, dict) and {"uri", "run_id"} <= note.keys() else {}

@@ -142,7 +142,7 @@ def test_the_note_of_a_live_driver_is_left_alone_and_a_dead_ones_run_is_marked_k
 
     from mlflow.tracking import MlflowClient
 
-    from harness.tracking import RUNNING_FILE, MatrixRun, mark_killed_run
+    from harness.tracking import RUNNING_FILE, MatrixRun, mark_killed_runs
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(uri)
@@ -150,13 +150,13 @@ def test_the_note_of_a_live_driver_is_left_alone_and_a_dead_ones_run_is_marked_k
     note = json.loads((tmp_path / RUNNING_FILE).read_text())
     assert (note["run_id"], note["pid"]) == (matrix.run_id, os.getpid())
 
-    assert mark_killed_run(tmp_path) is None  # its driver (this process) is alive: another run in progress
+    assert mark_killed_runs(tmp_path) == []  # its driver (this process) is alive: another run in progress
     assert client.get_run(matrix.run_id).info.status == "RUNNING"
 
     gone = subprocess.Popen(["true"])
     gone.wait()  # a pid no process has any more
     (tmp_path / RUNNING_FILE).write_text(json.dumps(note | {"pid": gone.pid}))
-    assert mark_killed_run(tmp_path) == matrix.run_id
+    assert mark_killed_runs(tmp_path) == [matrix.run_id]
     assert client.get_run(matrix.run_id).info.status == "KILLED"
     assert not (tmp_path / RUNNING_FILE).exists()
 
@@ -164,3 +164,4 @@ def test_the_note_of_a_live_driver_is_left_alone_and_a_dead_ones_run_is_marked_k
     second.finish({"ok": 1, "failed": 0})
     assert client.get_run(second.run_id).info.status == "FINISHED"
     assert not (tmp_path / RUNNING_FILE).exists()  # a run that ends removes its note
+

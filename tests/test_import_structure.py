@@ -127,3 +127,22 @@ def test_harness_query_loads_no_torch_lightning_ray_or_mlflow(tmp_path: Path) ->
     loaded, done = heavy_modules_after(code)
     assert done.stdout.splitlines()[:2] == ["n", "2"]
     assert loaded == []
+
+
+def test_a_dry_run_of_a_magnitude_benchmark_loads_no_lightning_ray_or_mlflow(tmp_path: Path) -> None:
+    """Planning imports the methods a spec names (not every method module, some of which need Lightning), and the
+    plan comes from the Ray-free scheduler part: only torch, for the meta-device checks."""
+    spec = tmp_path / "plan.yaml"
+    spec.write_text(
+        "name: plan\nmodels: [lenet5, resnet20]\ndatasets: [mnist, cifar10]\nmethods: [global_magnitude, snip]\n"
+        "sparsities: [0.5, 0.9]\nseeds: [0, 1]\n"
+    )
+    code = (
+        "import sys\nfrom harness.cli import app\n"
+        f"sys.argv = ['harness', 'run', {str(spec)!r}, '--dry-run', '--results', {str(tmp_path / 'r')!r}]\n"
+        "try:\n    app()\nexcept SystemExit as exit:\n    assert exit.code in (0, None), exit.code"
+    )
+    loaded, done = heavy_modules_after(code)
+    assert "plan: 32 cells — 0 done, 0 failed before, 32 to run" in done.stdout
+    assert loaded == ["torch"]
+    assert not (tmp_path / "r").exists()  # a dry run writes nothing

@@ -8,6 +8,7 @@ results root needs a tracking store of its own) and DuckDB over the bucket's Par
 from __future__ import annotations
 
 import io
+import json
 import os
 import socket
 import subprocess
@@ -218,6 +219,83 @@ def test_two_drivers_on_one_prefix_keep_every_row_and_the_newest_write_of_a_cell
     first.compact()  # compacts the first driver's own files only
     assert all(f"run={first.run_id}/" in k for k in set(s3_objects(endpoint, bucket, "shared/")) - set(objects))
     assert load(root).sort_values("seed")["top1"].tolist() == [0.1] * 5 + [0.2] * 10
+
+
+def test_on_an_object_store_each_driver_has_its_own_note_and_a_dead_or_silent_ones_run_is_marked_killed(
+    endpoint: str, bucket: str, tmp_path: Path
+) -> None:
+    import boto3
+    from mlflow.tracking import MlflowClient
+
+    from harness.tracking import RUNNING_FOLDER, STALE_SECONDS, MatrixRun, mark_killed_runs
+
+    uri, root = f"sqlite:///{tmp_path / 'mlflow.db'}", f"s3://{bucket}/shared"
+    client, s3 = MlflowClient(uri), boto3.client("s3", endpoint_url=endpoint)
+
+    def notes() -> dict[str, dict]:
+        listed = s3.list_objects_v2(Bucket=bucket, Prefix=f"shared/{RUNNING_FOLDER}/").get("Contents", [])
+        keys = [o["Key"] for o in listed if o["Key"].endswith(".json")]  # not the folder markers pyarrow writes
+        return {key: json.loads(s3.get_object(Bucket=bucket, Key=key)["Body"].read()) for key in keys}
+
+    def rewrite(run_id: str, **fields) -> None:
+        key = f"shared/{RUNNING_FOLDER}/{run_id}.json"
+        s3.put_object(Bucket=bucket, Key=key, Body=json.dumps(notes()[key] | fields).encode())
+
+    first = MatrixRun.start(uri, "faults", root, {"cells": 1})
+    second = MatrixRun.start(uri, "faults", root, {"cells": 1})  # a second driver on the same prefix
+    assert sorted(notes()) == sorted(f"shared/{RUNNING_FOLDER}/{r.run_id}.json" for r in (first, second))
+    assert mark_killed_runs(root) == []  # both drivers (this process) are alive
+
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    rewrite(first.run_id, pid=gone.pid)  # this host, a pid no process has any more
+    assert mark_killed_runs(root) == [first.run_id]
+    assert client.get_run(first.run_id).info.status == "KILLED"
+    assert [n["run_id"] for n in notes().values()] == [second.run_id]
+
+    rewrite(second.run_id, host="elsewhere", beat=time.time() - STALE_SECONDS / 2)  # another host, beating
+    assert mark_killed_runs(root) == []
+    second.log_progress({"ok": 0}, 0)  # its driver's progress log rewrites the note: fresh again
+    assert notes()[f"shared/{RUNNING_FOLDER}/{second.run_id}.json"]["beat"] > time.time() - 60
+    rewrite(second.run_id, host="elsewhere", beat=time.time() - STALE_SECONDS - 1)  # silent too long: gone
+    assert mark_killed_runs(root) == [second.run_id]
+    assert client.get_run(second.run_id).info.status == "KILLED" and notes() == {}
+
+    third = MatrixRun.start(uri, "faults", root, {"cells": 1})
+    third.finish({"ok": 1, "failed": 0})
+    assert client.get_run(third.run_id).info.status == "FINISHED" and notes() == {}  # an ended run takes its note
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_harness_tune_keeps_its_results_in_s3_and_its_optuna_storage_in_a_database(
+    endpoint: str, bucket: str, tmp_path: Path
+) -> None:
+    spec = tmp_path / "tiny.yaml"
+    spec.write_text(SPEC.replace("layer_magnitude", "random") + "tune: {max_epochs: 1}\n")
+    results = f"s3://{bucket}/tune"
+    env = os.environ | {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}", "PYTHONPATH": str(REPO)}
+
+    def tune(*extra: str) -> subprocess.CompletedProcess:
+        command = [str(HARNESS), "tune", str(spec), "--trials", "2", "--results", results, *extra]
+        return subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+
+    refused = tune()  # no --storage: the journal would have to live in the bucket
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert "the Optuna journal cannot live on an object store" in refused.stderr
+    assert "--storage" in refused.stderr and s3_objects(endpoint, bucket, "tune/") == {}
+
+    ran = tune("--storage", f"sqlite:///{tmp_path / 'optuna.db'}")
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    objects = s3_objects(endpoint, bucket, "tune/")
+    trials = parquet_rows(objects, "trials")
+    assert sorted(trials.groupby("study").size()) == [2, 2] and (trials["state"] == "COMPLETE").all()
+    assert [k for k in objects if k.startswith("tune/tuning/checkpoints/") and k.endswith(".pt")]
+    assert json.loads(objects["tune/tuning/tiny.importances.json"]).keys() <= set(trials["study"])
+    local = tmp_path / "tuned" / "tiny.yaml"  # harness run reads a local file; the bucket keeps a copy
+    assert objects["tune/tuned/tiny.yaml"] == local.read_bytes()
+    assert f"harness run tuned/tiny.yaml --results {results}" in " ".join(ran.stdout.split())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mlflow.db", "optuna.db", "tiny.yaml", "tuned"]
 
 
 def test_a_reader_sees_every_cell_once_while_a_driver_compacts_and_deletes_its_files(bucket: str) -> None:

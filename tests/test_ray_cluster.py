@@ -16,7 +16,8 @@ import ray
 from mlflow.tracking import MlflowClient
 from ray.cluster_utils import Cluster
 
-from harness.runner import plan, run_matrix
+from harness.runner import run_matrix
+from harness.scheduler.dag import plan
 from harness.spec import expand, load_spec
 from harness.store import ResultsStore
 from harness.tracking import MatrixRun

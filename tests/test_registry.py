@@ -6,6 +6,7 @@ Entry points are tested with a real distribution on ``sys.path`` (a ``.dist-info
 
 from __future__ import annotations
 
+import importlib
 import os
 import subprocess
 import sys
@@ -245,3 +246,62 @@ def test_a_run_freezes_every_registry_while_it_lasts() -> None:
                 register("registry_test_late")(obj)
     register_method("registry_test_late")(Late)
     assert METHODS.get("registry_test_late") is Late and Late.name == "registry_test_late"
+
+
+def test_each_built_in_method_module_registers_exactly_the_names_it_declares() -> None:
+    from harness.methods import BUILTIN_MODULES
+
+    for module, names in BUILTIN_MODULES.items():
+        importlib.import_module(module)
+        for name in names:
+            assert METHODS.get(name).__module__ == module, name
+    declared = {name for names in BUILTIN_MODULES.values() for name in names}
+    registered = {name for name in METHODS.names() if METHODS.get(name).__module__ in BUILTIN_MODULES}
+    assert registered == declared, "a built-in @register_method missing from BUILTIN_MODULES, or the reverse"
+
+
+def test_a_declared_name_imports_only_its_own_module(tmp_path: Path) -> None:
+    (tmp_path / "declared_demo.py").write_text(
+        "from harness.methods import PruningMethod\n"
+        "from declared_registry import DEMO\n"
+        "@DEMO.register('demo_magnitude')\n"
+        "class DemoMagnitude(PruningMethod):\n"
+        "    def score(self, ctx):\n"
+        "        return {}\n"
+    )
+    (tmp_path / "declared_registry.py").write_text(
+        "from harness.registry import Registry\n"
+        "DEMO = Registry('demo')\n"
+        "DEMO.add_lazy_module('declared_demo', ['demo_magnitude', 'demo_missing'])\n"
+    )
+    code = (
+        "import sys\nfrom declared_registry import DEMO\n"
+        "assert 'demo_magnitude' in DEMO and DEMO.names() == ['demo_magnitude', 'demo_missing']\n"
+        "assert 'declared_demo' not in sys.modules\n"  # known by name, not imported
+        "print(DEMO.get('demo_magnitude').__name__)\n"
+        "try:\n    DEMO.get('demo_missing')\nexcept KeyError as exc:\n    print(exc)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{REPO}"},
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [
+        "DemoMagnitude",
+        "demo 'demo_missing' is declared for declared_demo, which does not register it",
+    ]
+
+
+def test_a_plugin_cannot_take_a_declared_built_in_name_before_its_module_is_imported() -> None:
+    registry: Registry[type] = Registry("method")
+    registry.add_lazy_module("harness.methods.score", ["global_magnitude"])
+
+    class Impostor:
+        pass
+
+    with pytest.raises(RegistryError, match="'global_magnitude' is registered twice: by builtin and by"):
+        registry.add("global_magnitude", Impostor)

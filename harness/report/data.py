@@ -79,8 +79,7 @@ def load_report_data(sources: list[Source]) -> ReportData:
         cells.append(load(source.path, "cells").assign(source=source.label))
         layers.append(load(source.path, "layers").assign(source=source.label))
         trials.append(load(source.path, "trials").assign(source=source.label))
-        if isinstance(source.path, Path):  # harness tune writes only to local folders
-            importances.update(load_importances(source.path))
+        importances.update(load_importances(source.path))
         store = ResultsStore(source.path)
         for benchmark in cells[-1]["benchmark"].dropna().unique():
             specs[(source.label, benchmark)] = {p.name: store.read_spec(p) for p in store.specs(benchmark)}

@@ -15,6 +15,7 @@ import pandas as pd
 import yaml
 
 from harness.report.plots import history_svg
+from harness.storage import open_root
 
 
 def tuned_section(spec_texts: list[str]) -> dict[str, Any] | None:
@@ -34,12 +35,13 @@ def tuning_mark(tuned: dict[str, Any]) -> str:
     return f"tuned: {tuned.get('protocol')}, {tuned.get('sampler')}, {tuned.get('trials')} trials"
 
 
-def load_importances(results: Path) -> dict[str, dict[str, float]]:
-    """Every study's parameter importances under ``results/tuning/``."""
+def load_importances(results: str | Path) -> dict[str, dict[str, float]]:
+    """Every study's parameter importances under ``results/tuning/`` (a local folder or an object-store prefix)."""
+    files = open_root(results)
     out: dict[str, dict[str, float]] = {}
-    folder = results / "tuning"
-    for path in sorted(folder.glob("*.importances.json")) if folder.is_dir() else []:
-        out.update(json.loads(path.read_text()))
+    for entry in sorted(files.list(files.root / "tuning"), key=lambda e: e.name):
+        if entry.name.endswith(".importances.json") and (data := files.read_bytes(entry.path)) is not None:
+            out.update(json.loads(data))
     return out
 
 

@@ -1,15 +1,59 @@
-"""The matrix as a DAG, without Ray: one pretraining per missing dense model, every cell after its own.
+"""The matrix as a DAG, without Ray: which cells are still to run (:func:`plan`, read from the table),
+then one pretraining per missing dense model, every cell after its own.
 
-Cells are released breadth-first in matrix order as their dense model becomes available; the DAG
-also says when the last cell of a dense model is back, so a backend can let go of its copy.
+A dry run imports this module, not the runner: planning needs neither Ray nor Lightning. Cells are
+released breadth-first in matrix order as their dense model becomes available; the DAG also says
+when the last cell of a dense model is back, so a backend can let go of its copy.
 """
 
 from __future__ import annotations
 
+import json
 from collections import Counter, deque
 from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from harness.config import CellSpec
+
+if TYPE_CHECKING:
+    from harness.store import ResultsStore
+
+
+@dataclass
+class Plan:
+    """Which cells run and which are already in the table; ``other_code``: cells in the table whose rows
+    were produced by a different version of their method's source (rerun them with ``--force``)."""
+
+    todo: list[CellSpec]
+    done: list[CellSpec]
+    failed_before: list[CellSpec]
+    other_code: list[CellSpec] = field(default_factory=list)
+
+
+def plan(cells: list[CellSpec], store: ResultsStore, retry_failed: bool = False, force: bool = False) -> Plan:
+    """Sort ``cells`` into to run / done / failed before; ``force`` runs every one of them again."""
+    benchmarks = {cell.benchmark for cell in cells}
+    statuses = {benchmark: store.statuses(benchmark) for benchmark in benchmarks}
+    recorded = {benchmark: store.source_hashes(benchmark) for benchmark in benchmarks}
+    from harness.methods import method_provenance  # torch, needed only for cells already in the table
+
+    current: dict[str, str | None] = {}
+    todo, done, failed, other_code = [], [], [], []
+    for cell in cells:
+        status = statuses[cell.benchmark].get(cell.cell_id)
+        if status is not None:
+            key = json.dumps([cell.method, cell.method_params], sort_keys=True)
+            if key not in current:
+                current[key] = method_provenance(cell.method, cell.method_params)["method_source_hash"]
+            was = recorded[cell.benchmark].get(cell.cell_id)
+            if was is not None and current[key] is not None and was != current[key]:
+                other_code.append(cell)
+        if force or status in (None, "partial") or (status == "failed" and retry_failed):
+            todo.append(cell)
+        else:
+            (done if status == "ok" else failed).append(cell)
+    return Plan(todo, done, failed, other_code)
 
 
 class MatrixDag:

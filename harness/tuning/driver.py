@@ -12,8 +12,8 @@ a trial brings back, once it is back: Ray tasks do not stream values mid-run her
 saves no compute. It only marks the trial PRUNED (its value is the curve at the pruning step, and
 it cannot be chosen), the same rule for every method.
 
-Only the driver writes the Optuna storage (a journal file under the results folder, or a given RDB
-URL), so an interrupted ``harness tune`` resumes: finished trials stay, and a trial cut off mid-run
+Only the driver writes the Optuna storage (a journal file under a local results folder, or a given
+RDB URL), so an interrupted ``harness tune`` resumes: finished trials stay, and a trial cut off mid-run
 is marked failed, not counted, and its point is tried again.
 """
 
@@ -26,7 +26,7 @@ import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import optuna
@@ -41,6 +41,7 @@ from harness.runner import ray_session
 from harness.scheduler.backends import RayBackend, SchedulingError, capacity, error_text
 from harness.schema import CellResult
 from harness.spec import BenchmarkSpec, CellSpec, Recipe, content_hash, epoch_cap, expand, tuning_space
+from harness.storage import child, is_remote, shown_uri
 from harness.store import ResultsStore, atomic_write_bytes
 from harness.tracking import ChildRun, MatrixRun, TrackingWriter, resolve_tracking_uri
 from harness.tuning.space import ParamRange, Tuned, TunedCell, split_point
@@ -84,7 +85,7 @@ class Settings:
     protocol: str = "equal"
     sampler: str = "tpe"
     pruner: str = "none"  # pruning after the fact saves nothing and discards a pruned trial's final score
-    storage: str | None = None  # an RDB URL; default: a journal file under the results folder
+    storage: str | None = None  # an RDB URL; default: a journal file under a local results folder
     address: str | None = None
     max_parallel: int | None = None
     max_retries: int = 3
@@ -185,8 +186,14 @@ def _pruner(settings: Settings, trials: int) -> optuna.pruners.BasePruner:
     return optuna.pruners.NopPruner()
 
 
-def open_storage(settings: Settings, results: Path, benchmark: str) -> tuple[optuna.storages.BaseStorage, str]:
-    """The user's RDB URL, else a journal file under ``results/tuning/`` (written only by this driver)."""
+def open_storage(
+    settings: Settings, results: Path | str, benchmark: str
+) -> tuple[optuna.storages.BaseStorage, str]:
+    """The user's RDB URL, else a journal file under ``results/tuning/`` (written only by this driver).
+
+    The journal needs a local folder: Optuna appends each event to the one file under a file lock,
+    and an object store has neither (an object is written whole, by one PUT, and nothing locks it).
+    """
     if settings.storage:
         try:
             return optuna.storages.RDBStorage(settings.storage), settings.storage
@@ -194,7 +201,13 @@ def open_storage(settings: Settings, results: Path, benchmark: str) -> tuple[opt
             raise StorageError(
                 f"--storage {settings.storage}: cannot open it as an Optuna RDB storage: {exc}"
             ) from None
-    path = results / "tuning" / f"{benchmark}.journal"
+    if is_remote(results):
+        raise StorageError(
+            f"--results {shown_uri(str(results))}: the Optuna journal cannot live on an object store (it appends "
+            "to one file under a file lock; an object is written whole and has no lock); pass --storage with an "
+            "RDB URL: sqlite:///tuning.db (a file on this machine) or a database server, e.g. postgresql://HOST/DB"
+        )
+    path = Path(results) / "tuning" / f"{benchmark}.journal"
     path.parent.mkdir(parents=True, exist_ok=True)
     backend = optuna.storages.journal.JournalFileBackend(str(path))
     return optuna.storages.JournalStorage(backend), str(path)
@@ -217,17 +230,21 @@ def tune(
     spec: BenchmarkSpec,
     spec_text: str,
     spec_path: Path,
-    results: Path,
+    results: Path | str,
     settings: Settings,
     on_trial: Callable[[TrialOutcome], None] = lambda outcome: None,
 ) -> TuneResult:
-    """Run every study to ``settings.trials`` counted trials, then write the tuned spec."""
+    """Run every study to ``settings.trials`` counted trials, then write the tuned spec.
+
+    ``results`` is a local folder or an object-store URI (trials, checkpoints, logs, importances and a
+    copy of the tuned spec go there; the Optuna storage must then be an RDB URL).
+    """
     studies = plan_studies(spec, settings)
     if settings.protocol == "defaults":
-        results.mkdir(parents=True, exist_ok=True)
+        _make_folder(results)
         return TuneResult(studies, write_tuned_spec(spec, spec_text, spec_path, results, studies, settings, None))
     storage, where = open_storage(settings, results, spec.name)
-    results.mkdir(parents=True, exist_ok=True)
+    _make_folder(results)
     for study in studies:
         study.handle = optuna.create_study(
             study_name=study.name,
@@ -258,11 +275,18 @@ def tune(
     return TuneResult(studies, tuned, driver.ran, driver.outcomes)
 
 
-def importances_path(results: Path, benchmark: str) -> Path:
-    return results / "tuning" / f"{benchmark}.importances.json"
+def importances_path(root: Path | PurePosixPath, benchmark: str) -> Path | PurePosixPath:
+    """Where a benchmark's importances lie under a results root's folder or prefix (``ResultsStore.root``)."""
+    return root / "tuning" / f"{benchmark}.importances.json"
 
 
-def write_importances(results: Path, benchmark: str, studies: list[Study]) -> None:
+def _make_folder(results: Path | str) -> None:
+    """A local results folder is made here (MLflow's SQLite file goes in it); an object store needs none."""
+    if not is_remote(results):
+        Path(results).mkdir(parents=True, exist_ok=True)
+
+
+def write_importances(results: Path | str, benchmark: str, studies: list[Study]) -> None:
     """Each study's parameter importances (Optuna's fANOVA, seeded) for the report, which reads no storage.
 
     A study needs two complete trials whose points differ; one searched parameter is trivially 1.
@@ -277,7 +301,8 @@ def write_importances(results: Path, benchmark: str, studies: list[Study]) -> No
             out[study.name] = optuna.importance.get_param_importances(study.handle, evaluator=evaluator)
         except (RuntimeError, ValueError):  # e.g. every point differs only in a parameter that stayed constant
             continue
-    atomic_write_bytes(importances_path(results, benchmark), json.dumps(out, indent=1, sort_keys=True).encode())
+    store = ResultsStore(results)
+    store.files.write_bytes(importances_path(store.root, benchmark), json.dumps(out, indent=1, sort_keys=True).encode())
 
 
 class _Driver:
@@ -287,7 +312,7 @@ class _Driver:
         self,
         spec: BenchmarkSpec,
         studies: list[Study],
-        results: Path,
+        results: Path | str,
         settings: Settings,
         tracking: TrackingWriter,
         on_trial: Callable[[TrialOutcome], None],
@@ -295,7 +320,7 @@ class _Driver:
         self.spec = spec
         self.studies = studies
         self.store = ResultsStore(results)
-        self.checkpoints = ResultsStore(results / "tuning")  # validation-only dense models, trials' logs
+        self.checkpoints = ResultsStore(child(results, "tuning"))  # validation-only dense models, trials' logs
         self.settings = settings
         self.tracking = tracking
         self.on_trial = on_trial
@@ -524,12 +549,15 @@ def write_tuned_spec(
     spec: BenchmarkSpec,
     spec_text: str,
     spec_path: Path,
-    results: Path,
+    results: Path | str,
     studies: list[Study],
     settings: Settings,
     storage: str | None,
 ) -> Path:
     """``results/tuned/<name>.yaml``: the spec with each study's best point and the search's provenance.
+
+    ``harness run`` reads a local file: with results on an object store the spec is written to
+    ``tuned/<name>.yaml`` in the working folder, and a copy beside the results for the record.
 
     Its benchmark name is ``<name>-tuned``, so its results never mix with the untuned ones; the
     ``tune:`` section is dropped (the spec is a result, not a search to run again).
@@ -564,9 +592,13 @@ def write_tuned_spec(
     seed = studies[0].base.seed if studies else None
     tuned = Tuned(source=str(spec_path), search_seed=seed, cells=tuple(cells), **provenance)
     raw["tuned"] = tuned.model_dump(mode="json")
-    path = results / "tuned" / f"{spec.name}.yaml"
+    path = (Path("tuned") if is_remote(results) else Path(results) / "tuned") / f"{spec.name}.yaml"
     header = f"# Written by `harness tune {spec_path}`: run it with `harness run {path}`.\n"
-    atomic_write_bytes(path, (header + yaml.safe_dump(raw, sort_keys=False)).encode())
+    text = (header + yaml.safe_dump(raw, sort_keys=False)).encode()
+    atomic_write_bytes(path, text)
+    if is_remote(results):
+        store = ResultsStore(results)
+        store.files.write_bytes(store.root / "tuned" / f"{spec.name}.yaml", text)
     return path
 
 
