@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import functools
 import json
@@ -598,6 +597,8 @@ def submit(
         console.print(f"follow it with: {follow}\nstop it with: ray job stop {job_id} --address {address}")
         return
     try:
+        import asyncio
+
         asyncio.run(_print_job_logs(client, job_id))
     except KeyboardInterrupt:
         errors.print(f"stopped following; the job goes on. Follow it: {follow}", soft_wrap=True)
@@ -774,19 +775,22 @@ def query(
     """Run read-only SQL over the results views (cells, epochs, layers, trials); columns: docs/reference/columns.md."""
     import duckdb
 
-    from harness.results import ReadOnlyError
-    from harness.results import query as run_query
+    from harness.results import ReadOnlyError, query_rows
+    from harness.results import query as query_frame
 
     results = _results_folder(results)
-    try:
-        frame = run_query(results, sql)
+    try:  # a table is printed without pandas, whose import alone costs more than the query
+        answer = query_rows(results, sql) if format is Format.table else query_frame(results, sql)
     except FileNotFoundError:
         raise _fail_input(f"results folder {results} does not exist; run a benchmark first or pass --results") from None
     except ReadOnlyError as exc:
         raise _fail_input(str(exc)) from None
     except duckdb.Error as exc:
         raise _fail_input(f"query failed: {exc}") from None
-    _print_frame(frame, format)
+    if format is Format.table:
+        _print_rows(*answer)
+    else:
+        _print_frame(answer, format)
 
 
 def _print_frame(frame: object, format: Format) -> None:
@@ -796,8 +800,13 @@ def _print_frame(frame: object, format: Format) -> None:
     elif format is Format.json:
         sys.stdout.write(frame.to_json(orient="records", date_format="iso") + "\n")
     else:
-        rows = ((f"{v:.4g}" if isinstance(v, float) else str(v) for v in row) for row in frame.itertuples(index=False))
-        print_table(console, list(map(str, frame.columns)), [tuple(row) for row in rows])
+        _print_rows(list(frame.columns), frame.itertuples(index=False))
+
+
+def _print_rows(columns: list, rows) -> None:
+    """Rows as a table: floats to 4 significant digits, every value whole."""
+    shown = ((f"{v:.4g}" if isinstance(v, float) else str(v) for v in row) for row in rows)
+    print_table(console, list(map(str, columns)), [tuple(row) for row in shown])
 
 
 @app.command(cls=_Command)

@@ -1,9 +1,11 @@
 """Reading results: DuckDB views ``cells``, ``epochs``, ``layers``, ``trials`` over the store's Parquet files.
 
 ``connect`` gives a connection with the views registered, ``load`` a pandas frame, and ``query``
-runs a user's SQL read-only: one or more SELECT statements, and no file outside the results folder
-can be read (DuckDB's ``enable_external_access`` is off, with the folder the only allowed directory,
-and the configuration is locked so the query cannot turn it back on). On an object store
+(a frame) or ``query_rows`` (names and tuples: what ``harness query`` prints, with pandas never
+imported, since importing it takes longer than a query over a million rows) run a user's SQL
+read-only: one or more SELECT statements, and no file outside the results folder can be read
+(DuckDB's ``enable_external_access`` is off, with the folder the only allowed directory, and the
+configuration is locked so the query cannot turn it back on). On an object store
 (``s3://BUCKET/PREFIX``) DuckDB may read no file at all: pyarrow reads the table's files for it.
 """
 
@@ -12,14 +14,20 @@ from __future__ import annotations
 import os
 import secrets
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar
 
 import duckdb
-import pandas as pd
 
 from harness.schema import VIEWS, core_first
 from harness.storage import is_remote, shown_uri, sql_string
 from harness.store import ResultsStore, read_retrying
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+T = TypeVar("T")
 
 
 class ReadOnlyError(ValueError):
@@ -60,11 +68,20 @@ def load(results_dir: str | os.PathLike = "results", view: str = "cells") -> pd.
     """One view as a DataFrame (its core columns and no rows when nothing has been written yet)."""
     if view not in VIEWS:
         raise ValueError(f"unknown view {view!r}; allowed: {', '.join(VIEWS)}")
-    return _read(results_dir, f"SELECT * FROM {view}", read_only=False)
+    return _read(results_dir, f"SELECT * FROM {view}", lambda answer: answer.df(), read_only=False)
 
 
 def query(results_dir: str | os.PathLike, sql: str) -> pd.DataFrame:
     """Run SQL over the views read-only; the result of the last statement as a DataFrame."""
+    return _query(results_dir, sql, lambda answer: answer.df())
+
+
+def query_rows(results_dir: str | os.PathLike, sql: str) -> tuple[list[str], list[tuple]]:
+    """``query``'s answer as column names and rows of Python values (NULL is None)."""
+    return _query(results_dir, sql, lambda answer: ([c[0] for c in answer.description], answer.fetchall()))
+
+
+def _query(results_dir: str | os.PathLike, sql: str, fetch: Callable[[duckdb.DuckDBPyConnection], T]) -> T:
     statements = duckdb.connect().extract_statements(sql)
     if not statements:
         raise ReadOnlyError("the query is empty; e.g. SELECT method, avg(top1) FROM cells GROUP BY method")
@@ -76,13 +93,15 @@ def query(results_dir: str | os.PathLike, sql: str) -> pd.DataFrame:
                 f"are allowed. To export, use --format csv or json, or harness.results.connect() in Python"
             )
     try:
-        return _read(results_dir, sql, read_only=True)
+        return _read(results_dir, sql, fetch, read_only=True)
     except duckdb.PermissionException as exc:
         raise ReadOnlyError(f"queries may read only the views and files under {_shown(results_dir)}: {exc}") from None
 
 
-def _read(results_dir: str | os.PathLike, sql: str, read_only: bool) -> pd.DataFrame:
-    return read_retrying(lambda: connect(results_dir, read_only).execute(sql).df())
+def _read(
+    results_dir: str | os.PathLike, sql: str, fetch: Callable[[duckdb.DuckDBPyConnection], T], read_only: bool
+) -> T:
+    return read_retrying(lambda: fetch(connect(results_dir, read_only).execute(sql)))
 
 
 def _shown(results_dir: str | os.PathLike) -> str:

@@ -35,8 +35,9 @@ def _listing(items: list[str]) -> str:
 
 
 def checklist(cells: pd.DataFrame, points: pd.DataFrame) -> list[Check]:
-    """The checklist for one benchmark: its rows (``cells``) and operating points (``points``)."""
-    ok = cells[cells["status"] == "ok"]
+    """The checklist for one benchmark: its cells (one summary row each, see :mod:`harness.report.data`)
+    and operating points (``points``)."""
+    ok = cells[cells["ok_rows"] > 0]  # cells with a finished level
     pairs = sorted({(d, m) for d, m in zip(points["dataset"], points["model"], strict=True)})
     names = [f"{d}/{m}" for d, m in pairs]
     by_pair = {pair: group for pair, group in points.groupby(["dataset", "model"])}
@@ -83,7 +84,7 @@ def checklist(cells: pd.DataFrame, points: pd.DataFrame) -> list[Check]:
         )
     )
 
-    missing = [c for c in ("compression_ratio", "theoretical_speedup") if ok.empty or ok[c].isna().any()]
+    missing = [c for c in ("compression_ratio", "theoretical_speedup") if ok.empty or ok[f"{c}_missing"].any()]
     checks.append(
         Check(
             "both compression ratio and theoretical speedup",
@@ -92,7 +93,7 @@ def checklist(cells: pd.DataFrame, points: pd.DataFrame) -> list[Check]:
         )
     )
 
-    no_dense = [f"{d}/{m}" for (d, m), g in ok.groupby(["dataset", "model"]) if g["dense_top1"].isna().all()]
+    no_dense = [f"{d}/{m}" for (d, m), g in ok.groupby(["dataset", "model"]) if not g["dense_rows"].any()]
     checks.append(
         Check(
             "the dense baseline's absolute accuracy, size and FLOPs",
@@ -125,14 +126,15 @@ def checklist(cells: pd.DataFrame, points: pd.DataFrame) -> list[Check]:
     )
 
     # not ShrinkBench's: a point where a layer is (nearly) gone measures a broken network, not a method
-    recorded = ok["layer_collapse"].dropna().astype(bool) if "layer_collapse" in ok else pd.Series(dtype=bool)
-    collapsed = ok.loc[recorded[recorded].index]
-    where = sorted({f"{r.dataset}/{r.model} {r.method} at {r.sparsity:g}" for r in collapsed.itertuples()})
+    recorded = int(ok["collapse_recorded"].sum())  # finished rows that say whether a layer collapsed
+    where = sorted(
+        {f"{r.dataset}/{r.model} {r.method} at {sparsity:g}" for r in ok.itertuples() for sparsity in r.collapsed_at}
+    )
     checks.append(
         Check(
             "no layer collapse (a layer ≥ 99 % pruned)",
-            None if recorded.empty else not where,
-            f"collapsed: {_listing(where)}" if where else ("no row collapsed" if len(recorded) else "not recorded"),
+            None if not recorded else not where,
+            f"collapsed: {_listing(where)}" if where else ("no row collapsed" if recorded else "not recorded"),
         )
     )
     return checks

@@ -14,8 +14,8 @@ import matplotlib
 import pandas as pd
 
 from harness.report.checklist import checklist
-from harness.report.data import ReportData, dense_baselines, many_classes, slug
-from harness.report.plots import Baseline, Figure, Line, styles, tradeoff_svg
+from harness.report.data import ReportData, many_classes, slug
+from harness.report.plots import PLOT_POINTS, Baseline, Figure, Line, evenly_spaced, styles, tradeoff_svg
 from harness.report.ranking import Ranking, pareto_front, rank
 from harness.report.tuning import history, provenance_notes, study_rows
 
@@ -213,18 +213,17 @@ def _sources_section(data: ReportData, spec_links: dict[tuple[str, str], list[st
     for source in data.sources:
         mine = cells[cells["source"] == source.label]
         for benchmark, rows in mine.groupby("benchmark", sort=True):
-            per_cell = rows.groupby("cell_id")["status"].agg(lambda s: (s == "ok").all())
-            ok_rows = rows[rows["status"] == "ok"]
+            ok = rows["all_ok"].astype(bool)
             specs = spec_links.get((source.label, benchmark), [])
             table.rows.append(
                 [
                     [Cell(source.label)],
                     [Cell(str(source.path))],
                     [Cell(benchmark)],
-                    [Cell(str(int(per_cell.sum())))],
-                    [Cell(str(int((~per_cell).sum())))],
-                    [Cell(str(ok_rows.groupby(["dataset", "model"]).ngroups))],
-                    [Cell(", ".join(f"v{v}" for v in sorted(rows["schema_version"].dropna().unique())))],
+                    [Cell(str(int(ok.sum())))],
+                    [Cell(str(int((~ok).sum())))],
+                    [Cell(str(rows[rows["ok_rows"] > 0].groupby(["dataset", "model"]).ngroups))],
+                    [Cell(", ".join(f"v{v}" for v in data.schema_versions.get((source.label, benchmark), [])))],
                     [Cell(href.rsplit("/", 1)[-1], url=href) for href in specs] or [Cell("—")],
                 ]
             )
@@ -277,7 +276,8 @@ class _PairBuilder:
         self.slug = slug(dataset, model)
         self.points = data.pair_points(dataset, model)
         self.cells = data.pair_cells(dataset, model)
-        self.layers = data.layers
+        self.layer_rows = data.layer_rows
+        self._links: dict[tuple[str, str], Cell] = {}
         self.sources = [s.label for s in data.sources]
         self.many_classes = many_classes(dataset)
         curves = {
@@ -287,7 +287,7 @@ class _PairBuilder:
         self.ranking: Ranking = rank(curves)
         self.order = [row.series for row in self.ranking.rows]
         self.style = style
-        self.dense = dense_baselines(self.cells)
+        self.dense = data.pair_dense(dataset, model)
         self.figures = self._figures()
 
     # -- figures
@@ -299,13 +299,19 @@ class _PairBuilder:
             return [Baseline("dense", 100 * value) for value in dense[column].head(1)]
         return [Baseline(f"dense [{r.source}/{r.benchmark}]", 100 * getattr(r, column)) for r in dense.itertuples()]
 
-    def _lines(self, x: str, y: str) -> list[Line]:
+    def _lines(self, x: str, y: str) -> tuple[list[Line], int]:
+        """Each series' points by ``x``, at most its share of ``PLOT_POINTS`` of them (evenly spaced along
+        ``x``, both ends kept), and how many points there were in all."""
         points = self.points
-        lines = []
+        groups = []
         for series in self.order:
             group = points[(points["series"] == series) & points[x].map(math.isfinite) & points[f"{y}_mean"].notna()]
-            if group.empty:
-                continue
+            if not group.empty:
+                groups.append((series, group.sort_values(x, kind="stable")))
+        share = max(1, PLOT_POINTS // max(1, len(groups)))
+        lines = []
+        for series, group in groups:
+            group = group.iloc[evenly_spaced(len(group), share)]
             lines.append(
                 Line(
                     series,
@@ -315,19 +321,26 @@ class _PairBuilder:
                     [f"{self.slug}.html#{pid}" for pid in group["point_id"]],
                 )
             )
-        return lines
+        return lines, sum(len(group) for _, group in groups)
 
     def _figure(self, kind: str, title: str, x: str, y: str, xlabel: str, front: bool = False, **kw) -> Figure:
         name = f"{self.slug}-{kind}"
-        lines = self._lines(x, y)
-        front_xy = None
+        lines, total = self._lines(x, y)
+        front_xy, note = None, ""
         if front:
             xs, ys = self.points[x].tolist(), (100 * self.points[f"{y}_mean"]).tolist()
             on_front = pareto_front(xs, ys)
+            on_front = [on_front[i] for i in evenly_spaced(len(on_front), PLOT_POINTS)]
             front_xy = ([xs[i] for i in on_front], [ys[i] for i in on_front])
+        drawn = sum(len(line.x) for line in lines)
+        if drawn < total:
+            note = (
+                f"{drawn:,} of {total:,} operating points drawn: each method's, evenly spaced along the x axis "
+                "with both ends kept; the Operating points table lists every one."
+            )
         ylabel = f"test {y.replace('top', 'top-')} (%)"
         svg = tradeoff_svg(name, lines, self._baselines(f"{y}_mean"), xlabel, ylabel, self.style, front_xy, **kw)
-        return Figure(name, f"{self.title}: {title}", svg)
+        return Figure(name, f"{self.title}: {title}", svg, note)
 
     def _figures(self) -> list[Figure]:
         figures = [
@@ -418,11 +431,7 @@ class _PairBuilder:
             if finite.empty:
                 continue
             point = finite.loc[(finite["compression_ratio_mean"].map(math.log2) - target).abs().idxmin()]
-            rows = self.layers[
-                (self.layers["source"] == point["source"])
-                & self.layers["cell_id"].isin(point["cell_ids"])
-                & (self.layers["level"] == point["level"])
-            ]
+            rows = self.layer_rows(point["source"], point["cell_ids"], int(point["level"]))
             if rows.empty:
                 continue
             column = f"{series} at {times(point['compression_ratio_mean'])}"
@@ -472,7 +481,7 @@ class _PairBuilder:
                 value = getattr(point, f"{column}_mean")
                 row.append([Cell(size(value) if column == "size_bytes" else ("—" if _nan(value) else f"{value:.3g}"))])
             row.append([Cell(str(point.seeds))])
-            row.append([Cell(cell_id, anchor=self.cell_anchor(point.source, cell_id)) for cell_id in point.cell_ids])
+            row.append([self.cell_link(point.source, cell_id) for cell_id in point.cell_ids])
             table.rows.append(row)
             table.anchors.append(point.point_id)
         return table
@@ -480,14 +489,19 @@ class _PairBuilder:
     def cell_anchor(self, source: str, cell_id: str) -> str:
         return f"cell-{self.sources.index(source)}-{quote(cell_id, safe='')}"
 
+    def cell_link(self, source: str, cell_id: str) -> Cell:
+        """A link to a cell's row; one object per cell, since every level's point links to it."""
+        key = (source, cell_id)
+        if key not in self._links:
+            self._links[key] = Cell(cell_id, anchor=self.cell_anchor(source, cell_id))
+        return self._links[key]
+
     def cells_table(self) -> Table:
         several = len(self.sources) > 1 or self.cells["benchmark"].nunique() > 1
         headers = ["cell", *(["from"] if several else []), "method", "seed", "levels", "top-1 % (last level)"]
         table = Table([*headers, "status", "MLflow run", "benchmark file", "versions", "finished"], [])
         table.align = "l" * (len(headers) - 3) + "rrr" + "lllll"
-        levels = self.cells.groupby(["source", "cell_id"]).size()
-        last = self.cells.sort_values("level").groupby(["source", "cell_id"], sort=False).tail(1)
-        for cell in last.sort_values(["series", "sparsity", "seed"]).itertuples():
+        for cell in self.cells.sort_values(["series", "sparsity", "seed"], kind="stable").itertuples():
             status = cell.status if cell.status == "ok" else f"{cell.status}: {str(cell.error).splitlines()[0][:200]}"
             run = cell.mlflow_run_id
             versions = f"harness {cell.harness_version}, torch {cell.torch_version}"
@@ -500,7 +514,7 @@ class _PairBuilder:
                 + [
                     [Cell(cell.series)],
                     [Cell(str(cell.seed))],
-                    [Cell(str(levels[(cell.source, cell.cell_id)]))],
+                    [Cell(str(cell.levels))],
                     [Cell(percent(cell.top1))],
                     [Cell(status, bold=cell.status != "ok")],
                     [Cell(run[:12], url=f"{self.options.mlflow_url.rstrip('/')}/#/runs/{quote(run, safe='')}")]

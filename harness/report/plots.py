@@ -2,7 +2,8 @@
 
 Text stays text (``svg.fonttype = none``) and matplotlib escapes it, so a method's name cannot become
 markup. Every marker links to its operating point's row, which names the cells, their MLflow runs
-and the benchmark file they came from.
+and the benchmark file they came from. A plot draws at most ``PLOT_POINTS`` markers per kind however
+large the results, so its SVG stays small; the caller says when points were left out.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: E402
 
 MARKERS = "osD^vPX*<>"
+PLOT_POINTS = 400  # markers a plot draws at most (shared among its lines); the tables list every point
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,17 @@ class Figure:
     name: str
     title: str
     svg: Markup  # matplotlib escaped every label in it: safe to inline in HTML
+    note: str = ""  # what the plot leaves out, if anything
+
+
+def evenly_spaced(count: int, most: int) -> list[int]:
+    """Positions of at most ``most`` of ``count`` ordered items, evenly spaced, the first and last kept:
+    the same items every time, so a report is reproducible."""
+    if count <= most:
+        return list(range(count))
+    if most <= 1:
+        return [0][:most]
+    return sorted({round(i * (count - 1) / (most - 1)) for i in range(most)})
 
 
 def styles(labels: list[str]) -> dict[str, tuple[str, str]]:
@@ -109,18 +122,26 @@ def tradeoff_svg(
 
 
 def history_svg(name: str, numbers: list[int], values: list[float | None], states: list[str]) -> Markup:
-    """A study's optimisation history: each trial's validation score by trial number, and the best so far."""
+    """A study's optimisation history: each trial's validation score by trial number, and the best so far.
+
+    Each kind of marker is thinned to ``PLOT_POINTS`` evenly spaced trials; the best-so-far line is exact
+    (drawn through every trial where it rises)."""
     with plt.rc_context({"svg.fonttype": "none", "svg.hashsalt": name, "font.size": 9}):
         fig, ax = plt.subplots(figsize=(5.0, 2.8), layout="constrained")
         for state, marker, color in (("COMPLETE", "o", "tab:blue"), ("PRUNED", "x", "tab:orange")):
             shown = [(n, v) for n, v, s in zip(numbers, values, states, strict=True) if s == state and v is not None]
+            shown = [shown[i] for i in evenly_spaced(len(shown), PLOT_POINTS)]
             if shown:
                 ax.scatter(*zip(*shown, strict=True), marker=marker, color=color, s=20, label=state.lower(), zorder=3)
         complete = [(n, v) for n, v, s in zip(numbers, values, states, strict=True) if s == "COMPLETE"]
         if complete:
             best = np.maximum.accumulate([v for _, v in complete])
-            ax.step([n for n, _ in complete], best, where="post", color="0.2", linewidth=1.2, label="best so far")
+            rises = [i for i in range(len(best)) if i == 0 or best[i] > best[i - 1]] + [len(best) - 1]
+            steps = sorted(set(rises))
+            ax.step([complete[i][0] for i in steps], best[steps], where="post", color="0.2", linewidth=1.2,
+                    label="best so far")  # fmt: skip
         failed = [n for n, s in zip(numbers, states, strict=True) if s == "FAIL"]
+        failed = [failed[i] for i in evenly_spaced(len(failed), PLOT_POINTS)]
         if failed:
             ax.scatter(failed, [0.0] * len(failed), marker="v", color="tab:red", s=20, label="failed (at 0)")
         ax.set_xlabel("trial")

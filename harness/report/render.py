@@ -10,7 +10,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 import jinja2
-from markupsafe import Markup
+from markupsafe import Markup, escape
 
 import harness
 from harness.report.pages import Cell, Page, Table
@@ -31,6 +31,38 @@ def footer() -> str:
 # -- HTML ----------------------------------------------------------------------------------------
 
 
+def cell_html(cell: Cell) -> Markup:
+    """A value as HTML: escaped text, a link where it has one, bold where marked."""
+    href = cell.href(".html")
+    shown = f'<a href="{escape(href)}">{escape(cell.text)}</a>' if href else str(escape(cell.text))
+    return Markup(f"<strong>{shown}</strong>" if cell.bold else shown)
+
+
+def table_html(table: Table) -> Markup:
+    """A table as HTML, every value escaped. Written here rather than in the template because a large
+    report's tables hold millions of values, which a template macro renders a hundred times slower."""
+    shown: dict[Cell, str] = {}  # the same cell (a cell id linked from many points) is escaped once
+
+    def cells_html(cells: list[Cell]) -> str:
+        return ", ".join(shown.get(c) or shown.setdefault(c, cell_html(c)) for c in cells)
+
+    align = [table.alignment(i) for i in range(max([len(table.headers), *map(len, table.rows)]))]
+    head = "".join(f'<th class="{align[i]}">{escape(h)}</th>' for i, h in enumerate(table.headers))
+    wrap = ' class="wrap"' if table.wrap else ""
+    lines = [f'<div class="table"><table{wrap}>\n<thead><tr>{head}</tr></thead>\n<tbody>']
+    for number, row in enumerate(table.rows):
+        anchor = table.anchors[number] if table.anchors else None
+        tds = "".join(
+            f'<td class="{align[i]}"'
+            + (f' style="background-color: {escape(cells[0].shade)}"' if cells and cells[0].shade else "")
+            + f">{cells_html(cells)}</td>"
+            for i, cells in enumerate(row)
+        )
+        lines.append(f'\n<tr id="{escape(anchor)}">{tds}</tr>' if anchor else f"\n<tr>{tds}</tr>")
+    lines.append("\n</tbody></table></div>")
+    return Markup("".join(lines))
+
+
 def write_html(pages: list[Page], out: Path) -> list[Path]:
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(_TEMPLATES)),
@@ -38,6 +70,7 @@ def write_html(pages: list[Page], out: Path) -> list[Path]:
         undefined=jinja2.StrictUndefined,
         trim_blocks=False,
     )
+    env.globals.update(cell_html=cell_html, table_html=table_html)
     template = env.get_template("page.html")
     css = Markup((_TEMPLATES / "style.css").read_text())  # our own file, not user input
     return [_write(out / f"{page.slug}.html", template.render(page=page, css=css, footer=footer())) for page in pages]
@@ -64,9 +97,10 @@ def _markdown_cell(cell: Cell) -> str:
 def _markdown_table(table: Table) -> list[str]:
     lines = ["| " + " | ".join(escape_markdown(h) or " " for h in table.headers) + " |"]
     lines.append("|" + "|".join({"l": ":--", "r": "--:"}[table.alignment(i)] for i in range(len(table.headers))) + "|")
+    shown: dict[Cell, str] = {}  # the same cell is escaped once, however many rows repeat it
     for i, row in enumerate(table.rows):
         anchor = table.anchors[i] if table.anchors else None
-        cells = [", ".join(_markdown_cell(c) for c in cells) for cells in row]
+        cells = [", ".join(shown.get(c) or shown.setdefault(c, _markdown_cell(c)) for c in cells) for cells in row]
         if anchor:
             cells[0] = f'<a id="{quote(anchor, safe="-_.")}"></a>{cells[0]}'
         lines.append("| " + " | ".join(cells) + " |")
@@ -84,6 +118,8 @@ def markdown(page: Page) -> str:
             lines += [" ".join(_markdown_cell(c) for c in note), ""]
         for figure in section.figures:
             lines += [f"![{escape_markdown(figure.title)}](plots/{quote(figure.name)}.svg)", ""]
+            if figure.note:
+                lines += [f"_{escape_markdown(figure.note)}_", ""]
         for table in section.tables:
             lines += [*_markdown_table(table), ""]
     lines += [f"_{escape_markdown(footer())}_", ""]

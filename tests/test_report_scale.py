@@ -1,0 +1,92 @@
+"""The report over many seeds and levels: DuckDB's aggregates equal a pandas computation over every row,
+and plots draw a bounded number of markers, saying so."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import replace
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from results_factory import fake_cell
+
+from harness.report.data import load_report_data, sources_from
+from harness.report.pages import Options, build_pages
+from harness.report.plots import PLOT_POINTS, evenly_spaced
+from harness.results import load
+from harness.store import ResultsStore
+
+LEVELS = 50
+METHODS = ("global_magnitude", "random")
+SPARSITIES = (0.5, 0.75, 0.875, 0.9375, 0.96875)
+SEEDS = tuple(range(4))
+
+
+@pytest.fixture(scope="module")
+def many(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """2 methods × 5 sparsities × 4 seeds, each cell with 50 levels: 2,000 rows and 500 operating points."""
+    root = tmp_path_factory.mktemp("many") / "results"
+    store = ResultsStore(root)
+    for method in METHODS:
+        for sparsity in SPARSITIES:
+            for seed in SEEDS:
+                cell = fake_cell("demo", "digits", "lenet_300_100", method, sparsity, seed)
+                first = cell.rows[0]
+                rows = []
+                for level in range(LEVELS):
+                    reached = sparsity * (level + 1) / LEVELS
+                    rows.append(
+                        first
+                        | {"level": level, "sparsity": round(reached, 6), "compression_ratio": 1 / (1 - reached)}
+                        | {"top1": first["top1"] - 0.01 * level + 0.003 * seed}
+                    )
+                store.write(replace(cell, rows=rows, layers=[], epochs=[]))
+    return root
+
+
+def test_operating_points_and_cells_equal_a_pandas_computation_over_every_row(many: Path) -> None:
+    data = load_report_data(sources_from([many]))
+    rows = load(many, "cells")
+    assert len(rows) == len(METHODS) * len(SPARSITIES) * len(SEEDS) * LEVELS
+    expected = rows.groupby(["method", "level", "sparsity"]).agg(
+        top1_mean=("top1", "mean"), top1_std=("top1", "std"), seeds=("seed", "nunique"),
+        compression=("compression_ratio", "mean"), cells=("cell_id", lambda ids: sorted(set(ids))),
+    )  # fmt: skip
+    points = data.points.set_index(["series", "level", "sparsity"]).sort_index()
+    assert len(points) == len(expected) == len(METHODS) * len(SPARSITIES) * LEVELS
+    for (method, level, sparsity), want in expected.iterrows():
+        got = points.loc[(method, level, sparsity)]
+        assert got["top1_mean"] == pytest.approx(want["top1_mean"])
+        assert got["top1_std"] == pytest.approx(want["top1_std"])
+        assert got["compression_ratio_mean"] == pytest.approx(want["compression"])
+        assert got["seeds"] == want["seeds"] == len(SEEDS)
+        assert got["cell_ids"] == want["cells"]
+    last = rows.sort_values("level").groupby("cell_id").tail(1).set_index("cell_id")
+    cells = data.cells.set_index("cell_id")
+    assert sorted(cells.index) == sorted(last.index)
+    assert (cells["levels"] == LEVELS).all()
+    assert cells["top1"].to_dict() == pytest.approx(last["top1"].to_dict())
+    dense = data.dense.iloc[0]  # one dense model per seed: fake_cell adds 0.002 per seed
+    per_seed = rows.drop_duplicates("pretrain_key")["dense_top1"]
+    assert dense["top1_mean"] == pytest.approx(per_seed.mean()) and dense["top1_std"] == pytest.approx(per_seed.std())
+
+
+def test_plots_draw_a_bounded_number_of_points_and_say_so(many: Path) -> None:
+    pages = build_pages(load_report_data(sources_from([many])), Options(), {})
+    pair = pages[1]
+    curves = next(s for s in pair.sections if s.title == "Trade-off curves")
+    total = len(METHODS) * len(SPARSITIES) * LEVELS
+    for figure in curves.figures:
+        markers = len(re.findall(rf'href="{re.escape(pair.slug)}\.html#pt\d+"', str(figure.svg)))
+        assert 0 < markers <= PLOT_POINTS < total
+        assert figure.note.startswith(f"{markers:,} of {total:,} operating points drawn")
+    points = next(s for s in pair.sections if s.title == "Operating points").tables[0]
+    assert len(points.rows) == total  # the table still lists every point
+
+
+def test_thinning_is_even_keeps_both_ends_and_is_the_same_every_time() -> None:
+    assert evenly_spaced(5, 10) == [0, 1, 2, 3, 4]
+    assert evenly_spaced(101, 5) == [0, 25, 50, 75, 100]
+    assert evenly_spaced(1000, 7) == evenly_spaced(1000, 7) and len(evenly_spaced(1000, 7)) == 7
+    assert pd.Series(evenly_spaced(1000, 400)).is_monotonic_increasing
