@@ -9,6 +9,7 @@ prune / fine-tune levels it passes through, and every level becomes a row.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import io
 import json
@@ -36,8 +37,9 @@ from harness.latency import LatencyMeter, latency_batch
 from harness.masks import Masks, apply_masks, prunable_weights
 from harness.methods import create_method, load_plugins, method_provenance
 from harness.methods.base import PluginError, PruningContext, WeightsAt, check_tensors, excluded
-from harness.metrics import model_metrics
+from harness.metrics import Architecture, architecture, model_metrics
 from harness.models import create_model, from_torchvision
+from harness.removal import History, remove_pruned_channels
 from harness.schema import CellResult
 from harness.training import MaskingCallback, Stopwatch, device_for_cell, evaluate, train
 
@@ -173,6 +175,8 @@ class CellJob:
         self._stage = cell.method  # a pipeline names the stage that records each level
         self._layer_options: dict[str, Any] = {}  # what the last pruning context allowed: the layers table's columns
         self._latency = LatencyMeter(self._dense_model, latency_batch(data.test, device_for_cell()))
+        self._architecture: Architecture | None = None  # the shapes before remove_channels(): what counts are of
+        self.removed_history: History = []  # Torch-Pruning's record of the channels removed (harness.export)
 
     def _dense_model(self) -> nn.Module:
         model = create_model(self.cell.model, self.data.input_shape, self.data.num_classes)
@@ -286,6 +290,20 @@ class CellJob:
         self._level["prune_seconds"] = self._level.get("prune_seconds", 0.0) + clock.seconds
         self._level.update(top1_pruned=pruned["top1"], top5_pruned=pruned["top5"])
 
+    def remove_channels(self) -> int:
+        example = self.train_batches(1)[0][0][:16]
+        if self._architecture is None:
+            self._architecture = architecture(self._model, self._example.to(device_for_cell()))
+        with Stopwatch() as clock:
+            removal = remove_pruned_channels(self._model, self._masks, example)
+            self._masks = removal.masks
+            self.storage = Storage()
+        self.removed_history += removal.history
+        gone = {name: self._architecture.kept_removed.get(name, 0) + n for name, n in removal.kept_removed.items()}
+        self._architecture = dataclasses.replace(self._architecture, kept_removed=gone)
+        self._level["prune_seconds"] = self._level.get("prune_seconds", 0.0) + clock.seconds
+        return removal.channels
+
     def finetune(self, recipe: Recipe | None = None, callbacks: Sequence[Any] = (), finish: bool = True) -> None:
         self.storage = Storage()  # training changes the weights; a quantiser that trains sets its codes again
         with Stopwatch() as clock:
@@ -353,7 +371,7 @@ class CellJob:
                 for name, codes in self.storage.quantized.items()
             }
             example = self._example.to(device_for_cell())
-            sizes, layers = model_metrics(self._model, prunable, example, quantized_kept)
+            sizes, layers = model_metrics(self._model, prunable, example, quantized_kept, self._architecture)
         encoded = self.storage.encode(self._model)
         self.rows.append(
             {
@@ -364,6 +382,7 @@ class CellJob:
                 **sizes,
                 **size_columns(encoded, sizes["params_total"]),
                 **self._latency.columns(self._model),
+                "channels_removed": sum(len(idxs) for _, _, idxs in self.removed_history),
                 "train_epochs": len(self.epochs),  # every epoch this cell trained so far: equal-budget comparisons
                 **self._level,
                 "eval_seconds": clock.seconds,

@@ -42,6 +42,7 @@ class Removal:
     masks: Masks
     channels: int
     history: History
+    kept_removed: dict[str, int]  # entries not pruned (nonzero) that went with a removed channel: they read it
 
 
 def _dependency_graph(model: nn.Module, example: torch.Tensor) -> tp.DependencyGraph:
@@ -85,10 +86,17 @@ def _grouped(module: nn.Module) -> bool:
 def remove_pruned_channels(model: nn.Module, masks: Masks, example: torch.Tensor) -> Removal:
     """Remove in place every channel of ``model`` that its pruning emptied; ``masks`` are sliced to the new
     shapes. ``example``: a batch of real inputs (two or more), used for tracing and the equivalence check."""
+    was_training = model.training
+    try:
+        return _remove(model.eval(), masks, example)
+    finally:
+        model.train(was_training)
+
+
+def _remove(model: nn.Module, masks: Masks, example: torch.Tensor) -> Removal:
     pattern = kept_pattern(model)
     live, _ = live_inputs(model, example, pattern)
     classifier = model.get_submodule(classifier_name(model))
-    model.eval()
     with torch.no_grad():
         before = model(example)
     graph = _dependency_graph(model, example)
@@ -100,16 +108,19 @@ def remove_pruned_channels(model: nn.Module, masks: Masks, example: torch.Tensor
     twin = _mask_twin(model, masks)  # the masks travel with the weights: the same removal on a model made of them
     for module, handler, idxs in plan:
         graph.get_pruning_group(module, handler, idxs).prune()
-    history = [(name, bool(out), [int(getattr(i, "idx", i)) for i in idxs]) for name, out, idxs in graph.pruning_history()]
+    history = [(name, bool(out), [int(getattr(i, "idx", i)) for i in idxs]) for name, out, idxs in
+               graph.pruning_history()]  # fmt: skip
     replay(twin, history, example)
     with torch.no_grad():
         after = model(example)
-    scale = before.abs().max().clamp_min(1.0)
-    if after.shape != before.shape or float((after - before).abs().max()) > 1e-4 * float(scale):
+    scale = float(before.abs().max().clamp_min(1.0))
+    if after.shape != before.shape or float((after - before).abs().max()) > 1e-4 * scale:
         raise RuntimeError("removing the pruned channels changed the model's outputs; Torch-Pruning grouped it wrongly")
     params = dict(twin.named_parameters())
     sliced = {name: params[name].detach() > 0.5 for name in masks}
-    return Removal(sliced, sum(len(idxs) for _, _, idxs in plan), history)
+    left = kept_pattern(model)
+    kept_removed = {name: int(pattern[name].sum()) - int(left[name].sum()) for name in pattern}
+    return Removal(sliced, sum(len(idxs) for _, _, idxs in plan), history, kept_removed)
 
 
 def _mask_twin(model: nn.Module, masks: Masks) -> nn.Module:
