@@ -410,8 +410,8 @@ class CellJob:
         }
 
 
-def run_cell(cell: CellSpec, dense: DenseCheckpoint, view: SplitView = all_splits) -> CellResult:
-    """Prune the dense model with the cell's method, fine-tune, evaluate: one row per level."""
+def run_job(cell: CellSpec, dense: DenseCheckpoint, view: SplitView = all_splits) -> CellJob:
+    """The cell's method applied to its dense model: the job holds the model of the last level and the rows."""
     load_plugins(cell.plugins)
     seed_everything(cell.seed)
     data = view(load_splits(cell.dataset, cell.data_root, cell.seed))
@@ -420,6 +420,12 @@ def run_cell(cell: CellSpec, dense: DenseCheckpoint, view: SplitView = all_split
     method.apply(job)
     if not job.rows:
         raise RuntimeError(f"method {cell.method!r} finished without recording a level (call job.finetune())")
+    return job
+
+
+def run_cell(cell: CellSpec, dense: DenseCheckpoint, view: SplitView = all_splits) -> CellResult:
+    """Prune the dense model with the cell's method, fine-tune, evaluate: one row per level."""
+    job = run_job(cell, dense, view)
     return CellResult(cell.cell_id, job.rows, job.epochs, job.layers)
 
 
