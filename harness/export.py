@@ -16,6 +16,7 @@ Quantised weights are exported as the float values they decode to (as they are e
 from __future__ import annotations
 
 import copy
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,8 @@ from harness.models import create_model
 from harness.removal import replay
 
 FORMAT = 1
+# the exporter warns once per torchvision operator it cannot register; the harness never uses torchvision
+logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
 
 
 def export_job(job: CellJob, out: Path) -> tuple[Path, Path]:
