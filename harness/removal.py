@@ -10,11 +10,11 @@ nothing the model computes, so the smaller model is the masked one with its zero
 - every reader sees the channel zero for every input (:func:`harness.metrics.live_inputs`).
 
 A group holding a norm that pools statistics over channels (GroupNorm, LayerNorm: without the
-channel they would change), a grouped convolution that is not depthwise (its groups must stay equal)
-or any other layer with parameters keeps its channels. On a
-residual network a channel of the residual stream goes only where every block writing it removed
-it; otherwise it stays, masked. After removal the model's outputs are compared with the masked
-model's on the example batch: a difference is an error, never a silently different model.
+channel they would change), a grouped convolution that is not depthwise (its groups must stay
+equal) or any other layer with parameters keeps its channels. On a residual network a channel of
+the residual stream goes only where every block writing it removed it; otherwise it stays, masked.
+After removal the model's outputs are compared with the masked model's on the example batch: a
+difference is an error, never a silently different model.
 """
 
 from __future__ import annotations
