@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from harness.cell import CellJob, DenseCheckpoint, run_job
+from harness.cell import CellJob, DenseCheckpoint, run_cell
 from harness.config import CellSpec
 from harness.masks import Masks
 from harness.models import create_model
@@ -75,7 +75,9 @@ def load_exported(path: Path) -> tuple[nn.Module, Masks]:
 
 def export_cell(cell: CellSpec, dense: DenseCheckpoint, out: Path) -> tuple[Path, Path]:
     """Run ``cell`` on ``dense`` here and export the model of its last level."""
-    return export_job(run_job(cell, dense), out)
+    jobs: list[CellJob] = []
+    run_cell(cell, dense, jobs=jobs)  # raises when the cell fails: nothing to export then
+    return export_job(jobs[0], out)
 
 
 def _write(path: Path, write) -> None:
