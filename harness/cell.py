@@ -9,6 +9,7 @@ prune / fine-tune levels it passes through, and every level becomes a row.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import io
 import json
@@ -37,8 +38,9 @@ from harness.latency import LatencyMeter, latency_batch
 from harness.masks import Masks, apply_masks, prunable_weights
 from harness.methods import create_method, load_plugins, method_provenance
 from harness.methods.base import PluginError, PruningContext, WeightsAt, check_tensors, excluded
-from harness.metrics import model_metrics
+from harness.metrics import Architecture, architecture, model_metrics
 from harness.models import create_model, from_torchvision
+from harness.removal import History, remove_pruned_channels
 from harness.schema import CellResult
 from harness.training import MaskingCallback, Stopwatch, device_for_cell, evaluate, train
 
@@ -227,6 +229,8 @@ class CellJob:
         self._layer_options: dict[str, Any] = {}  # what the last pruning context allowed: the layers table's columns
         batch = latency_batch(data.test, device_for_cell())
         self._latency = LatencyMeter(self._dense_model, batch, _DENSE_LATENCY.get(self._latency_key()))
+        self._architecture: Architecture | None = None  # the shapes before remove_channels(): what counts are of
+        self.removed_history: History = []  # Torch-Pruning's record of the channels removed (harness.export)
 
     def _latency_key(self) -> tuple[str, str, int]:
         return self.dense.identity or self.cell.pretrain_key, str(device_for_cell()), torch.get_num_threads()
@@ -236,8 +240,9 @@ class CellJob:
         model.load_state_dict(self.dense.trained_state)
         return model.to(device_for_cell())
 
-    def dense_latency_ms(self) -> float | None:
-        """The dense model's latency once measured, for the worker's cache (one measurement per dense model)."""
+    def dense_latency_ms(self) -> tuple[float, float] | None:
+        """The dense model's latency (batch, one example) once measured, for the worker's cache (one measurement
+        per dense model)."""
         return self._latency.dense_ms
 
     # -- read-only context -----------------------------------------------------------------------
@@ -347,6 +352,20 @@ class CellJob:
         self._level["prune_seconds"] = self._level.get("prune_seconds", 0.0) + clock.seconds
         self._level.update(top1_pruned=pruned["top1"], top5_pruned=pruned["top5"])
 
+    def remove_channels(self) -> int:
+        example = self.train_batches(1)[0][0][:16]
+        if self._architecture is None:
+            self._architecture = architecture(self._model, self._example.to(device_for_cell()))
+        with Stopwatch() as clock:
+            removal = remove_pruned_channels(self._model, self._masks, example)
+            self._masks = removal.masks
+            self.storage = Storage()
+        self.removed_history += removal.history
+        gone = {name: self._architecture.kept_removed.get(name, 0) + n for name, n in removal.kept_removed.items()}
+        self._architecture = dataclasses.replace(self._architecture, kept_removed=gone)
+        self._level["prune_seconds"] = self._level.get("prune_seconds", 0.0) + clock.seconds
+        return removal.channels
+
     def finetune(self, recipe: Recipe | None = None, callbacks: Sequence[Any] = (), finish: bool = True) -> None:
         self.storage = Storage()  # training changes the weights; a quantiser that trains sets its codes again
         with Stopwatch() as clock:
@@ -424,7 +443,7 @@ class CellJob:
                 for name, codes in self.storage.quantized.items()
             }
             example = self._example.to(device_for_cell())
-            sizes, layers = model_metrics(self._model, prunable, example, quantized_kept)
+            sizes, layers = model_metrics(self._model, prunable, example, quantized_kept, self._architecture)
         encoded = self.storage.encode(self._model)
         self.rows.append(
             {
@@ -435,6 +454,7 @@ class CellJob:
                 **sizes,
                 **size_columns(encoded, sizes["params_total"]),
                 **self._latency.columns(self._model),
+                "channels_removed": sum(len(idxs) for _, _, idxs in self.removed_history),
                 "train_epochs": len(self.epochs),  # every epoch this cell trained so far: equal-budget comparisons
                 **self._level,
                 "eval_seconds": clock.seconds,
@@ -483,7 +503,7 @@ class CellJob:
 # other (the scheduler releases them together), so one entry each is enough.
 _DENSE: dict[str, DenseCheckpoint] = {}
 _DATA: dict[tuple[str, str, int], DataSplits] = {}
-_DENSE_LATENCY: dict[tuple[str, str, int], float] = {}
+_DENSE_LATENCY: dict[tuple[str, str, int], tuple[float, float]] = {}  # (batch, one example)
 
 
 def _cached(cache: dict, key: Any, make: Callable[[], Any]) -> Any:

@@ -923,6 +923,40 @@ def report(
     console.print(f"wrote {files} to {out}/: " + ", ".join(str(p) for p in pages), highlight=False)
 
 
+@app.command(cls=_Command)
+@guarded
+def export(
+    spec_path: Annotated[Path, typer.Argument(metavar="SPEC.yaml", help="Benchmark file.")],
+    cell: Annotated[
+        str, typer.Option("--cell", help="Id of the cell, or a unique prefix (see run --dry-run --format csv).")
+    ],
+    results: ResultsOption = "results",
+    out: Annotated[Path | None, typer.Option("--out", help="Folder written to. [default: RESULTS/exports]")] = None,
+    plugin: PluginOption = None,
+    max_cells: MaxCellsOption = MAX_CELLS,
+) -> None:
+    """Rerun one cell here and write its model as a state dict with masks (.pt) and as ONNX (.onnx)."""
+    _, cells = _load_cells(spec_path, plugin, max_cells)
+    matches = [c for c in cells if c.cell_id.startswith(cell)]
+    if len(matches) != 1:
+        found = "no cell" if not matches else f"{len(matches)} cells"
+        raise _fail_input(f"--cell {cell}: {found} of {spec_path} has that id; list them: harness run {spec_path} "
+                          "--dry-run --format csv")  # fmt: skip
+    from harness.storage import is_remote, local_path
+
+    if out is None and is_remote(results):
+        raise _fail_input(f"--results {results} is an object store: give --out, a local folder for the files")
+    from harness.cell import DenseCheckpoint, pretrain
+    from harness.export import export_cell
+    from harness.store import ResultsStore
+
+    chosen = matches[0]
+    saved = ResultsStore(_results_folder(results)).load_checkpoint(chosen.pretrain_key)
+    dense = DenseCheckpoint.from_bytes(saved) if saved else pretrain(chosen)
+    written = export_cell(chosen, dense, out or local_path(results) / "exports")
+    console.print("wrote " + ", ".join(str(path) for path in written), highlight=False, soft_wrap=True)
+
+
 def main() -> None:
     app()
 

@@ -1,10 +1,13 @@
 """Measured inference latency: where theoretical speedup and practice part.
 
 Every row gets ``latency_dense_ms`` (the dense pretrained model) and ``latency_ms`` (the model as
-compressed at that level): the median wall time of one forward pass over a batch of
-:data:`BATCH_SIZE` test examples under ``torch.inference_mode`` on the cell's device, after
+compressed at that level, channels removed where a method removed them): the median wall time of
+one forward pass over a batch of :data:`BATCH_SIZE` test examples under ``torch.inference_mode`` on
+the cell's device, after
 :data:`WARMUP` passes, repeated up to :data:`MAX_REPEATS` times or until :data:`BUDGET_SECONDS`
-have passed (at least :data:`MIN_REPEATS`). On the CPU both models run on one intra-op thread, as
+have passed (at least :data:`MIN_REPEATS`); ``latency_batch1_ms`` / ``latency_batch1_dense_ms`` are
+the same for one example (the first), and ``measured_speedup`` / ``measured_speedup_batch1`` the dense
+time over the compressed one, beside the theoretical speedup. On the CPU both models run on one intra-op thread, as
 a one-CPU cell does: with more, OpenMP threads still spinning after a dense kernel slow the next
 sparse kernel (a different thread pool) by orders of magnitude, and the numbers become noise.
 
@@ -131,18 +134,26 @@ class LatencyMeter:
     """The latency columns of a cell's rows: the dense model is measured once, each level's model anew."""
 
     def __init__(
-        self, dense_model: Callable[[], nn.Module], batch: torch.Tensor, dense_ms: float | None = None
+        self, dense_model: Callable[[], nn.Module], batch: torch.Tensor, dense_ms: tuple[float, float] | None = None
     ) -> None:
         self._dense_model = dense_model
         self.batch = batch
-        self.dense_ms = dense_ms  # known already when a worker measured this dense model for an earlier cell
+        # (batch, one example): known already when a worker measured this dense model for an earlier cell
+        self.dense_ms = dense_ms
 
     def columns(self, model: nn.Module) -> dict[str, float | int]:
+        single = self.batch[:1]
         if self.dense_ms is None:
-            self.dense_ms = median_ms(self._dense_model(), self.batch)
+            dense = self._dense_model()
+            self.dense_ms = (median_ms(dense, self.batch), median_ms(dense, single))
         compressed, sparse_layers = sparse_inference_model(model)
+        batch_ms, single_ms = median_ms(compressed, self.batch), median_ms(compressed, single)
         return {
-            "latency_dense_ms": self.dense_ms,
-            "latency_ms": median_ms(compressed, self.batch),
+            "latency_dense_ms": self.dense_ms[0],
+            "latency_ms": batch_ms,
+            "measured_speedup": self.dense_ms[0] / batch_ms,
+            "latency_batch1_dense_ms": self.dense_ms[1],
+            "latency_batch1_ms": single_ms,
+            "measured_speedup_batch1": self.dense_ms[1] / single_ms,
             "sparse_kernel_layers": sparse_layers,
         }

@@ -26,12 +26,17 @@ see :func:`kept_pattern`.
 - ``size_bytes`` / ``size_bytes_dense`` / ``bits_per_weight``: the model as really encoded, against
   4 bytes per parameter; formulas per storage format in :mod:`harness.encoding`.
 - ``latency_ms`` / ``latency_dense_ms``: measured batch inference time, protocol in :mod:`harness.latency`.
+- Channels physically removed (``remove: true``, :mod:`harness.removal`): the counts above stay relative
+  to the architecture before removal (:class:`Architecture`: ``params_total``, ``flops_dense``, the
+  prunable weights), and what is left is counted from the smaller model's real shapes and its zeros;
+  ``params_physical`` / ``flops_physical`` are the parameters and multiply-adds of the model's
+  shapes as they are (zeros included): equal to ``params_total`` / ``flops_dense`` until channels go.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -54,6 +59,30 @@ class LayerStats:
     dead_inputs: int  # input channels (Conv) or features (Linear) that are zero for every input
     dead_weights: int  # nonzero weights that read a dead input: removed with it
     weight_sparsity: float  # fraction of the weights pruned or reading a dead input
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """Sizes of a model before channels were removed: what a smaller model's counts are relative to."""
+
+    params_total: int
+    weight_sizes: dict[str, int]  # entries of every Conv/Linear weight, "layer.weight" -> n
+    layer_params: dict[str, int]  # weight and bias of every Conv/Linear layer
+    layer_flops: dict[str, int]  # multiply-adds of every Conv/Linear layer for one example
+    # weight entries not pruned that went with a removed channel they read: not pruning, so not in sparsity_achieved
+    kept_removed: dict[str, int] = field(default_factory=dict)
+
+
+def architecture(model: nn.Module, example_input: torch.Tensor) -> Architecture:
+    """The sizes of ``model``'s shapes as they are now (call before removing channels)."""
+    layers = layer_stats(model, example_input)
+    modules = dict(model.named_modules())
+    return Architecture(
+        params_total=sum(p.numel() for p in model.parameters()),
+        weight_sizes={f"{s.layer}.weight": modules[s.layer].weight.numel() for s in layers},
+        layer_params={s.layer: s.params for s in layers},
+        layer_flops={s.layer: s.flops_dense for s in layers},
+    )
 
 
 def kept_pattern(model: nn.Module, quantized_kept: Masks | None = None) -> dict[str, torch.Tensor]:
@@ -189,9 +218,13 @@ def _reads_live_input(module: nn.Module, live: torch.Tensor) -> torch.Tensor:
 
 
 def layer_stats(
-    model: nn.Module, example_input: torch.Tensor, pattern: dict[str, torch.Tensor] | None = None
+    model: nn.Module,
+    example_input: torch.Tensor,
+    pattern: dict[str, torch.Tensor] | None = None,
+    original: Architecture | None = None,
 ) -> list[LayerStats]:
-    """Per-layer parameters and multiply-adds for ONE example, from the probe's real output shapes."""
+    """Per-layer parameters and multiply-adds for ONE example, from the probe's real output shapes; with
+    ``original``, ``params``, ``flops_dense`` and ``weight_sparsity`` are relative to those sizes."""
     pattern = kept_pattern(model) if pattern is None else pattern
     live, positions = live_inputs(model, example_input, pattern)
     stats = []
@@ -209,17 +242,19 @@ def layer_stats(
         nonzero_weights = pattern[f"{name}.weight"]
         needed = int((nonzero_weights & _reads_live_input(module, live[name].to(weight.device))).sum())
         nonzero = sum(int(pattern[param].sum()) for param in own)
+        params = sum(p.numel() for p in module.parameters(recurse=False))
+        size = weight.numel() if original is None else original.weight_sizes[f"{name}.weight"]
         stats.append(
             LayerStats(
                 layer=name,
                 kind=type(module).__name__,
-                params=sum(p.numel() for p in module.parameters(recurse=False)),
+                params=params if original is None else original.layer_params[name],
                 nonzero=nonzero - int(nonzero_weights.sum()) + needed,
-                flops_dense=dense,
+                flops_dense=dense if original is None else original.layer_flops[name],
                 flops_nonzero=dense * needed / weight.numel(),
                 dead_inputs=int((~live[name]).sum()),
                 dead_weights=int(nonzero_weights.sum()) - needed,
-                weight_sparsity=1 - needed / weight.numel(),
+                weight_sparsity=1 - needed / size,
             )
         )
     return stats
@@ -230,29 +265,40 @@ def model_metrics(
     prunable: dict[str, torch.Tensor],
     example_input: torch.Tensor,
     quantized_kept: Masks | None = None,
+    original: Architecture | None = None,
 ) -> tuple[dict[str, float], list[LayerStats]]:
     """The size and speed columns of a result row, and the per-layer table behind them.
 
     ``quantized_kept``: for each weight stored as a quantiser's codes, where it is kept by pruning
     (see :func:`kept_pattern`); its zeros from rounding then count in ``zero_fraction`` only.
+    ``original``: the sizes before channels were removed, which the counts are relative to.
     """
     pattern = kept_pattern(model, quantized_kept)
-    total, nonzero = parameter_counts(model, pattern)
-    layers = layer_stats(model, example_input, pattern)
+    physical, nonzero = parameter_counts(model, pattern)
+    layers = layer_stats(model, example_input, pattern, original)
     nonzero -= sum(s.dead_weights for s in layers)
     flops_dense = sum(s.flops_dense for s in layers)
+    own_shapes = layers if original is None else layer_stats(model, example_input, pattern)
+    flops_physical = sum(s.flops_dense for s in own_shapes)
     flops_nonzero = sum(s.flops_nonzero for s in layers)
+    total = physical if original is None else original.params_total
+    sizes = {name: w.numel() if original is None else original.weight_sizes[name] for name, w in prunable.items()}
     prunable_layers = {name.removesuffix(".weight") for name in prunable}
-    pruned = sum(int((~pattern[name]).sum()) for name in prunable)
+    gone = sum(original.kept_removed.get(name, 0) for name in prunable) if original else 0
+    kept = sum(int(pattern[name].sum()) for name in prunable) + gone
+    nonzero_weights = sum(int(torch.count_nonzero(w.detach())) for w in prunable.values()) + gone
+    weights = sum(sizes.values())
     row = {
         "params_total": total,
         "params_nonzero": nonzero,
+        "params_physical": physical,
         "compression_ratio": compression_ratio(total, nonzero),
-        "sparsity_achieved": pruned / sum(w.numel() for w in prunable.values()) if prunable else 0.0,
-        "zero_fraction": sparsity_of(prunable),
+        "sparsity_achieved": (weights - kept) / weights if weights else 0.0,
+        "zero_fraction": (weights - nonzero_weights) / weights if weights else 0.0,
         "layer_collapse": any(s.weight_sparsity >= COLLAPSE_SPARSITY for s in layers if s.layer in prunable_layers),
         "flops_dense": flops_dense,
         "flops_nonzero": flops_nonzero,
+        "flops_physical": flops_physical,
         "theoretical_speedup": flops_dense / flops_nonzero if flops_nonzero else math.inf,
     }
     return row, layers

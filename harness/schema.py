@@ -15,7 +15,8 @@ from typing import Any
 import pyarrow as pa
 
 # 2: pruning counted apart from quantisation zeros; zero_fraction, storage_compression, layer_collapse, train_epochs
-SCHEMA_VERSION = 2
+# 3: channels physically removed (channels_removed, params_physical, flops_physical); batch-1 latency, measured speedups
+SCHEMA_VERSION = 3
 
 
 @dataclass
@@ -78,6 +79,11 @@ CELLS = (
         pa.int64(),
         "parameters not pruned (nonzero; a quantiser's rounding zeros are kept), less weights reading a dead input",
     ),
+    Column(
+        "params_physical",
+        pa.int64(),
+        "parameters the model holds at its shapes, zeros included: params_total until channels are removed",
+    ),
     Column("compression_ratio", pa.float64(), "parameter compression: params_total / params_nonzero (ShrinkBench)"),
     Column("sparsity_achieved", pa.float64(), "fraction of the prunable weights removed by pruning"),
     Column("zero_fraction", pa.float64(), "fraction of the prunable weights exactly zero: pruned or rounded to zero"),
@@ -88,14 +94,24 @@ CELLS = (
         pa.float64(),
         "multiply-adds left: each layer's dense count × its fraction of weights not pruned nor reading a dead input",
     ),
+    Column(
+        "flops_physical",
+        pa.float64(),
+        "multiply-adds of the model's layer shapes as they are, zeros included: flops_dense until channels go",
+    ),
     Column("theoretical_speedup", pa.float64(), "flops_dense / flops_nonzero (ShrinkBench)"),
+    Column("channels_removed", pa.int64(), "channels physically removed from the model (`remove: true`), else 0"),
     Column("storage_format", pa.string(), "how the model is stored: dense float32, sparse, quantised codes, encoded"),
     Column("size_bytes", pa.float64(), "bytes of the model as stored in `storage_format`"),
     Column("size_bytes_dense", pa.float64(), "bytes of the dense model as float32: 4 · params_total"),
     Column("storage_compression", pa.float64(), "storage compression: size_bytes_dense / size_bytes"),
     Column("bits_per_weight", pa.float64(), "8 · size_bytes / params_total"),
     Column("latency_dense_ms", pa.float64(), "measured inference time of one batch through the dense model"),
-    Column("latency_ms", pa.float64(), "the same for the model of this level (sparse kernels where they pay)"),
+    Column("latency_ms", pa.float64(), "the same for the model of this level (sparse kernels, channels removed)"),
+    Column("measured_speedup", pa.float64(), "latency_dense_ms / latency_ms: measured, beside theoretical_speedup"),
+    Column("latency_batch1_dense_ms", pa.float64(), "measured inference time of one example through the dense model"),
+    Column("latency_batch1_ms", pa.float64(), "the same for the model of this level"),
+    Column("measured_speedup_batch1", pa.float64(), "latency_batch1_dense_ms / latency_batch1_ms"),
     Column("dense_top1", pa.float64(), "test top-1 of the shared dense model before pruning"),
     Column("dense_top5", pa.float64(), "test top-5 of the shared dense model"),
     Column("dense_loss", pa.float64(), "test loss of the shared dense model"),

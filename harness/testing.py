@@ -58,6 +58,11 @@ class RecordingJob(CellJob):
         super().prune(masks)
         self._pruned_state = _copy_state(self.model)
 
+    def remove_channels(self) -> int:
+        removed = super().remove_channels()
+        self._pruned_state = _copy_state(self.model)  # the pruned weights, at the smaller shapes
+        return removed
+
     def finish_level(self, sparsity: float | None = None, **extra: Any) -> None:
         super().finish_level(sparsity, **extra)
         masks = {name: mask.clone() for name, mask in self.masks.items()}

@@ -49,6 +49,22 @@ def test_every_method_keeps_its_promises_on_every_model_family(method: str, fami
     check_conformance(method, PARAMS.get(method), model=family, sparsity=0.5, false_positives=method in FALSE_POSITIVES)
 
 
+def _removal_matrix() -> list:
+    """Filter pruning with ``remove: true`` on every family: the cover runs the BatchNorm ResNet."""
+    return [
+        pytest.param(
+            family, marks=[pytest.mark.slow] + ([] if family == "batchnorm-resnet" else [pytest.mark.conformance])
+        )
+        for family in sorted(CONFORMANCE_MODELS)
+    ]
+
+
+@pytest.mark.parametrize("family", _removal_matrix())
+def test_removing_the_pruned_channels_keeps_the_promises_on_every_model_family(family: str) -> None:
+    levels = check_conformance("filter_l1", {"remove": True}, model=family, sparsity=0.5)
+    assert all(level.row["flops_physical"] <= level.row["flops_dense"] for level in levels)
+
+
 def test_the_matrix_covers_the_families_the_papers_use() -> None:
     assert set(CONFORMANCE_MODELS) == {
         "mlp", "lenet5", "batchnorm-resnet", "batchnorm-vgg", "grouped-conv", "layernorm", "groupnorm",

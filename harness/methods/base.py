@@ -44,9 +44,9 @@ class Job(Protocol):
     through :meth:`load_weights`, never replace it), :attr:`masks`, :attr:`sparsity`, :attr:`seed`,
     :attr:`pretrain_recipe`, :attr:`finetune_recipe`, :attr:`input_shape`, :attr:`quantized`, and
     :meth:`weights`, :meth:`fresh_init`, :meth:`train_batches`, :meth:`val_batch`, :meth:`evaluate`,
-    :meth:`split_size`, :meth:`context`. Verbs: :meth:`prune`, :meth:`finetune`, :meth:`train`, :meth:`finish_level`,
-    :meth:`load_weights`, :meth:`set_storage`, :meth:`stage`. Every finished level is one result row.
-    Resuming (methods with ``resumable = True``): :meth:`remember`, :meth:`resumed`.
+    :meth:`split_size`, :meth:`context`. Verbs: :meth:`prune`, :meth:`remove_channels`, :meth:`finetune`,
+    :meth:`train`, :meth:`finish_level`, :meth:`load_weights`, :meth:`set_storage`, :meth:`stage`. Every finished
+    level is one result row. Resuming (methods with ``resumable = True``): :meth:`remember`, :meth:`resumed`.
     """
 
     @property
@@ -112,6 +112,11 @@ class Job(Protocol):
     def prune(self, masks: Masks) -> None:
         """Replace the masks by ``masks`` (checked: model parameters, exact shapes, boolean), zero the pruned
         weights and record the accuracy before training (``top1_pruned``)."""
+
+    def remove_channels(self) -> int:
+        """Physically remove the channels the masks emptied, where that leaves every output unchanged
+        (Torch-Pruning's dependency graph, :mod:`harness.removal`), and go on with the smaller model: the masks
+        are sliced to its shapes and the rows' counts stay relative to the model before. Returns the count."""
 
     def finetune(self, recipe: Recipe | None = None, callbacks: Sequence[Any] = (), finish: bool = True) -> None:
         """Train with the masks fixed (a :class:`~harness.training.MaskingCallback` may change them) with

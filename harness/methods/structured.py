@@ -27,7 +27,8 @@ class FilterNorm(PruningMethod):
 
     Each layer loses ``round(s · channels)`` channels: weights, bias, and the γ/β of a norm layer
     reading the layer directly; the classifier is never pruned (its output units are the classes).
-    Channels removed before stay removed.
+    Channels removed before stay removed. With ``remove: true`` the same masks are chosen, then the
+    emptied channels leave the model (:meth:`Job.remove_channels`) and fine-tuning runs on the smaller one.
     """
 
     family = "structured"
@@ -36,6 +37,13 @@ class FilterNorm(PruningMethod):
 
     class Params(PruningMethod.Params):
         prune_classifier: Literal[False] = False  # removing a classifier unit would remove a class
+        remove: bool = False  # physically remove the emptied channels (Torch-Pruning) instead of masking them
+
+    def apply(self, job: Job) -> None:
+        job.prune(self.prune_masks(self.pruning_context(job), job.sparsity))
+        if self.params.remove:
+            job.remove_channels()
+        job.finetune()
 
     def masks(self, ctx: PruningContext, sparsity: float) -> Masks:
         norms = {name: w.flatten(1).norm(p=self.norm, dim=1) for name, w in ctx.weights.items()}
