@@ -18,6 +18,10 @@ PARAMS = {
     "weight_rewinding": {"rate": 0.5},
     "han_iterative": {"rate": 0.5},
     "deep_compression": {"rate": 0.5},
+    # kept small for the cover: DeepSZ evaluates every layer at every bound, Weightless retrains after
+    # every encoded layer (tests/test_fidelity_encoders.py runs both at their defaults on the MLP)
+    "sz": {"probe_examples": 256, "bounds": [0.001, 0.009]},
+    "bloomier": {"retrain_epochs": 0},
 }
 FALSE_POSITIVES = {"bloomier"}  # a Bloomier filter reads some pruned positions back as weights, by design
 
