@@ -1,16 +1,21 @@
 """How fast the results table answers as it grows: a 1,000,000-row ``cells`` table, written cell by cell
-through the ResultsStore (so compaction runs as it does in a real run), then the leaderboard aggregate.
+through the ResultsStore (so compaction runs as it does in a real run), then what a user runs on it.
 
-Target: the leaderboard over 1M rows in under a second (connect + query, the way ``harness run`` and
-``harness query`` do it). Prints the write throughput, the file count and the aggregate's time.
+Goals (issue 11), each printed as a ratio: the leaderboard aggregate in under a second (connect +
+query, in process); ``harness query`` under a second end to end (a fresh process: imports
+included); ``harness report`` under 30 s and 2 GB peak memory. Also prints the write throughput
+and the file count.
 
-    python benchmarks/perf_results.py [--cells 10000] [--levels 100] [--dir DIR]
+    python benchmarks/perf_results.py [--cells 10000] [--levels 100] [--dir DIR] [--report-timeout 300]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 from datetime import UTC, datetime
@@ -22,6 +27,8 @@ from harness.schema import CellResult
 from harness.store import ResultsStore
 
 TARGET_SECONDS = 1.0
+QUERY_SECONDS, REPORT_SECONDS, REPORT_BYTES = 1.0, 30.0, 2 * 1024**3
+HARNESS = str(Path(sys.executable).with_name("harness"))
 BENCHMARK = "perf"
 DATASETS = ("cifar10", "cifar100", "imagenet", "mnist", "digits")
 MODELS = ("resnet20", "resnet56", "vgg16", "lenet_300_100")
@@ -78,12 +85,50 @@ def synthetic_cell(index: int, levels: int, now: datetime) -> CellResult:
     return CellResult(cell_id, rows)
 
 
+def timed(command: list[str], timeout: float) -> tuple[float, int, int | None]:
+    """Wall seconds, peak resident bytes and exit code (None: stopped at ``timeout``) of one process."""
+    started = time.perf_counter()
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = started + timeout
+    while True:
+        pid, status, usage = os.wait4(process.pid, os.WNOHANG)
+        if pid:
+            return time.perf_counter() - started, usage.ru_maxrss * 1024, os.waitstatus_to_exitcode(status)
+        if time.perf_counter() > deadline:
+            process.kill()
+            _, _, usage = os.wait4(process.pid, 0)
+            return time.perf_counter() - started, usage.ru_maxrss * 1024, None
+        time.sleep(0.02)
+
+
+def query_cli(root: Path) -> None:
+    sql = "SELECT method, sparsity, avg(top1) AS top1 FROM cells GROUP BY ALL ORDER BY ALL"
+    timings = [timed([HARNESS, "query", sql, "--results", str(root), "--format", "csv"], 120) for _ in range(3)]
+    best = min(seconds for seconds, _, _ in timings)
+    print(
+        f"harness query: {best:.2f} s (goal < {QUERY_SECONDS:.0f} s: {QUERY_SECONDS / best:.2f} of goal) — "
+        f"best of 3 fresh processes, imports included: {sql!r} --format csv"
+    )
+
+
+def report_cli(root: Path, timeout: float) -> None:
+    with tempfile.TemporaryDirectory(prefix="perf-report-") as out:
+        seconds, peak, code = timed([HARNESS, "report", "--results", str(root), "--out", out], timeout)
+    outcome = f"exit {code}" if code is not None else f"stopped after {timeout:.0f} s, unfinished"
+    print(
+        f"harness report: {seconds:.1f} s (goal < {REPORT_SECONDS:.0f} s: {REPORT_SECONDS / seconds:.2f} of goal), "
+        f"peak {peak / 1024**3:.2f} GB (goal < {REPORT_BYTES / 1024**3:.0f} GB: {REPORT_BYTES / peak:.2f} of goal), "
+        f"{outcome} — the HTML site over the whole table"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--cells", type=int, default=10_000)
     parser.add_argument("--levels", type=int, default=100)
     shm = Path("/dev/shm")
     parser.add_argument("--dir", type=Path, default=None, help="where to write (default: a temporary folder)")
+    parser.add_argument("--report-timeout", type=float, default=300.0, help="seconds before the report is stopped")
     args = parser.parse_args()
     root = args.dir or Path(tempfile.mkdtemp(prefix="perf-results-", dir=shm if shm.is_dir() else None))
     try:
@@ -110,6 +155,8 @@ def main() -> None:
             f"leaderboard aggregate over {rows:,} rows → {len(frame)} entries: best {best:.3f} s, worst {worst:.3f} s; "
             f"target {TARGET_SECONDS:.1f} s → {TARGET_SECONDS / worst:.1f}x headroom"
         )
+        query_cli(root)
+        report_cli(root, args.report_timeout)
     finally:
         if args.dir is None:
             shutil.rmtree(root, ignore_errors=True)

@@ -16,6 +16,7 @@ import logging
 import os
 import subprocess
 import traceback
+import zlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -56,6 +57,7 @@ class DenseCheckpoint:
     epochs: list[dict[str, Any]] = field(default_factory=list)
     snapshots: dict[int, dict[str, torch.Tensor]] = field(default_factory=dict)  # pretrain recipe's save_epochs
     iteration_snapshots: dict[int, dict[str, torch.Tensor]] = field(default_factory=dict)  # its save_iterations
+    identity: str = ""  # which checkpoint of its key this is, for a worker's caches (not saved)
 
     def weights_at(self, epoch: int) -> dict[str, torch.Tensor]:
         """The dense model's state after ``epoch`` epochs of pretraining (0: θ0), for weight rewinding."""
@@ -80,12 +82,44 @@ class DenseCheckpoint:
 
     def to_bytes(self) -> bytes:
         buffer = io.BytesIO()
-        torch.save(self.__dict__, buffer)
+        torch.save({k: v for k, v in self.__dict__.items() if k != "identity"}, buffer)
         return buffer.getvalue()
 
     @classmethod
     def from_bytes(cls, data: bytes) -> DenseCheckpoint:
         return cls(**torch.load(io.BytesIO(data), weights_only=True, map_location="cpu"))
+
+
+@dataclass
+class LevelCheckpoint:
+    """A cell's state at the end of its last finished level, so a rerun continues after it.
+
+    ``state`` is what the method remembered (``job.remember``); ``rows`` / ``epochs`` / ``layers`` are the
+    levels recorded so far, so a resumed cell still returns its whole curve. Codes a quantiser set are
+    not kept: a checkpoint taken with stored codes (``storage_set``) is not resumed from.
+    """
+
+    level: int
+    masks: dict[str, torch.Tensor]
+    weights: dict[str, torch.Tensor]
+    state: dict[str, Any]
+    rows: list[dict[str, Any]]
+    epochs: list[dict[str, Any]]
+    layers: list[dict[str, Any]]
+    storage_set: bool = False
+    stages_entered: int = 0  # job.stage() calls before the level ended: whose state ``state`` is
+
+    def to_bytes(self) -> bytes:
+        buffer = io.BytesIO()
+        torch.save(self.__dict__, buffer)
+        return buffer.getvalue()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> LevelCheckpoint:
+        return cls(**torch.load(io.BytesIO(data), weights_only=True, map_location="cpu"))
+
+
+OnLevel = Callable[[CellResult, bytes], None]  # a finished level: the cell's rows so far and its checkpoint
 
 
 def seed_everything(seed: int) -> None:
@@ -156,28 +190,55 @@ class CellJob:
     recorded ``rows`` / ``epochs`` / ``layers`` are the harness's (and tests') view of the same job.
     """
 
-    def __init__(self, cell: CellSpec, data: DataSplits, dense: DenseCheckpoint) -> None:
+    def __init__(
+        self,
+        cell: CellSpec,
+        data: DataSplits,
+        dense: DenseCheckpoint,
+        resume: LevelCheckpoint | None = None,
+        on_level: Callable[[LevelCheckpoint], None] | None = None,
+    ) -> None:
         self.cell = cell
         self.data = data
         self.dense = dense
         self._model = create_model(cell.model, data.input_shape, data.num_classes)
-        self._model.load_state_dict(dense.trained_state)
+        self._model.load_state_dict(dense.trained_state if resume is None else resume.weights)
         self._model.to(device_for_cell())
         self._masks: Masks = {}
         self.rows: list[dict[str, Any]] = []
         self.epochs: list[dict[str, Any]] = []
         self.layers: list[dict[str, Any]] = []
+        self._remembered: dict[str, Any] = {}  # what the method keeps for a resumed run (job.remember)
+        self._resumed: dict[str, Any] | None = None
+        self._resumed_stage = 0
+        self._stages_entered = 0
+        self._on_level = on_level
+        if resume is not None:
+            self._masks = {name: mask.bool() for name, mask in resume.masks.items()}
+            apply_masks(self._model, self._masks)
+            self.rows, self.epochs, self.layers = list(resume.rows), list(resume.epochs), list(resume.layers)
+            self._remembered = dict(resume.state)
+            self._resumed = dict(resume.state)
+            self._resumed_stage = resume.stages_entered
         self._level: dict[str, Any] = {}
         self._example = data.test[0][0].unsqueeze(0)
         self.storage = Storage()  # how the model is stored (quantised codes, encoding): sets size_bytes
         self._stage = cell.method  # a pipeline names the stage that records each level
         self._layer_options: dict[str, Any] = {}  # what the last pruning context allowed: the layers table's columns
-        self._latency = LatencyMeter(self._dense_model, latency_batch(data.test, device_for_cell()))
+        batch = latency_batch(data.test, device_for_cell())
+        self._latency = LatencyMeter(self._dense_model, batch, _DENSE_LATENCY.get(self._latency_key()))
+
+    def _latency_key(self) -> tuple[str, str, int]:
+        return self.dense.identity or self.cell.pretrain_key, str(device_for_cell()), torch.get_num_threads()
 
     def _dense_model(self) -> nn.Module:
         model = create_model(self.cell.model, self.data.input_shape, self.data.num_classes)
         model.load_state_dict(self.dense.trained_state)
         return model.to(device_for_cell())
+
+    def dense_latency_ms(self) -> float | None:
+        """The dense model's latency once measured, for the worker's cache (one measurement per dense model)."""
+        return self._latency.dense_ms
 
     # -- read-only context -----------------------------------------------------------------------
     @property
@@ -336,10 +397,20 @@ class CellJob:
     @contextlib.contextmanager
     def stage(self, name: str) -> Iterator[None]:
         previous, self._stage = self._stage, name
+        self._stages_entered += 1
         try:
             yield
         finally:
             self._stage = previous
+
+    def resumed(self) -> dict[str, Any] | None:
+        # the method that owns the cell, or the stage the checkpoint was taken in; later stages start afresh
+        if self._stages_entered in (0, self._resumed_stage):
+            return self._resumed
+        return None
+
+    def remember(self, key: str, value: Any) -> None:
+        self._remembered[key] = value
 
     def finish_level(self, sparsity: float | None = None, **extra: Any) -> None:
         level = len(self.rows)
@@ -380,6 +451,23 @@ class CellJob:
             for layer in layers
         ]
         self._level = {}
+        self._resumed = None  # a resumed run has moved on: later stages start afresh
+        if self._on_level is not None:
+            self._on_level(self.checkpoint())
+
+    def checkpoint(self) -> LevelCheckpoint:
+        """The job as it is at the end of its last finished level."""
+        return LevelCheckpoint(
+            level=len(self.rows) - 1,
+            masks={name: mask.cpu() for name, mask in self._masks.items()},
+            weights=_state(self._model),
+            state=dict(self._remembered),
+            rows=list(self.rows),
+            epochs=list(self.epochs),
+            layers=list(self.layers),
+            storage_set=bool(self.storage.quantized or self.storage.encoded),
+            stages_entered=self._stages_entered,
+        )
 
     def _options(self, layer: str) -> dict[str, Any]:
         """The layers-table columns of the common pruning options, once a pruning context set them."""
@@ -391,30 +479,98 @@ class CellJob:
         }
 
 
-def run_cell(cell: CellSpec, dense: DenseCheckpoint, view: SplitView = all_splits) -> CellResult:
-    """Prune the dense model with the cell's method, fine-tune, evaluate: one row per level."""
+# What a worker keeps between its cells, per dense model: cells of one pretrain_key tend to follow each
+# other (the scheduler releases them together), so one entry each is enough.
+_DENSE: dict[str, DenseCheckpoint] = {}
+_DATA: dict[tuple[str, str, int], DataSplits] = {}
+_DENSE_LATENCY: dict[tuple[str, str, int], float] = {}
+
+
+def _cached(cache: dict, key: Any, make: Callable[[], Any]) -> Any:
+    if key not in cache:
+        cache.clear()
+        cache[key] = make()
+    return cache[key]
+
+
+def dense_checkpoint(dense: bytes | DenseCheckpoint, pretrain_key: str) -> DenseCheckpoint:
+    """The dense model from its bytes, deserialised once per worker and checkpoint: a worker outlives a
+    matrix on a cluster, and another results folder may hold another training of the same key."""
+    if isinstance(dense, DenseCheckpoint):
+        return dense
+    identity = f"{pretrain_key}-{len(dense)}-{zlib.crc32(dense):08x}"
+    checkpoint = _cached(_DENSE, identity, lambda: DenseCheckpoint.from_bytes(dense))
+    checkpoint.identity = identity
+    return checkpoint
+
+
+def cell_data(cell: CellSpec, view: SplitView) -> DataSplits:
+    """The cell's splits, loaded once per worker and (dataset, root, seed); ``view`` picks what it sees."""
+    key = (cell.dataset, str(cell.data_root), cell.seed)
+    return view(_cached(_DATA, key, lambda: load_splits(cell.dataset, cell.data_root, cell.seed)))
+
+
+def run_cell(
+    cell: CellSpec,
+    dense: DenseCheckpoint,
+    view: SplitView = all_splits,
+    resume: LevelCheckpoint | None = None,
+    on_level: Callable[[LevelCheckpoint], None] | None = None,
+    jobs: list[CellJob] | None = None,
+) -> CellResult:
+    """Prune the dense model with the cell's method, fine-tune, evaluate: one row per level.
+
+    ``resume`` continues after an earlier run's last finished level when the method can (``resumable``);
+    ``on_level`` sees each level of such a method as it finishes (the others record one level, or start
+    again anyway); ``jobs`` receives the job (its rows outlive a failure).
+    """
     load_plugins(cell.plugins)
     seed_everything(cell.seed)
-    data = view(load_splits(cell.dataset, cell.data_root, cell.seed))
+    data = cell_data(cell, view)
     method = create_method(cell.method, cell.method_params)
-    job = CellJob(cell, data, dense)
+    if resume is not None and (resume.storage_set or not method.resumable):
+        resume = None  # start again from level 0: the method cannot pick up where it stopped
+    job = CellJob(cell, data, dense, resume, on_level if method.resumable else None)  # only a resumable one needs them
+    if jobs is not None:
+        jobs.append(job)
     method.apply(job)
+    if job.dense_latency_ms() is not None:
+        _cached(_DENSE_LATENCY, job._latency_key(), job.dense_latency_ms)
     if not job.rows:
         raise RuntimeError(f"method {cell.method!r} finished without recording a level (call job.finetune())")
     return CellResult(cell.cell_id, job.rows, job.epochs, job.layers)
 
 
-def execute_cell(cell: CellSpec, dense: bytes | DenseCheckpoint, view: SplitView = all_splits) -> CellResult:
-    """``run_cell`` plus identity columns, provenance and the cell's log. Never raises: a failure is a row."""
+def execute_cell(
+    cell: CellSpec,
+    dense: bytes | DenseCheckpoint,
+    view: SplitView = all_splits,
+    resume: bytes | None = None,
+    on_level: OnLevel | None = None,
+) -> CellResult:
+    """``run_cell`` plus identity columns, provenance and the cell's log. Never raises: a failure is a row.
+
+    ``on_level(rows so far, checkpoint)`` is called as each level finishes, its rows ``partial``; a
+    failure in level k keeps the levels before it (``ok``) and records k as ``failed``.
+    """
     started = _now()
     dense_metrics: dict[str, float] = {}
+    jobs: list[CellJob] = []
+
+    def finished_level(checkpoint: LevelCheckpoint) -> None:
+        if on_level is not None:
+            rows = CellResult(cell.cell_id, checkpoint.rows, checkpoint.epochs, checkpoint.layers)
+            on_level(_complete(cell, rows, started, None, dense_metrics, "partial"), checkpoint.to_bytes())
+
     with captured_log() as log:
         try:
-            checkpoint = dense if isinstance(dense, DenseCheckpoint) else DenseCheckpoint.from_bytes(dense)
+            checkpoint = dense_checkpoint(dense, cell.pretrain_key)
             dense_metrics = checkpoint.metrics
-            result, error = run_cell(cell, checkpoint, view), None
+            resumed = LevelCheckpoint.from_bytes(resume) if resume else None
+            result, error = run_cell(cell, checkpoint, view, resumed, finished_level, jobs), None
         except Exception as exc:  # a failing cell must never take the matrix down
-            result, error = _empty_result(cell), describe_error(exc)
+            error = describe_error(exc)
+            result = _empty_result(cell, jobs[0] if jobs else None)
             print(error, file=log)
     result.log = log.getvalue()[-LOG_LIMIT:]
     return _complete(cell, result, started, error, dense_metrics)
@@ -450,8 +606,12 @@ def describe_error(exc: BaseException, frames: int = 6) -> str:
     return f"{type(exc).__name__}: {exc}\n{summary}"
 
 
-def _empty_result(cell: CellSpec) -> CellResult:
-    return CellResult(cell.cell_id, [{"level": 0, "sparsity": cell.sparsity}])
+def _empty_result(cell: CellSpec, job: CellJob | None = None) -> CellResult:
+    """The levels a failed job finished, then the failed one."""
+    if job is None:
+        return CellResult(cell.cell_id, [{"level": 0, "sparsity": cell.sparsity}])
+    failed = {"level": len(job.rows), "sparsity": cell.sparsity, "stage": job._stage}
+    return CellResult(cell.cell_id, [*job.rows, failed], job.epochs, job.layers)
 
 
 def _complete(
@@ -460,11 +620,13 @@ def _complete(
     started: datetime,
     error: str | None,
     dense_metrics: dict[str, float],
+    status: str = "ok",
 ) -> CellResult:
+    """Identity, status, timing and provenance on every row; with an ``error`` the last row is the failed level."""
     common = {
         **identity_columns(cell),
-        "status": "ok" if error is None else "failed",
-        "error": error,
+        "status": status,
+        "error": None,
         "started_at": started,
         "finished_at": _now(),
         **dense_metrics,
@@ -472,6 +634,8 @@ def _complete(
         **method_provenance(cell.method, cell.method_params),
     }
     result.rows = [{**common, **row} for row in result.rows]
+    if error is not None:
+        result.rows[-1].update(status="failed", error=error)
     for extra in (result.epochs, result.layers):
         for row in extra:
             row.update(cell_id=cell.cell_id, benchmark=cell.benchmark)

@@ -162,6 +162,11 @@ class PlanFormat(StrEnum):
     json = "json"
 
 
+class Backend(StrEnum):
+    ray = "ray"
+    local = "local"
+
+
 @app.command(cls=_Command)
 @guarded
 def run(
@@ -197,6 +202,10 @@ def run(
             "--only", metavar="FIELD=VALUE", help=f"Only the cells with this {'/'.join(ONLY_FIELDS)}; repeatable."
         ),
     ] = None,
+    backend: Annotated[
+        Backend,
+        typer.Option("--backend", help="ray, or local: each task in this process, one at a time (debugging)."),
+    ] = Backend.ray,
 ) -> None:
     """Run every cell of a benchmark that is not in the results table yet, then print the leaderboard."""
     spec, cells = _load_cells(spec_path, plugin, max_cells)
@@ -240,6 +249,7 @@ def run(
             resume = f"harness run {spec_path} --results {results}" + (f" --address {address}" if address else "")
             runtime_env = {"working_dir": str(working_dir), "excludes": WORKING_DIR_EXCLUDES} if working_dir else None
             scheduling = {"address": address, "runtime_env": runtime_env, "max_parallel": max_parallel}
+            scheduling["backend"] = backend.value
             from harness.methods import frozen_registries
 
             with frozen_registries():  # what the run started with is what it ends with
@@ -354,7 +364,7 @@ def _run_with_progress(
             def on_result(cell, result) -> None:
                 if not result.ok:
                     failed.append(cell.cell_id)
-                    error = (result.rows[0]["error"] or "").splitlines()[0]
+                    error = (result.rows[-1]["error"] or "").splitlines()[0]  # a failed level is the last row
                     report.print(f"failed {cell.cell_id} {cell.method} s={cell.sparsity:g} seed={cell.seed}: {error}")
 
             progress = run_matrix(cells, store, matrix, on_result=on_result, on_progress=on_progress, **scheduling)

@@ -86,8 +86,11 @@ class Registry(Generic[T]):
     def _source_of_object(self, obj: object) -> str:
         """Outside a plugin scope, an object defined outside the harness names its own module, never "builtin"."""
         module = getattr(obj, "__module__", None) if hasattr(obj, "__qualname__") else None
-        if self._source == "builtin" and module and module not in ("harness", "builtins") and not module.startswith(
-            "harness."
+        if (
+            self._source == "builtin"
+            and module
+            and module not in ("harness", "builtins")
+            and not module.startswith("harness.")
         ):
             return module
         return self._source

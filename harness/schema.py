@@ -63,7 +63,7 @@ CELLS = (
     ),
     Column("seed", pa.int64(), "seed of pretraining, pruning and fine-tuning"),
     Column("level", pa.int64(), "0, 1, …: one row per prune/fine-tune level a method finished"),
-    Column("status", pa.string(), "`ok` or `failed`"),
+    Column("status", pa.string(), "`ok`, `failed`, or `partial` (a finished level of a cell still running or cut off)"),
     Column("error", pa.string(), "the error and the end of its traceback when failed, else null"),
     Column("started_at", pa.timestamp("us", tz="UTC"), "when the cell started"),
     Column("finished_at", pa.timestamp("us", tz="UTC"), "when the cell finished"),

@@ -7,6 +7,7 @@ Layout of a local folder::
       cells/benchmark=<name>/seg-<lo>-<hi>.parquet    compacted segments of many cells
       epochs/…, layers/…                              the same, for per-epoch curves and per-layer tables
       checkpoints/<pretrain_key>.pt                   shared dense models
+      levels/<cell_id>.pt                             a running or failed cell's last finished level
       logs/<cell_id>.log                              each cell's captured log
       specs/<name>/<hash>.yaml                        every benchmark file that was run
       mlflow.db                                       embedded tracking store
@@ -33,7 +34,7 @@ so each driver writes a partition of its own, ``cells/benchmark=<name>/run=<run_
 compacted as above by that driver alone; no driver ever writes or deletes another's file. Run ids
 sort by the time the driver started, and readers keep each cell's rows from the newest run that
 wrote it (in all three views, judged by the ``cells`` files whose presence means done).
-Checkpoints, logs and spec copies sit under the prefix as on disk (one PUT each, whole or absent).
+Checkpoints, level checkpoints, logs and spec copies sit under the prefix as on disk (one PUT each, whole or absent).
 """
 
 from __future__ import annotations
@@ -77,7 +78,7 @@ _RUN_COLUMN = "__harness_run"  # which driver run a row came from, while readers
 _FRESH = re.compile(r"^cell-(.+)\.parquet$")
 _SEGMENT = re.compile(r"^seg-(\d+)-(\d+)\.parquet$")
 _TEMPORARY = ".*.tmp"  # the names atomic writes use until their rename
-WRITTEN = ("cells", "epochs", "layers", "checkpoints", "logs", "specs")  # the folders the driver writes
+WRITTEN = ("cells", "epochs", "layers", "checkpoints", "levels", "logs", "specs")  # the folders the driver writes
 
 
 class ResultsLocked(RuntimeError):
@@ -325,7 +326,8 @@ class ResultsStore:
         return selects
 
     def statuses(self, benchmark: str | None = None) -> dict[str, str]:
-        """``{cell_id: "ok" | "failed"}`` for every cell in the table, or in one benchmark's partition.
+        """``{cell_id: "ok" | "failed" | "partial"}`` for every cell in the table, or in one benchmark's partition
+        (``partial``: some levels finished, the cell did not; a rerun continues it).
 
         Per benchmark because a benchmark's views and reports read its own partition: a cell that
         another benchmark already ran must still land in this one.
@@ -334,11 +336,15 @@ class ResultsStore:
         def read() -> list[tuple[str, bool]]:
             con = duckdb.connect()
             where = "" if benchmark is None else "WHERE benchmark = ?"
+            status = (
+                "CASE WHEN bool_or(status = 'failed') THEN 'failed' "
+                "WHEN bool_and(status = 'ok') THEN 'ok' ELSE 'partial' END"
+            )
             files = self.view_sql("cells", con)
-            sql = f"SELECT cell_id, bool_and(status = 'ok') FROM ({files}) {where} GROUP BY cell_id"
+            sql = f"SELECT cell_id, {status} FROM ({files}) {where} GROUP BY cell_id"
             return con.execute(sql, [] if benchmark is None else [benchmark]).fetchall()
 
-        return {cell_id: "ok" if ok else "failed" for cell_id, ok in read_retrying(read)}
+        return dict(read_retrying(read))
 
     def source_hashes(self, benchmark: str) -> dict[str, str | None]:
         """``{cell_id: method_source_hash}`` of one benchmark's cells (None for rows that predate the column)."""
@@ -365,6 +371,20 @@ class ResultsStore:
 
     def save_checkpoint(self, pretrain_key: str, data: bytes) -> None:
         self.files.write_bytes(self.checkpoint_path(pretrain_key), data)
+
+    # -- finished levels of cells not done ---------------------------------------------------------
+
+    def level_path(self, cell_id: str) -> FilePath:
+        return self.root / "levels" / f"{quote(cell_id, safe='')}.pt"
+
+    def load_level(self, cell_id: str) -> bytes | None:
+        return self.files.read_bytes(self.level_path(cell_id))
+
+    def save_level(self, cell_id: str, data: bytes) -> None:
+        self.files.write_bytes(self.level_path(cell_id), data)
+
+    def drop_level(self, cell_id: str) -> None:
+        self.files.delete(self.level_path(cell_id))
 
     # -- cell logs ----------------------------------------------------------------------------------
 

@@ -41,6 +41,8 @@ class ClassifierModule(L.LightningModule):
         self.model = model
         self.recipe = recipe
         self.masks: Masks = dict(masks or {})
+        self._epoch_sums: list[torch.Tensor] = []  # loss · n and correct per batch of the epoch, on the device
+        self._batch_sizes: list[int] = []
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
@@ -49,21 +51,28 @@ class ClassifierModule(L.LightningModule):
         x, y = batch
         logits = self(x)
         loss = nn.functional.cross_entropy(logits, y)
-        self.log("train_loss", loss, on_step=False, on_epoch=True, batch_size=len(y))
-        self.log("train_top1", (logits.argmax(1) == y).float().mean(), on_step=False, on_epoch=True, batch_size=len(y))
+        # summed on the device and read once per epoch (train_metrics): no logging call, no sync per step
+        sums = torch.stack([loss.detach() * len(y), (logits.argmax(1) == y).sum().to(loss.dtype)])
+        self._epoch_sums.append(sums)
+        self._batch_sizes.append(len(y))
         return loss
 
-    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], _: int) -> None:
-        x, y = batch
-        logits = self(x)
-        self.log("val_loss", nn.functional.cross_entropy(logits, y), batch_size=len(y))
-        self.log("val_top1", (logits.argmax(1) == y).float().mean(), batch_size=len(y))
+    def train_metrics(self) -> dict[str, float]:
+        """The epoch's mean training loss and top-1 (weighted by example); starts the next epoch's sums."""
+        if not self._epoch_sums:
+            return {}
+        loss_sum, correct = (float(v) for v in torch.stack(self._epoch_sums).sum(0))
+        seen = sum(self._batch_sizes)
+        self._epoch_sums, self._batch_sizes = [], []
+        return {"train_loss": loss_sum / seen, "train_top1": correct / seen}
 
     def on_after_backward(self) -> None:
-        mask_gradients(self.model, self.masks)
+        if self.masks:  # dense training (pretraining) has none: nothing to do per step
+            mask_gradients(self.model, self.masks)
 
     def on_train_batch_end(self, *args: Any) -> None:
-        apply_masks(self.model, self.masks)
+        if self.masks:
+            apply_masks(self.model, self.masks)
 
     def configure_optimizers(self) -> Any:
         r = self.recipe
@@ -172,13 +181,16 @@ class FreezeWeights(Callback):
 class EpochHistory(Callback):
     """Keeps each epoch's logged metrics (the ``epochs`` results view).
 
-    The row is written at the end of the training epoch, the first moment both this epoch's
-    validation and its aggregated training metrics are known; the lr is read at the epoch's start,
-    since an epoch-interval scheduler has already stepped by its end.
+    The row is written at the end of the training epoch, with the epoch's training metrics and a
+    validation pass made here with :func:`evaluate` (Lightning's validation loop costs more per epoch
+    than a small model's whole validation); the lr is read at the epoch's start, since an
+    epoch-interval scheduler has already stepped by its end.
     """
 
-    def __init__(self, phase: str) -> None:
+    def __init__(self, phase: str, val_set: Dataset | None = None, batch_size: int = 256) -> None:
         self.phase = phase
+        self.val_set = val_set
+        self.batch_size = batch_size
         self.rows: list[dict[str, Any]] = []
         self._lr: float | None = None
 
@@ -187,6 +199,11 @@ class EpochHistory(Callback):
 
     def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+        if isinstance(module, ClassifierModule):
+            metrics.update(module.train_metrics())
+        if self.val_set is not None and len(self.val_set):
+            val = evaluate(module.model, self.val_set, self.batch_size)
+            metrics.update(val_loss=val["loss"], val_top1=val["top1"])
         self.rows.append({"phase": self.phase, "epoch": trainer.current_epoch, "lr": self._lr, **metrics})
 
 
@@ -208,7 +225,7 @@ def train(
     logger: Any = None,
 ) -> list[dict[str, Any]]:
     """Train in place for ``recipe.epochs``; returns one row per epoch (train and validation)."""
-    history = EpochHistory(phase)
+    history = EpochHistory(phase, val_set, max(recipe.batch_size, 256))
     if recipe.epochs == 0:
         return history.rows
     device = device_for_cell()
@@ -222,16 +239,13 @@ def train(
         enable_progress_bar=False,
         enable_model_summary=False,
         num_sanity_val_steps=0,
+        limit_val_batches=0,  # validation is the epoch history's (see EpochHistory)
         deterministic=True,
         log_every_n_steps=1,
     )
     module = ClassifierModule(model, recipe, masks)
     apply_masks(model, module.masks)
-    trainer.fit(
-        module,
-        loader(train_set, recipe.batch_size, shuffle=True, seed=seed),
-        loader(val_set, max(recipe.batch_size, 256), shuffle=False),
-    )
+    trainer.fit(module, loader(train_set, recipe.batch_size, shuffle=True, seed=seed))
     model.to(device)
     return history.rows
 

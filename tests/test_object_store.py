@@ -282,3 +282,34 @@ def test_any_fsspec_filesystem_holds_a_results_table() -> None:
     store.save_spec("two", "name: two\n")
     assert load(root).sort_values("seed")["top1"].tolist() == [0.5, 0.6, 0.7]
     assert [store.read_spec(p) for p in store.specs("two")] == ["name: two\n"]
+
+
+@pytest.mark.slow
+def test_levels_of_an_iterative_cell_live_on_the_object_store_and_a_retry_continues_after_them(
+    endpoint: str, bucket: str, tmp_path: Path
+) -> None:
+    from test_scheduler import imp_spec
+
+    log, flag = tmp_path / "calls", tmp_path / "fail"
+    flag.touch()
+    spec = tmp_path / "levels.yaml"
+    spec.write_text(imp_spec(log, flag, fail_call=2))
+    results = f"s3://{bucket}/lv"
+    env = os.environ | {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}", "PYTHONPATH": str(REPO)}
+    command = [str(HARNESS), "run", str(spec), "--results", results, "--backend", "local"]
+    first = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert first.returncode == 1, first.stdout + first.stderr
+
+    objects = s3_objects(endpoint, bucket, "lv/")
+    cells = parquet_rows(objects, "cells").sort_values("level")
+    assert cells[["level", "status"]].values.tolist() == [[0, "ok"], [1, "ok"], [2, "failed"]]
+    (cell_id,) = set(cells["cell_id"])
+    assert f"lv/levels/{cell_id}.pt" in objects, "the finished levels' checkpoint is under the prefix"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["calls", "fail", "levels.yaml", "mlflow.db"]
+
+    flag.unlink()
+    second = subprocess.run([*command, "--retry-failed"], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert log.read_text().split() == ["0", "1", "2"], "levels 0 and 1 were not pruned again"
+    assert f"lv/levels/{cell_id}.pt" not in s3_objects(endpoint, bucket, "lv/"), "done: nothing left to resume"
+    assert load(results).sort_values("level")[["level", "status"]].values.tolist() == [[0, "ok"], [1, "ok"], [2, "ok"]]

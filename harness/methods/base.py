@@ -46,6 +46,7 @@ class Job(Protocol):
     :meth:`weights`, :meth:`fresh_init`, :meth:`train_batches`, :meth:`val_batch`, :meth:`evaluate`,
     :meth:`split_size`, :meth:`context`. Verbs: :meth:`prune`, :meth:`finetune`, :meth:`train`, :meth:`finish_level`,
     :meth:`load_weights`, :meth:`set_storage`, :meth:`stage`. Every finished level is one result row.
+    Resuming (methods with ``resumable = True``): :meth:`remember`, :meth:`resumed`.
     """
 
     @property
@@ -134,6 +135,15 @@ class Job(Protocol):
     def stage(self, name: str) -> AbstractContextManager[None]:
         """Levels recorded inside are labelled ``name`` in the ``stage`` column (pipeline stages)."""
 
+    def remember(self, key: str, value: Any) -> None:
+        """Keep ``value`` (tensors, dicts of tensors, numbers, strings) with every later level's checkpoint,
+        so a resumed run of the cell can carry on (e.g. the round a schedule is in, its ticket)."""
+
+    def resumed(self) -> dict[str, Any] | None:
+        """What was remembered up to the last finished level of an interrupted or failed run of this cell,
+        or None on a fresh start and once this run finished a level. When not None, the model's weights and
+        masks are as they were at the end of that level, and that level's row is already recorded."""
+
 
 DEFAULT_VERSION = "1"
 
@@ -157,6 +167,9 @@ class Method:
     sets_own_sparsity: ClassVar[bool] = False
     # Parameters `harness tune` searches by default, as {param: {low, high, log} or {choices}} (tuning/space.py).
     tunable: ClassVar[dict[str, dict[str, Any]]] = {}
+    # True for methods that continue after the last finished level of an interrupted run (job.resumed());
+    # a rerun of any other method starts again from level 0.
+    resumable: ClassVar[bool] = False
 
     class Params(BaseModel):
         model_config = ConfigDict(extra="forbid", frozen=True)

@@ -34,6 +34,8 @@ if TYPE_CHECKING:
 class Pipeline(Method):
     """Apply methods in order to one model (prune → quantise → encode); each stage records its level."""
 
+    resumable = True
+
     family = "pipeline"
     reference = DEEP_COMPRESSION
 
@@ -68,9 +70,17 @@ class Pipeline(Method):
         return super().source_files().union(*stages)
 
     def apply(self, job: Job) -> None:
-        for name, params in self.stage_specs():
-            with job.stage(name):
-                create_method(name, params).apply(job)
+        """Each stage in order; a resumed run skips the stages before the one it stopped in, and that one too
+        unless it can resume (a stage that cannot records its one level when it ends)."""
+        first = 0
+        if (resumed := job.resumed()) is not None and "pipeline_stage" in resumed:
+            name, _ = self.stage_specs()[resumed["pipeline_stage"]]
+            first = resumed["pipeline_stage"] + (0 if METHODS.get(name).resumable else 1)
+        for index, (name, params) in enumerate(self.stage_specs()):
+            with job.stage(name):  # entered even when skipped: a resumed stage is known by its position
+                if index >= first:
+                    job.remember("pipeline_stage", index)
+                    create_method(name, params).apply(job)
 
 
 @register_method("deep_compression")

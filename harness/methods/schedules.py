@@ -125,6 +125,7 @@ class Iterative(Method):
     """
 
     family = "schedule"
+    resumable = True  # each round is a level: a rerun continues after the last finished one
     reference = f"{HAN}; {FRANKLE_CARBIN}; {RENDA}"
     tunable = {"rate": {"low": 0.1, "high": 0.5}}
 
@@ -193,8 +194,17 @@ class Iterative(Method):
         classifier_rate = p.classifier_rate or p.rate / 2
 
         ticket: Masks = {}
-        previous_level: dict[str, torch.Tensor] | None = None
+        previous_level: dict[str, torch.Tensor] | None = None  # the last level's trained weights (lmc_points)
+        first = 0
+        if (resumed := job.resumed()) is not None and "iterative_round" in resumed:
+            first, ticket = resumed["iterative_round"] + 1, resumed["ticket"]
+            if p.lmc_points:  # the model is as the last finished level left it: its trained weights
+                previous_level = copy.deepcopy(job.model.state_dict())
+            if "ticket_weights" in resumed:  # a control level: the next mask is scored on the ticket
+                job.load_weights(resumed["ticket_weights"])
         for index, sparsity in enumerate(level_targets(job.sparsity, p.rate, p.rounds)):
+            if index < first:
+                continue
             classifier_sparsity = 1 - (1 - classifier_rate) ** (index + 1) if p.prune_classifier else None
             ticket = self.next_masks(job, score, ticket, sparsity, classifier_sparsity)
             start = rewind_state if rewind_state is not None else copy.deepcopy(job.model.state_dict())
@@ -216,6 +226,10 @@ class Iterative(Method):
                 if previous_level is not None:
                     extra["lmc_barrier"] = error_barrier(job, previous_level, trained, p.lmc_points)
                 previous_level = trained
+            job.remember("iterative_round", index)
+            job.remember("ticket", ticket)
+            if p.control != "none":
+                job.remember("ticket_weights", trained_ticket)
             job.finish_level(sparsity=sparsity, **extra)
             if p.control != "none":
                 job.load_weights(trained_ticket)  # the next mask is scored on the ticket

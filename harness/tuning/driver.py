@@ -1,7 +1,7 @@
 """``harness tune``: one Optuna study per (model, data set, method, sparsity, search seed), equal budgets.
 
 The driver runs Optuna's ask/tell loop: it asks as many trials as the cluster holds, submits each
-as an ordinary cell task (``runner.remote_cell``: the same resources, retries and failure rows as
+as an ordinary cell task (``RayBackend.remote_cell``: the same resources, retries and failure rows as
 ``harness run``) whose data view is :func:`harness.data.validation_only`, and tells each result
 as it comes back. The objective is the trial's top-1 on the validation split; test data is never
 loaded into a trial. Every study of a spec gets the same number of trials and the same cap on
@@ -37,15 +37,8 @@ from optuna.trial import TrialState
 
 from harness.data import validation_only
 from harness.methods import METHODS
-from harness.runner import (
-    SchedulingError,
-    capacity,
-    error_text,
-    ray_session,
-    remote_cell,
-    remote_pretrain,
-    task_options,
-)
+from harness.runner import ray_session
+from harness.scheduler.backends import RayBackend, SchedulingError, capacity, error_text
 from harness.schema import CellResult
 from harness.spec import BenchmarkSpec, CellSpec, Recipe, content_hash, epoch_cap, expand, tuning_space
 from harness.store import ResultsStore, atomic_write_bytes
@@ -313,17 +306,15 @@ class _Driver:
         self.outcomes: list[TrialOutcome] = []
 
     def run(self, local: bool) -> None:
-        cluster = ray.cluster_resources()
-        resources = self.spec.resources
-        if local and cluster.get("GPU", 0) == 0:  # as harness run: a laptop without GPU runs GPU specs on CPU
-            resources = resources.model_copy(update={"gpus": 0.0})
+        self.backend = RayBackend(local, self.settings.max_retries)
+        cluster = self.backend.cluster
+        resources = self.backend.shape(self.spec.resources)  # as harness run: no GPU here runs GPU specs on CPU
         fits = capacity(resources, cluster)
         if fits == 0 and local:  # nothing will ever join a local instance
             raise SchedulingError(
                 f"trials ask for {resources.model_dump(exclude_defaults=True)} but this machine's Ray has "
                 f"{ {k: v for k, v in cluster.items() if not k.startswith('node:')} }; lower the spec's resources"
             )
-        self.options = task_options(resources, self.settings.max_retries, "trial")
         slots = self.settings.max_parallel or max(fits, 1)
         self._open_study_runs()
         for study in self.studies:
@@ -364,9 +355,7 @@ class _Driver:
         except ValueError as exc:
             self._record(study, trial, study.base, point, None, str(exc), 0.0)
             return
-        ref = remote_cell.options(**{**self.options, "name": f"trial {study.name}/{trial.number}"}).remote(
-            cell, self._dense(cell), validation_only
-        )
+        ref = self.backend.remote_cell(cell, self._dense(cell), validation_only, f"trial {study.name}/{trial.number}")
         study.in_flight += 1
         self.in_flight[ref] = (study, trial, cell, point, time.monotonic())
 
@@ -378,8 +367,7 @@ class _Driver:
             if data is not None:
                 self.dense[key] = ray.put(data)
             else:
-                options = {**self.options, "name": f"pretrain {cell.model}/{cell.dataset} seed {cell.seed}"}
-                self.dense[key] = remote_pretrain.options(**options).remote(cell, validation_only)
+                self.dense[key] = self.backend.remote_pretrain(cell, validation_only)
                 self.unsaved[self.dense[key]] = key
         return self.dense[key]
 
@@ -392,7 +380,7 @@ class _Driver:
         study.in_flight -= 1
         try:
             result: CellResult | None = ray.get(ref)
-            error = None if result.ok else result.rows[0].get("error") or "failed"
+            error = None if result.ok else result.rows[-1].get("error") or "failed"  # a failed level is the last row
         except ray.exceptions.RayError as exc:
             result, error = None, error_text(exc)
         seconds = time.monotonic() - t0  # a task that never ran: from submission to its error
