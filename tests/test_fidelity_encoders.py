@@ -15,6 +15,8 @@ from harness.methods.base import Method
 from harness.methods.encoding import Encoder
 from harness.testing import check_conformance, run_method
 
+pytestmark = pytest.mark.usefixtures("conformance_models_removed")
+
 # pretrained well enough (≈ 0.96 top-1 on digits) that losing weights costs accuracy one can measure
 PRETRAIN = Recipe(epochs=3, lr=0.05, batch_size=32)
 FINETUNE = Recipe(epochs=1, lr=0.01, batch_size=32)
