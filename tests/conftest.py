@@ -47,3 +47,14 @@ seeds: [0]
 pretrain: {epochs: 2, optimizer: sgd, lr: 0.05, batch_size: 64}
 finetune: {epochs: 1, lr: 0.01}
 """
+
+
+@pytest.fixture(scope="module")
+def conformance_models_removed():
+    """check_conformance registers its small models; other tests list the built-ins, so they go again."""
+    from harness.models import MODELS
+
+    MODELS.names()  # the built-ins loaded first, so they are among what is kept
+    saved = dict(MODELS._entries)
+    yield
+    MODELS._entries = saved

@@ -6,7 +6,6 @@ from __future__ import annotations
 import pytest
 
 from harness.methods import METHODS
-from harness.models import MODELS
 from harness.testing import CONFORMANCE_MODELS, check_conformance
 
 # what a method needs to run at all on a tiny cell
@@ -18,17 +17,15 @@ PARAMS = {
     "weight_rewinding": {"rate": 0.5},
     "han_iterative": {"rate": 0.5},
     "deep_compression": {"rate": 0.5},
+    # kept small for the cover: DeepSZ evaluates every layer at every bound, Weightless retrains after
+    # every encoded layer (tests/test_fidelity_encoders.py runs both at their defaults on the MLP)
+    "sz": {"probe_examples": 256, "bounds": [0.001, 0.009]},
+    "bloomier": {"retrain_epochs": 0},
 }
 FALSE_POSITIVES = {"bloomier"}  # a Bloomier filter reads some pruned positions back as weights, by design
 
 
-@pytest.fixture(scope="module", autouse=True)
-def models_kept():
-    """check_conformance registers its small models; other tests list the built-ins, so they go again."""
-    MODELS.names()  # the built-ins loaded first, so they are among what is kept
-    saved = dict(MODELS._entries)
-    yield
-    MODELS._entries = saved
+pytestmark = pytest.mark.usefixtures("conformance_models_removed")
 
 
 def _matrix() -> list:

@@ -114,3 +114,20 @@ def test_every_benchmark_file_the_docs_show_loads(tmp_path: Path) -> None:
         path = tmp_path / f"example_{index}.yaml"
         path.write_text(block)
         assert expand(load_spec(path)), f"{page.relative_to(REPO)}: the example has no cells"
+
+
+def test_every_registered_method_says_what_it_implements_and_leaves_out() -> None:
+    from harness.methods import METHODS
+
+    text = (REPO / "docs" / "methods.md").read_text()
+    section = text.split("## What each method implements, and what it leaves out", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("| `")]
+    described = {}
+    for row in rows:
+        first, implements, leaves_out = [cell.strip() for cell in re.split(r"(?<!\\)\|", row)[1:4]]
+        for name in re.findall(r"`([a-z0-9_]+)`", first):
+            described[name] = (implements, leaves_out)
+    builtin = {name for name in METHODS.names() if METHODS.source_of(name) == "builtin"}
+    assert sorted(builtin - set(described)) == [], "add a row to docs/methods.md for these methods"
+    assert sorted(set(described) - builtin) == [], "these rows name no registered method"
+    assert [name for name, cells in described.items() if not all(cells)] == []

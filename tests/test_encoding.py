@@ -127,7 +127,12 @@ def test_relative_index_size_counts_fillers_hand_computed() -> None:
     # 3-bit codes, F = 7; gaps 1, 1, 8, 11, 1, 10 → codes 0, 0, 7+0, 7+3, 0, 7+2: nine codes
     assert relative_index_encode(np.array(POSITIONS), 3).tolist() == [0, 0, 7, 0, 7, 3, 0, 7, 2]
     parts = formats.relative_index(weight, None, index_bits=3)
-    assert {k: len(v) for k, v in parts.items()} == {"count": 4, "index": math.ceil(9 * 3 / 8), "values": 24}
+    assert {k: len(v) for k, v in parts.items()} == {
+        "index_bits": 1,  # a decoder needs the gap width: one byte
+        "count": 4,
+        "index": math.ceil(9 * 3 / 8),
+        "values": 24,
+    }
 
 
 def test_huffman_format_decodes_to_the_positions_and_codes_it_stored() -> None:

@@ -83,3 +83,24 @@ def test_the_options_are_validated_with_the_method_params() -> None:
     with pytest.raises(ValidationError, match="max_layer_sparsity"):
         create_method("global_magnitude", {"max_layer_sparsity": 1.5})
     assert create_method("snip", {"exclude": ["features.*"]}).params.exclude == ("features.*",)
+
+
+@pytest.mark.parametrize(
+    ("method", "cap"),
+    [("gmp", 0.6), ("set", 0.6), ("rigl", 0.6), ("lottery_anatomy", 0.6), ("learned_supermask", 0.3)],
+)
+def test_methods_that_are_not_pruning_methods_take_exclude_and_max_layer_sparsity(method: str, cap: float) -> None:
+    job = run_method(method, {"exclude": ["1"], "max_layer_sparsity": cap}, sparsity=0.9)
+    last = job.levels[-1]
+    assert "1.weight" not in last.masks, "an excluded layer gets no mask"
+    assert int((last.final_state["1.weight"] == 0).sum()) == 0
+    # 3.weight would lose 90 % (gmp, set, rigl, lottery_anatomy) or about half (a supermask that starts at
+    # σ(s) = 0.5); the cap leaves exactly floor(cap · 30,000) of it pruned
+    assert pruned(job)["3.weight"] == math.floor(cap * 30_000)
+    if method == "learned_supermask":  # the classifier is masked too, and capped
+        assert pruned(job)["5.weight"] <= math.floor(cap * 1_000)
+        masked = sum(m.numel() for m in last.masks.values())
+        assert last.row["sparsity"] == pytest.approx(sum(pruned(job).values()) / masked)
+    layers = {row["layer"]: row for row in job.layers if row["level"] == len(job.levels) - 1}
+    assert layers["1"]["prunable"] is False and layers["3"]["prunable"] is True
+    assert {row["max_layer_sparsity"] for row in layers.values()} == {cap}

@@ -58,7 +58,7 @@ def test_deepsz_keeps_each_layer_within_its_chosen_bound_and_the_budget() -> Non
         before, after = pruned.final_state[name], coded.final_state[name]
         assert (after - before).abs().max() <= bound + 1e-7  # lossless (bound 0) is exact
         assert torch.all(after[before == 0] == 0)  # positions are stored losslessly
-    assert row["sz_validation_drop"] <= 0.02
+    assert row["sz_probe_drop"] <= 0.02
     assert row["size_bytes"] < pruned.row["size_bytes"]
 
 

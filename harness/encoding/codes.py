@@ -13,6 +13,9 @@ from typing import ClassVar
 import numpy as np
 import torch
 
+# what a weight's code table holds, as its header's top two bits name it (harness.encoding.storage.layout_header)
+CODE_KINDS = {"uniform_symmetric": 0, "uniform_affine": 1, "shared": 2}
+
 
 @dataclass(frozen=True)
 class QuantizedWeight:
@@ -23,6 +26,11 @@ class QuantizedWeight:
 
     # Whether some code decodes to exactly 0, so a dense layout can store pruned weights as codes.
     has_zero_code: ClassVar[bool] = False
+
+    @property
+    def kind(self) -> int:
+        """How :meth:`table_bytes` reads back (one of :data:`CODE_KINDS`): stored in the weight's header."""
+        raise NotImplementedError
 
     def decode(self, codes: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
         """Float weights of ``codes`` (the weight's shape); entries not ``present`` are 0."""
@@ -51,6 +59,10 @@ class UniformCodes(QuantizedWeight):
         shape = (-1,) + (1,) * (codes.dim() - 1)
         return (codes - self.zero_point.view(shape)).to(torch.float32) * self.scale.view(shape) * present
 
+    @property
+    def kind(self) -> int:
+        return CODE_KINDS["uniform_symmetric" if self.symmetric else "uniform_affine"]
+
     def table_bytes(self) -> bytes:
         scales = self.scale.detach().cpu().numpy().astype("<f4").tobytes()
         return scales if self.symmetric else scales + self.zero_point.cpu().numpy().astype(np.uint8).tobytes()
@@ -68,5 +80,27 @@ class SharedCodes(QuantizedWeight):
     def decode(self, codes: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
         return self.centroids[codes] * present
 
+    @property
+    def kind(self) -> int:
+        return CODE_KINDS["shared"]
+
     def table_bytes(self) -> bytes:
         return self.centroids.detach().cpu().numpy().astype("<f4").tobytes()
+
+
+def from_table(kind: int, bits: int, table: bytes, codes: torch.Tensor) -> QuantizedWeight:
+    """The :class:`QuantizedWeight` of stored ``codes`` (the weight's shape) whose table reads as ``kind``:
+    per-channel or per-tensor uniform grids (one scale, or one per output channel, by the table's length)
+    or ``2**bits`` shared centroids. The inverse of :meth:`QuantizedWeight.table_bytes`."""
+    if kind == CODE_KINDS["shared"]:
+        return SharedCodes(codes, bits, torch.from_numpy(np.frombuffer(table, dtype="<f4").astype(np.float32)))
+    if kind not in (CODE_KINDS["uniform_symmetric"], CODE_KINDS["uniform_affine"]):
+        raise ValueError(f"unknown code kind {kind}; known: {CODE_KINDS}")
+    symmetric = kind == CODE_KINDS["uniform_symmetric"]
+    channels = len(table) // (4 if symmetric else 5)
+    scale = torch.from_numpy(np.frombuffer(table, dtype="<f4", count=channels).astype(np.float32))
+    if symmetric:
+        zero_point = torch.full((channels,), ((1 << bits) - 1) // 2, dtype=torch.long)
+    else:
+        zero_point = torch.from_numpy(np.frombuffer(table, dtype=np.uint8, offset=4 * channels).astype(np.int64))
+    return UniformCodes(codes, bits, scale, zero_point, symmetric)

@@ -56,19 +56,26 @@ def auto(weight: torch.Tensor, q: QuantizedWeight | None) -> dict[str, bytes]:
 
 
 def relative_index(weight: torch.Tensor, q: QuantizedWeight | None, index_bits: int) -> dict[str, bytes]:
-    """Deep Compression's sparse layout: the number of index codes, the ``index_bits``-bit gap codes
-    (fillers included, :mod:`harness.encoding.sparse`), then the values of the nonzero entries."""
+    """Deep Compression's sparse layout: the index width (one byte), the number of index codes, the
+    ``index_bits``-bit gap codes (fillers included, :mod:`harness.encoding.sparse`), then the values
+    of the nonzero entries."""
     present = _present(weight)
     gaps = relative_index_encode(np.flatnonzero(present), index_bits)
-    return {"count": _COUNT.pack(len(gaps)), "index": pack(gaps, index_bits), **_values(weight, q, present)}
+    return {
+        "index_bits": bytes([index_bits]),
+        "count": _COUNT.pack(len(gaps)),
+        "index": pack(gaps, index_bits),
+        **_values(weight, q, present),
+    }
 
 
 def huffman_coded(weight: torch.Tensor, q: QuantizedWeight | None, index_bits: int) -> dict[str, bytes]:
     """:func:`relative_index` with the gap codes and the weight codes each Huffman-coded (codebooks
-    included); float values, having no small alphabet, stay float32."""
+    included; the index width byte stays, the count is in the stream); float values, having no small
+    alphabet, stay float32."""
     present = _present(weight)
     gaps = relative_index_encode(np.flatnonzero(present), index_bits)
-    parts = {"index": huffman.encode(gaps, 1 << index_bits)}
+    parts = {"index_bits": bytes([index_bits]), "index": huffman.encode(gaps, 1 << index_bits)}
     if q is None:
         return parts | _values(weight, q, present)
     codes = q.codes.cpu().numpy().ravel()[present]

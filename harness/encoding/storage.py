@@ -66,8 +66,9 @@ def encode_model(
     encoded: dict[str, dict[str, bytes]] | None = None,
 ) -> Encoded:
     """Every Conv/Linear weight (classifier included) in ``weight_format``, every other parameter as
-    float32, except the parameters an encoder has already ``encoded`` itself. Each Conv/Linear
-    weight also carries its :func:`layout_header`: a decoder needs its layout and bit width."""
+    float32, except the parameters an encoder has already ``encoded`` itself in its layout ``name``
+    (the weights it left to ``weight_format`` are then in ``auto``). Each Conv/Linear weight also
+    carries its :func:`layout_header`: a decoder needs its layout and bit width."""
     weights = prunable_weights(model, include_classifier=True)
     payloads = {}
     for param_name, param in model.named_parameters():
@@ -79,7 +80,8 @@ def encode_model(
         else:
             parts = {"values": float32_bytes(tensor)}
         if param_name in weights:
-            parts = {"layout": layout_header(name, parts, quantized.get(param_name)), **parts}
+            layout = name if encoded is None or param_name in encoded else "auto"
+            parts = {"layout": layout_header(layout, parts, quantized.get(param_name)), **parts}
         payloads[param_name] = parts
     return Encoded(name, payloads)
 
@@ -87,16 +89,19 @@ def encode_model(
 # the first byte of a weight's header: the layout its parts follow (a plugin's own format: OTHER_LAYOUT)
 LAYOUTS = {"dense": 0, "bitmask": 1, "relative_index": 2, "huffman": 3, "sz": 4, "bloomier": 5}
 OTHER_LAYOUT = 255
+CODE_KIND_SHIFT = 6  # the header's width byte: bits in the low six, the code kind above
 
 
 def layout_header(format_name: str, parts: dict[str, bytes], quantized: QuantizedWeight | None) -> bytes:
     """Two bytes stored before a weight's parts, which a decoder cannot do without: its layout
-    (``auto`` chooses dense or bitmask per weight) and its code width in bits (0: float32 values)."""
+    (``auto`` chooses dense or bitmask per weight), then its code width in bits (0: float32 values)
+    in the low six bits and what its code table holds (:data:`~harness.encoding.codes.CODE_KINDS`:
+    0 symmetric uniform grids, 1 affine ones, 2 shared centroids) in the top two."""
     if format_name == "auto":
         layout = LAYOUTS["bitmask" if "mask" in parts else "dense"]
     else:
         layout = LAYOUTS.get(format_name, OTHER_LAYOUT)
-    return bytes([layout, quantized.bits if quantized is not None else 0])
+    return bytes([layout, quantized.bits | quantized.kind << CODE_KIND_SHIFT if quantized is not None else 0])
 
 
 def size_columns(encoded: Encoded, params_total: int) -> dict[str, Any]:

@@ -229,23 +229,37 @@ class Method:
         return vars(type(self)).get("name") or type(self).__name__
 
 
+class PruningOptions(Method.Params):
+    """The common options of every method that chooses masks (pruning methods, gradual and dynamic
+    sparsity, lottery tickets, supermasks): ``prune_classifier``, ``exclude`` (glob patterns of layer
+    or parameter names never pruned) and ``max_layer_sparsity`` (no layer loses more than this fraction)."""
+
+    prune_classifier: bool = False
+    exclude: tuple[str, ...] = ()  # glob patterns: "features.0", "*.downsample.*", "fc1.weight"
+    max_layer_sparsity: float | None = Field(None, ge=0, le=1)
+
+
+def options_context(job: Job, options: PruningOptions) -> PruningContext:
+    """``job.context`` with the common options applied: the classifier, exclusions and the layer cap."""
+    return job.context(
+        options.prune_classifier, exclude=options.exclude, max_layer_sparsity=options.max_layer_sparsity
+    )
+
+
 class PruningMethod(Method):
     """Score-based pruning: subclasses define ``score`` (or ``masks``); the lowest scores are removed.
 
     ``scope = "global"`` uses one threshold across all prunable weights, ``"layer"`` removes the
     same fraction from every layer. The default ``apply`` is ShrinkBench's protocol: prune the
     pretrained model once to the cell's sparsity, then fine-tune with the mask fixed. Every pruning
-    method takes the common options ``prune_classifier``, ``exclude`` (glob patterns of layer or
-    parameter names never pruned) and ``max_layer_sparsity`` (no layer loses more than this fraction).
+    method takes the common options of :class:`PruningOptions`.
     """
 
     family: ClassVar[str] = "score"
     scope: ClassVar[Literal["global", "layer"]] = "global"
 
-    class Params(Method.Params):
-        prune_classifier: bool = False
-        exclude: tuple[str, ...] = ()  # glob patterns: "features.0", "*.downsample.*", "fc1.weight"
-        max_layer_sparsity: float | None = Field(None, ge=0, le=1)
+    class Params(PruningOptions):
+        pass
 
     def score(self, ctx: PruningContext) -> dict[str, torch.Tensor]:
         """Hook called by the default :meth:`masks` each time the method prunes: return a finite real tensor
@@ -268,8 +282,7 @@ class PruningMethod(Method):
 
     def pruning_context(self, job: Job) -> PruningContext:
         """``job.context`` with the common options applied: the classifier, exclusions and the layer cap."""
-        p = self.params
-        return job.context(p.prune_classifier, exclude=p.exclude, max_layer_sparsity=p.max_layer_sparsity)
+        return options_context(job, self.params)
 
     def prune_masks(self, ctx: PruningContext, sparsity: float) -> Masks:
         """:meth:`masks`, checked, with ``max_layer_sparsity`` enforced (by |w| where ``masks`` did not)."""

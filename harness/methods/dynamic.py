@@ -20,6 +20,7 @@ from torch import nn
 
 from harness.masks import Masks, masks_from_scores, prunable_weights
 from harness.methods import Method, register_method
+from harness.methods.base import PruningOptions, excluded, options_context
 from harness.training import ClassifierModule, MaskingCallback
 
 if TYPE_CHECKING:
@@ -129,7 +130,9 @@ class GradualMagnitudePruning(MaskingCallback):
     following Zhu & Gupta's cubic schedule between ``start_fraction`` and ``end_fraction`` of training.
 
     Masks only shrink. The final sparsity is reached at the end step (at the latest on the last
-    step). ``history`` holds (step, target sparsity) of every pruning.
+    step). Weights matching ``exclude`` are never pruned; with ``max_layer_sparsity`` no layer loses
+    more than that fraction (:func:`~harness.masks.cap_layer_sparsity`). ``history`` holds (step,
+    target sparsity) of every pruning.
     """
 
     def __init__(
@@ -141,6 +144,8 @@ class GradualMagnitudePruning(MaskingCallback):
         frequency: int = 100,
         scope: Literal["global", "layer"] = "layer",
         include_classifier: bool = False,
+        exclude: tuple[str, ...] = (),
+        max_layer_sparsity: float | None = None,
     ) -> None:
         super().__init__()
         if not 0.0 <= initial_sparsity <= final_sparsity < 1.0:
@@ -162,6 +167,8 @@ class GradualMagnitudePruning(MaskingCallback):
         self.frequency = frequency
         self.scope = scope
         self.include_classifier = include_classifier
+        self.exclude = exclude
+        self.max_layer_sparsity = max_layer_sparsity
         self.history: list[tuple[int, float]] = []
 
     def schedule(self, trainer: L.Trainer) -> tuple[int, int]:
@@ -177,8 +184,9 @@ class GradualMagnitudePruning(MaskingCallback):
             return
         target = cubic_sparsity(step, self.initial_sparsity, self.final_sparsity, start, end)
         weights = prunable_weights(module.model, self.include_classifier)
-        scores = {name: w.detach().abs() for name, w in weights.items()}
-        self.set_masks(module, masks_from_scores(scores, target, self.scope, existing=self.masks))
+        scores = {name: w.detach().abs() for name, w in weights.items() if not excluded(name, self.exclude)}
+        masks = masks_from_scores(scores, target, self.scope, self.masks, self.max_layer_sparsity)
+        self.set_masks(module, masks)
         self.history.append((step, target))
 
     def state_dict(self) -> dict[str, Any]:
@@ -351,18 +359,18 @@ class GradualMagnitude(Method):
     Fine-tunes with the FINETUNE recipe from the dense trained model, pruning by |w| every
     ``frequency`` steps from ``initial_sparsity`` to the cell's sparsity between ``start_fraction``
     and ``end_fraction`` of the fine-tuning steps; the rest of fine-tuning recovers with the final mask.
+    Takes the common options ``prune_classifier``, ``exclude`` and ``max_layer_sparsity``.
     """
 
     family = "gradual"
     reference = ZHU_GUPTA
 
-    class Params(Method.Params):
+    class Params(PruningOptions):
         initial_sparsity: float = Field(0.0, ge=0, lt=1)
         start_fraction: float = Field(0.0, ge=0, le=1)
         end_fraction: float = Field(0.75, ge=0, le=1)
         frequency: int = Field(100, ge=1)  # steps between prunings (Zhu & Gupta: 100 to 1000)
         scope: Literal["global", "layer"] = "layer"  # Zhu & Gupta prune every layer to the same sparsity
-        prune_classifier: bool = False
 
         @model_validator(mode="after")
         def _starts_before_it_ends(self) -> GradualMagnitude.Params:
@@ -375,6 +383,7 @@ class GradualMagnitude(Method):
 
     def apply(self, job: Job) -> None:
         p = self.params
+        options_context(job, p)  # records the options in the layers table
         pruning = GradualMagnitudePruning(
             job.sparsity,
             p.initial_sparsity,
@@ -383,6 +392,8 @@ class GradualMagnitude(Method):
             p.frequency,
             p.scope,
             p.prune_classifier,
+            p.exclude,
+            p.max_layer_sparsity,
         )
         job.finetune(callbacks=[pruning])
 
@@ -392,27 +403,35 @@ class SparseFromScratch(Method):
 
     A random mask at the cell's sparsity, distributed over layers by ``distribution``, is put on θ0,
     rescaled by ``init``, then trained with the PRETRAIN recipe while :class:`DynamicSparseTraining`
-    replaces connections. Not registered itself.
+    replaces connections (each layer keeps its sparsity). Layers matching ``exclude`` stay dense; with
+    ``max_layer_sparsity`` no layer's density falls below 1 − that fraction (the overall sparsity
+    then falls short of the target, as the cap does for every pruning method). Not registered itself.
     """
 
     family = "dynamic-sparse"
     regrow: ClassVar[Literal["random", "gradient"]]
     tunable = {"drop_fraction": {"low": 0.1, "high": 0.5}}
 
-    class Params(Method.Params):
+    class Params(PruningOptions):
         update_every: int = Field(100, ge=1)  # ΔT, in steps
         drop_fraction: float = Field(0.3, gt=0, lt=1)  # at the start; decays on a cosine
         end_fraction: float = Field(0.75, gt=0, le=1)  # of training, after which the mask is fixed
         distribution: Distribution = "erk"
         init: SparseInit = "dense"
-        prune_classifier: bool = False
         gradient_flow: bool = False  # log GradientFlow into the epoch rows
 
     def apply(self, job: Job) -> None:
         p = self.params
         job.load_weights(job.weights("init"))
-        weights = prunable_weights(job.model, p.prune_classifier)
+        names = options_context(job, p).weights
+        weights = {n: w for n, w in prunable_weights(job.model, p.prune_classifier).items() if n in names}
         densities = layer_densities({n: w.shape for n, w in weights.items()}, job.sparsity, p.distribution)
+        if p.max_layer_sparsity is not None:  # at most floor(cap · n) of a layer's n weights pruned
+            cap = p.max_layer_sparsity
+            densities = {
+                n: max(d, 1 - math.floor(cap * weights[n].numel() + 1e-9) / weights[n].numel())
+                for n, d in densities.items()
+            }
         masks = random_masks(weights, densities, torch.Generator().manual_seed(job.seed))
         sparse_initialisation(weights, masks, p.init)
         job.prune(masks)

@@ -15,8 +15,9 @@ from pydantic import Field
 from torch import nn
 from torch.nn.utils import parametrize
 
-from harness.masks import Masks, masks_from_scores
+from harness.masks import Masks, cap_layer_sparsity, masks_from_scores
 from harness.methods import Method, register_method
+from harness.methods.base import PruningOptions, options_context
 from harness.methods.dynamic import GradientFlow
 from harness.metrics import sparsity_of
 from harness.training import FreezeWeights
@@ -150,7 +151,9 @@ class LotteryAnatomy(Method):
     The mask comes from θ0 and θf by ``criterion`` at the cell's sparsity; kept weights start from
     ``kept``; pruned weights are zero (``pruned: zero``) or frozen at their θ0 values and never
     trained (``frozen``: the row's weights are then not sparse, its ``sparsity`` is the mask's).
-    Parameters that are not masked (biases, the classifier unless ``prune_classifier``) rewind to θ0.
+    Parameters that are not masked (biases, the classifier unless ``prune_classifier``, layers
+    matching ``exclude``) rewind to θ0; with ``max_layer_sparsity`` no layer's mask removes more
+    than that fraction (its best-scored weights come back).
     The ticket trains with the PRETRAIN recipe. Extra columns: ``supermask_top1`` /
     ``supermask_top5`` / ``supermask_loss``, the test accuracy of the untrained ticket (treated kept
     weights, pruned weights zero) — Zhou et al.'s supermask. ``rescale`` multiplies the kept weights
@@ -160,20 +163,20 @@ class LotteryAnatomy(Method):
     family = "lottery"
     reference = ZHOU + "; Frankle & Carbin 2019, The Lottery Ticket Hypothesis"
 
-    class Params(Method.Params):
+    class Params(PruningOptions):
         criterion: Criterion = "large_final"
         kept: KeptTreatment = "rewind"
         pruned: Literal["zero", "frozen"] = "zero"
         scope: Literal["global", "layer"] = "layer"  # Zhou et al. prune each layer by its own rate
         rescale: bool = False
-        prune_classifier: bool = False
         gradient_flow: bool = False  # log Evci et al.'s gradient flow into the epoch rows
 
     def apply(self, job: Job) -> None:
         p, seed = self.params, job.seed
-        ctx = job.context(include_classifier=p.prune_classifier)
+        ctx = options_context(job, p)
         initial, final = ctx.initial_weights, ctx.weights
-        masks = masks_from_scores(criterion_scores(p.criterion, initial, final, seed), job.sparsity, p.scope)
+        scores = criterion_scores(p.criterion, initial, final, seed)
+        masks = masks_from_scores(scores, job.sparsity, p.scope, max_layer_sparsity=p.max_layer_sparsity)
         start = treat_kept(p.kept, initial, masks, seed, fresh_init=job.fresh_init)
         if p.rescale:
             start = rescale_kept(start, masks)
@@ -226,7 +229,9 @@ class LearnedSupermask(Method):
     the frozen weights times one final mask: one draw seeded by the cell (``eval_mask: sample``, as
     in training) or m = [σ(s) > 1/2] (``mode``). The sparsity is learned, not the cell's target: the row's
     ``sparsity`` is the final mask's, over the masked weights (the classifier is masked too by
-    default, as in the paper); ``supermask_expected_density`` is the mean σ(s).
+    default, as in the paper); ``supermask_expected_density`` is the mean σ(s). Layers matching
+    ``exclude`` get no mask (they keep their frozen weights); with ``max_layer_sparsity`` a final
+    mask that removes more of a layer gets back the layer's weights of highest σ(s).
     """
 
     sets_own_sparsity = True
@@ -234,7 +239,7 @@ class LearnedSupermask(Method):
     family = "supermask"
     reference = ZHOU
 
-    class Params(Method.Params):
+    class Params(PruningOptions):
         weights: Literal["init", "signed_constant"] = "init"
         initial_keep: float = Field(0.5, gt=0, lt=1)  # σ(s) at the start, the same for every weight
         lr: float = Field(100.0, gt=0)  # SGD on the scores; Zhou et al. use rates of this order (unverified)
@@ -244,7 +249,7 @@ class LearnedSupermask(Method):
 
     def apply(self, job: Job) -> None:
         p = self.params
-        initial = job.context(include_classifier=p.prune_classifier).initial_weights
+        initial = options_context(job, p).initial_weights
         everywhere = {name: torch.ones_like(w, dtype=torch.bool) for name, w in initial.items()}
         kept = "rewind" if p.weights == "init" else "signed_constant"
         _load_initial(job, treat_kept(kept, initial, everywhere, job.seed, fresh_init=job.fresh_init))
@@ -260,6 +265,9 @@ class LearnedSupermask(Method):
         with torch.no_grad():
             masks = {name: layer.mask(generator).bool() for name, layer in scores.items()}
             expected_density = float(torch.cat([torch.sigmoid(s.scores).flatten() for s in scores.values()]).mean())
+            if p.max_layer_sparsity is not None:
+                probabilities = {name: torch.sigmoid(layer.scores) for name, layer in scores.items()}
+                masks = cap_layer_sparsity(masks, probabilities, p.max_layer_sparsity)
         job.prune(masks)
         job.finish_level(sparsity=sparsity_of(masks), supermask_expected_density=expected_density)
 
