@@ -33,7 +33,7 @@ from harness.encoding.decoding import decode_model
 from harness.encoding.storage import LAYOUTS
 from harness.masks import Masks, classifier_name, prunable_weights
 from harness.methods import METHODS, Method
-from harness.models import MODELS, create_model
+from harness.models import MODELS
 
 TINY_PRETRAIN = Recipe(epochs=1, lr=0.05, batch_size=256)
 TINY_FINETUNE = Recipe(epochs=1, lr=0.01, batch_size=256)
@@ -224,7 +224,7 @@ def _check_decodes(where: str, level: Level, job: RecordingJob) -> None:
     )
     if any(parts["layout"][0] not in LAYOUTS.values() for parts in payloads.values() if "layout" in parts):
         return
-    model = create_model(job.cell.model, job.data.input_shape, job.data.num_classes)
+    model = copy.deepcopy(job.model)  # the architecture the row evaluated (smaller after `remove: true`)
     shapes = {name: p.shape for name, p in model.named_parameters()}
     _expect(set(payloads) == set(shapes), f"{where}: stored {sorted(payloads)}, the model has {sorted(shapes)}")
     decoded = decode_model(level.encoded, shapes)

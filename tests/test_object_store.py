@@ -348,7 +348,7 @@ def test_bad_object_store_results_exit_2_before_anything_is_written(
     empty = CliRunner().invoke(app, ["query", "SELECT 1", "--results", f"s3://{bucket}/nothing"])
     assert empty.exit_code == 2 and "does not exist" in empty.output, empty.output
     tune = CliRunner().invoke(app, ["tune", str(spec), "--results", f"s3://{bucket}/p"])
-    assert tune.exit_code == 2 and "harness tune needs a local results folder" in tune.output, tune.output
+    assert tune.exit_code == 2 and "the Optuna journal cannot live on an object store" in tune.output, tune.output
 
     assert s3_objects(endpoint, bucket, "") == {}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny.yaml"]
