@@ -20,8 +20,6 @@ import pandas as pd
 
 from harness.results import query
 
-FINAL = "level = max(level) OVER (PARTITION BY benchmark, cell_id)"
-
 
 class MissingColumns(ValueError):
     """The results lack the columns an analysis reads (the cells were run without that option)."""
@@ -31,9 +29,9 @@ def density_profile(results_dir: str | os.PathLike) -> pd.DataFrame:
     """Per (setting, method, params, sparsity, layer): mean and standard deviation over seeds of the density."""
     return _query(
         results_dir,
-        f"""
+        """
         WITH final AS (SELECT benchmark, cell_id, level, method, method_params, model, dataset, sparsity, seed
-                       FROM cells WHERE status = 'ok' QUALIFY {FINAL})
+                       FROM final_cells)
         SELECT f.benchmark, f.model, f.dataset, f.method, f.method_params, f.sparsity, l.layer,
                avg(l.nonzero / l.params) AS density, stddev_samp(l.nonzero / l.params) AS density_sd,
                count(*) AS seeds
@@ -53,7 +51,7 @@ def lmc_barriers(results_dir: str | os.PathLike) -> pd.DataFrame:
         SELECT benchmark, model, dataset, method, method_params, level, sparsity,
                avg(lmc_barrier) AS barrier, stddev_samp(lmc_barrier) AS barrier_sd,
                avg(top1 - dense_top1) AS top1_minus_dense, count(*) AS seeds
-        FROM cells WHERE status = 'ok' AND lmc_barrier IS NOT NULL
+        FROM finished_levels WHERE lmc_barrier IS NOT NULL
         GROUP BY ALL ORDER BY ALL
         """,
         "lmc_barrier (run an iterative method with lmc_points: 11)",
@@ -76,7 +74,7 @@ def gradient_flow(results_dir: str | os.PathLike) -> pd.DataFrame:
         SELECT c.benchmark, c.model, c.dataset, c.method, c.method_params, c.sparsity, e.phase, e.epoch, {means},
                count(DISTINCT c.seed) AS seeds
         FROM epochs e JOIN (SELECT DISTINCT benchmark, cell_id, model, dataset, method, method_params, sparsity, seed
-                            FROM cells WHERE status = 'ok') c USING (benchmark, cell_id)
+                            FROM finished_levels) c USING (benchmark, cell_id)
         WHERE e."{columns[0]}" IS NOT NULL
         GROUP BY ALL ORDER BY ALL
         """,

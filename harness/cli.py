@@ -6,6 +6,7 @@ import contextlib
 import functools
 import json
 import os
+import shlex
 import signal
 import sys
 from collections import Counter
@@ -83,6 +84,31 @@ def _print_version(value: bool) -> None:
 def _fail_input(message: str) -> typer.Exit:
     errors.print(Text.assemble(("error:", "red"), f" {message}"), highlight=False, soft_wrap=True)
     return typer.Exit(2)
+
+
+def _resume_command(
+    command: str, spec_path: Path, results: str | Path, plugins: list[str] | None, address: str | None, more: dict
+) -> str:
+    """The command line that continues an interrupted ``run`` or ``tune``: the same spec, results,
+    plugins and cluster address the user gave, then the command's own options that are set in ``more``
+    (``{"--flag": value}``: ``True`` is a switch, a list repeats the option, ``None`` or ``False`` leaves it out)."""
+    words = ["harness", command, str(spec_path)]
+    for flag, value in {"--results": results, "--plugin": plugins, "--address": address, **more}.items():
+        if value is True:
+            words.append(flag)
+        elif isinstance(value, list):
+            words += [word for item in value for word in (flag, str(item))]
+        elif value is not None and value is not False:
+            words += [flag, str(value)]
+    return shlex.join(words)
+
+
+def _interrupted(kept: str, resume: str) -> typer.Exit:
+    """The one ending of an interrupted ``run`` or ``tune``: what is kept, how to go on, and exit code
+    130 (what a shell reports for SIGINT). Further Ctrl-C are ignored: nothing may cut the ending short."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    errors.print(f"interrupted; finished {kept} are saved. Resume with: {resume}", soft_wrap=True, highlight=False)
+    return typer.Exit(130)
 
 
 _debug = False  # --debug: let unexpected errors raise with their traceback
@@ -215,51 +241,71 @@ def run(
     from harness.store import ResultsStore
 
     store = ResultsStore(results)
-    with contextlib.ExitStack() as held:
-        if not dry_run:
-            pending = plan(cells, store, retry_failed, force).todo
-            if pending:  # before anything is written, the lock file included
-                _check_before_start(spec_path, spec, pending, results, address)
-            _lock_results(store, held)  # one driver per results folder, for as long as this one runs
-        todo = plan(cells, store, retry_failed, force)  # under the lock: cells another driver finished are done
-        machine_readable = dry_run and format in (PlanFormat.csv, PlanFormat.json)  # stdout holds the list alone
-        out = errors if machine_readable else console
-        out.print(
-            Text.assemble(
-                (spec.name, "bold"),
-                f": {len(cells)} cells — {len(todo.done)} done, "
-                f"{len(todo.failed_before)} failed before, {len(todo.todo)} to run",
-            )
-        )
-        _print_other_code(todo.other_code, f"harness run {spec_path} --results {results}", force, out)
-        if dry_run:
-            if format is PlanFormat.summary:
-                _print_axes(f"{spec.name} in {store.location}/ (--format csv lists every cell)", cells, todo)
-            else:
-                _print_cells(cells, todo, format)
-            return
-        counts = {"ok": 0, "failed": 0}
-        if not todo.todo:
-            from harness.tracking import mark_killed_runs
-
-            mark_killed_runs(results)  # a driver killed after its last cell still leaves its MLflow run RUNNING
-        if todo.todo:
-            store.save_spec(spec.name, spec_path.read_text())  # the report links every result to its benchmark file
-            resume = f"harness run {spec_path} --results {results}" + (f" --address {address}" if address else "")
-            runtime_env = {"working_dir": str(working_dir), "excludes": WORKING_DIR_EXCLUDES} if working_dir else None
-            scheduling = {"address": address, "runtime_env": runtime_env, "max_parallel": max_parallel}
-            scheduling["backend"] = backend.value
-            from harness.methods import frozen_registries
-
-            with frozen_registries():  # what the run started with is what it ends with
-                counts = _run_with_progress(
-                    spec, todo.todo, store, results, plugin or [], resume, scheduling | {"max_retries": max_retries}
+    resume = _resume_command(  # not --force: that would run the cells finished before the interrupt again
+        "run",
+        spec_path,
+        results,
+        plugin,
+        address,
+        {
+            "--max-parallel": max_parallel,
+            "--max-retries": max_retries if max_retries != 3 else None,
+            "--max-cells": max_cells if max_cells != MAX_CELLS else None,
+            "--working-dir": working_dir,
+            "--backend": "local" if backend is Backend.local else None,
+            "--retry-failed": retry_failed,
+            "--only": only,
+        },
+    )
+    try:
+        with contextlib.ExitStack() as held:
+            if not dry_run:
+                pending = plan(cells, store, retry_failed, force).todo
+                if pending:  # before anything is written, the lock file included
+                    _check_before_start(spec_path, spec, pending, results, address)
+                _lock_results(store, held)  # one driver per results folder, for as long as this one runs
+            todo = plan(cells, store, retry_failed, force)  # under the lock: cells another driver finished are done
+            machine_readable = dry_run and format in (PlanFormat.csv, PlanFormat.json)  # stdout holds the list alone
+            out = errors if machine_readable else console
+            out.print(
+                Text.assemble(
+                    (spec.name, "bold"),
+                    f": {len(cells)} cells — {len(todo.done)} done, "
+                    f"{len(todo.failed_before)} failed before, {len(todo.todo)} to run",
                 )
-        _print_summary(spec.name, results, counts, {cell.cell_id for cell in cells}, spec_path)
-        failed_still = counts["failed"] + len(todo.failed_before)
-        if failed_still and not counts["failed"]:
-            errors.print(f"{failed_still} cells failed in an earlier run; rerun them with --retry-failed")
-        raise typer.Exit(1 if failed_still else 0)  # 0 only when every cell of the matrix succeeded
+            )
+            _print_other_code(todo.other_code, f"harness run {spec_path} --results {results}", force, out)
+            if dry_run:
+                if format is PlanFormat.summary:
+                    _print_axes(f"{spec.name} in {store.location}/ (--format csv lists every cell)", cells, todo)
+                else:
+                    _print_cells(cells, todo, format)
+                return
+            counts = {"ok": 0, "failed": 0}
+            if not todo.todo:
+                from harness.tracking import mark_killed_runs
+
+                mark_killed_runs(results)  # a driver killed after its last cell still leaves its MLflow run RUNNING
+            if todo.todo:
+                store.save_spec(spec.name, spec_path.read_text())  # the report links every result to its benchmark file
+                runtime_env = (
+                    {"working_dir": str(working_dir), "excludes": WORKING_DIR_EXCLUDES} if working_dir else None
+                )
+                scheduling = {"address": address, "runtime_env": runtime_env, "max_parallel": max_parallel}
+                scheduling["backend"] = backend.value
+                from harness.methods import frozen_registries
+
+                with frozen_registries():  # what the run started with is what it ends with
+                    counts = _run_with_progress(
+                        spec, todo.todo, store, results, plugin or [], scheduling | {"max_retries": max_retries}
+                    )
+            _print_summary(spec.name, results, counts, {cell.cell_id for cell in cells}, spec_path)
+            failed_still = counts["failed"] + len(todo.failed_before)
+            if failed_still and not counts["failed"]:
+                errors.print(f"{failed_still} cells failed in an earlier run; rerun them with --retry-failed")
+            raise typer.Exit(1 if failed_still else 0)  # 0 only when every cell of the matrix succeeded
+    except KeyboardInterrupt:
+        raise _interrupted("cells", resume) from None
 
 
 def _lock_results(store, held: contextlib.ExitStack) -> None:
@@ -338,9 +384,7 @@ def _check_before_start(spec_path: Path, spec, cells, results: str | Path, addre
         raise _fail_input(f"{where}: {exc}") from None
 
 
-def _run_with_progress(
-    spec, cells, store, results: str | Path, plugins: list[str], resume: str, scheduling: dict
-) -> dict[str, int]:
+def _run_with_progress(spec, cells, store, results: str | Path, plugins: list[str], scheduling: dict) -> dict[str, int]:
     from harness.runner import SchedulingError, run_matrix
     from harness.tracking import MatrixRun, resolve_tracking_uri
 
@@ -376,8 +420,7 @@ def _run_with_progress(
         if matrix:
             with contextlib.suppress(Exception):  # the next run marks the parent run KILLED if this fails
                 matrix.finish(counts, interrupted=True)
-        errors.print(f"interrupted; finished cells are saved. Resume with: {resume}", soft_wrap=True, markup=False)
-        raise typer.Exit(130) from None
+        raise  # the command ends it (_interrupted)
     matrix.finish(counts | {"pretrained": progress.pretrained, "reused": progress.reused})
     console.print(f"dense models: {progress.pretrained} trained, {progress.reused} reused from {results}/checkpoints")
     _print_failed_logs(store, failed)
@@ -465,7 +508,7 @@ def tune(
     if protocol is Protocol.qmc and chosen != "qmc":
         raise _fail_input(f"--protocol qmc searches quasi-randomly; --sampler {chosen} contradicts it (allowed: qmc)")
 
-    from harness.runner import SchedulingError
+    from harness.runner import SchedulingError, check_cluster_address
     from harness.tuning.driver import Settings, StorageError, summary
     from harness.tuning.driver import tune as run_tune
 
@@ -480,15 +523,20 @@ def tune(
         text = f"trial {outcome.number} {outcome.state} val_top1={value} {line}{error}"
         console.print(text, highlight=False, markup=False, soft_wrap=True)
 
+    options = {"--trials": trials, "--protocol": settings.protocol, "--sampler": chosen, "--pruner": settings.pruner}
+    options |= {
+        "--storage": storage,
+        "--max-parallel": max_parallel,
+        "--max-retries": max_retries if max_retries != 3 else None,
+    }
+    resume = _resume_command("tune", spec_path, results, plugin, address, options)
     try:
+        check_cluster_address(address)  # as harness run: an address nothing answers at fails in seconds
         result = run_tune(spec, spec_path.read_text(), spec_path, results, settings, on_trial)
     except (SchedulingError, StorageError) as exc:
         raise _fail_input(str(exc)) from None
     except KeyboardInterrupt:
-        again = f"harness tune {spec_path} --trials {trials} --results {results} --protocol {settings.protocol}"
-        again += f" --sampler {chosen} --pruner {settings.pruner}" + (f" --storage {storage}" if storage else "")
-        errors.print(f"interrupted; finished trials are kept. Resume with: {again}", soft_wrap=True)
-        raise typer.Exit(130) from None
+        raise _interrupted("trials", resume) from None
     rows = summary(result.studies, trials)
     if rows:
         keys = ("method", "studies", "trials", "complete", "pruned", "failed", "epochs")

@@ -1,4 +1,6 @@
-"""Reading results: DuckDB views ``cells``, ``epochs``, ``layers``, ``trials`` over the store's Parquet files.
+"""Reading results: DuckDB views ``cells``, ``epochs``, ``layers``, ``trials`` over the store's Parquet files,
+and ``finished_levels`` / ``final_cells``: the rows of finished cells, which every ranking, claim,
+analysis and plot counts (a partial or failed cell, or an older write of a cell, is in none of them).
 
 ``connect`` gives a connection with the views registered, ``load`` a pandas frame, and ``query``
 (a frame) or ``query_rows`` (names and tuples: what ``harness query`` prints, with pandas never
@@ -30,12 +32,41 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 
+# Each finished cell once: its latest write (rows of one write share ``finished_at``; the store keeps
+# one write per cell, but folders merged by hand, older tables or a crash between two files may hold
+# several) when every row of it is ok, i.e. neither partial nor failed. ``written`` is NULL for a cell
+# written once, which needs no second pass over its rows.
+_FINISHED_WRITES = """
+WITH per_cell AS (
+    SELECT benchmark, cell_id, max(level) AS level, bool_and(status = 'ok') AS ok,
+           CASE WHEN min(finished_at) < max(finished_at) THEN max(finished_at) END AS written
+    FROM cells GROUP BY ALL
+), rewritten AS (
+    SELECT benchmark, cell_id, max(c.level) AS level, bool_and(c.status = 'ok') AS ok, p.written
+    FROM cells c JOIN per_cell p USING (benchmark, cell_id)
+    WHERE p.written IS NOT NULL AND c.finished_at = p.written
+    GROUP BY ALL
+)
+SELECT benchmark, cell_id, level, written FROM per_cell WHERE written IS NULL AND ok
+UNION ALL SELECT benchmark, cell_id, level, written FROM rewritten WHERE ok
+"""
+_OF_WRITE = "c.benchmark = w.benchmark AND c.cell_id = w.cell_id AND (w.written IS NULL OR c.finished_at = w.written)"
+
+FINISHED_VIEWS = {
+    # every level of every finished cell, once: what operating points, curves and claims count
+    "finished_levels": f"SELECT c.* FROM cells c SEMI JOIN ({_FINISHED_WRITES}) w ON {_OF_WRITE}",
+    # the last level of every finished cell, one row per (benchmark, cell_id): its result
+    "final_cells": f"SELECT c.* FROM cells c SEMI JOIN ({_FINISHED_WRITES}) w ON {_OF_WRITE} AND c.level = w.level",
+}
+
+
 class ReadOnlyError(ValueError):
     """A query tried to write, change settings, or read outside the results folder."""
 
 
 def connect(results_dir: str | os.PathLike = "results", read_only: bool = False) -> duckdb.DuckDBPyConnection:
-    """An in-memory DuckDB connection with the views ``cells``, ``epochs``, ``layers`` and ``trials``.
+    """An in-memory DuckDB connection with the views ``cells``, ``epochs``, ``layers`` and ``trials``,
+    and ``finished_levels`` and ``final_cells`` over ``cells`` (:data:`FINISHED_VIEWS`).
 
     ``results_dir`` is a folder or an object-store URI (``s3://BUCKET/PREFIX``). Each view has the
     schema's core columns first, in order (NULL where no file has one yet), then any other column
@@ -55,6 +86,8 @@ def connect(results_dir: str | os.PathLike = "results", read_only: bool = False)
     for view, files in store.view_sqls(con, list(VIEWS)).items():
         present = [name for name, *_ in con.execute(f"DESCRIBE {files}").fetchall()]
         con.execute(f"CREATE VIEW {view} AS SELECT {core_first(view, present)} FROM ({files})")
+    for view, sql in FINISHED_VIEWS.items():
+        con.execute(f"CREATE VIEW {view} AS {sql}")
     if read_only:  # object-store files are read by pyarrow, through the datasets registered above
         allowed = "" if store.files.remote else sql_string(str(store.root).rstrip("/") + "/")
         con.execute(f"SET allowed_directories = [{allowed}]")
@@ -66,8 +99,8 @@ def connect(results_dir: str | os.PathLike = "results", read_only: bool = False)
 
 def load(results_dir: str | os.PathLike = "results", view: str = "cells") -> pd.DataFrame:
     """One view as a DataFrame (its core columns and no rows when nothing has been written yet)."""
-    if view not in VIEWS:
-        raise ValueError(f"unknown view {view!r}; allowed: {', '.join(VIEWS)}")
+    if view not in VIEWS and view not in FINISHED_VIEWS:
+        raise ValueError(f"unknown view {view!r}; allowed: {', '.join([*VIEWS, *FINISHED_VIEWS])}")
     return _read(results_dir, f"SELECT * FROM {view}", lambda answer: answer.df(), read_only=False)
 
 

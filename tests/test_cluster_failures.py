@@ -75,6 +75,51 @@ def test_submit_to_a_missing_dashboard_is_one_message_without_traceback(tmp_path
     assert seconds < 30
 
 
+def connecting_to(port: int) -> bool:
+    """Whether some process here waits for a TCP handshake with 127.0.0.1:``port`` (state SYN_SENT)."""
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        remote, state = line.split()[2:4]
+        if remote == f"0100007F:{port:04X}" and state == "02":
+            return True
+    return False
+
+
+@pytest.mark.parametrize("command", ["run", "tune"])
+def test_ctrl_c_while_joining_a_cluster_ends_with_the_users_options_in_the_resume_command(
+    tmp_path: Path, command: str
+) -> None:
+    """The address takes no connection (its accept queue is full), so the driver waits for the cluster
+    when Ctrl-C comes; no Ray starts. The resume command holds every option the user gave."""
+    (tmp_path / "faults.yaml").write_text(SPEC)
+    plugin = str(ROOT / "tests" / "ray_plugins.py")
+    with socket.socket() as full:
+        full.bind(("127.0.0.1", 0))
+        full.listen(0)
+        port = full.getsockname()[1]
+        queued = socket.create_connection(("127.0.0.1", port))  # fills the queue: the next handshake hangs
+        options = ["--results", "my results", "--plugin", plugin, "--address", f"127.0.0.1:{port}"]
+        options += ["--max-parallel", "2"]
+        args = [sys.executable, "-m", "harness.cli", command, "faults.yaml", *options]
+        driver = subprocess.Popen(args, cwd=tmp_path, env=environment(), stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 60
+        while not connecting_to(port):
+            assert driver.poll() is None, driver.communicate()
+            assert time.monotonic() < deadline, "the driver never tried the address"
+            time.sleep(0.1)
+        driver.send_signal(signal.SIGINT)
+        _, stderr = driver.communicate(timeout=60)
+        queued.close()
+    assert driver.returncode == 130
+    kept = {"run": "cells", "tune": "trials"}[command]
+    more = "--max-parallel 2" if command == "run" else "--trials 8 --protocol equal --sampler tpe --pruner none"
+    more += " --max-parallel 2" * (command == "tune")
+    assert stderr.strip().splitlines() == [
+        f"interrupted; finished {kept} are saved. Resume with: harness {command} faults.yaml --results 'my results' "
+        f"--plugin {plugin} --address 127.0.0.1:{port} {more}"
+    ]
+    assert not (tmp_path / "my results" / "mlflow.db").exists()  # it stopped before anything was written
+
+
 def start_driver(folder: Path, **env: str) -> subprocess.Popen:
     """``harness run`` in a session of its own (its local Ray too), stdout and stderr to files, as under sbatch."""
     out, err = (folder / "out.txt").open("w"), (folder / "err.txt").open("w")
@@ -164,4 +209,3 @@ def test_the_note_of_a_live_driver_is_left_alone_and_a_dead_ones_run_is_marked_k
     second.finish({"ok": 1, "failed": 0})
     assert client.get_run(second.run_id).info.status == "FINISHED"
     assert not (tmp_path / RUNNING_FILE).exists()  # a run that ends removes its note
-

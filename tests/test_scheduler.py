@@ -8,6 +8,7 @@ ends with the same rows as a run that was never interrupted.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -198,3 +199,46 @@ def test_a_worker_caches_each_dense_checkpoint_by_its_bytes_not_only_its_key() -
     assert dense_checkpoint(second, "key").metrics == {"pretrain_seconds": 2.0}
     assert dense_checkpoint(first, "key") is not dense_checkpoint(second, "key")
     assert dense_checkpoint(first, "key") is dense_checkpoint(first, "key")  # deserialised once
+
+
+@pytest.mark.ray
+def test_cancel_running_interrupts_politely_and_forces_only_a_task_that_does_not_stop() -> None:
+    import ray
+
+    from harness.scheduler.backends import cancel_running
+
+    def polite() -> None:
+        for _ in range(1200):  # Python code, like a training loop: the KeyboardInterrupt lands between sleeps
+            time.sleep(0.1)
+
+    def stubborn() -> None:
+        for _ in range(240):
+            with contextlib.suppress(KeyboardInterrupt):  # refuses to stop: only killing its worker ends it
+                time.sleep(0.5)
+
+    def stream():
+        yield 1
+        polite()
+        yield 2
+
+    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, logging_level="warning")
+    try:
+        finished = ray.remote(lambda: 7).remote()
+        assert ray.get(finished) == 7
+        polite_ref, stubborn_ref = ray.remote(polite).remote(), ray.remote(stubborn).remote()
+        generator = ray.remote(num_returns="streaming")(stream).remote()
+        assert ray.get(next(generator)) == 1
+        time.sleep(2)  # all three are running
+        start = time.monotonic()
+        forced = cancel_running([finished, polite_ref, stubborn_ref, generator], seconds=3)
+        assert forced == [stubborn_ref]
+        assert 3 <= time.monotonic() - start < 20
+        assert ray.get(finished) == 7  # a finished task is left alone
+        with pytest.raises(ray.exceptions.TaskCancelledError):
+            ray.get(polite_ref, timeout=30)
+        with pytest.raises((ray.exceptions.TaskCancelledError, ray.exceptions.WorkerCrashedError)):
+            ray.get(stubborn_ref, timeout=30)
+        with pytest.raises(ray.exceptions.TaskCancelledError):
+            ray.get(next(generator), timeout=30)
+    finally:
+        ray.shutdown()

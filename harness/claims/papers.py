@@ -28,17 +28,18 @@ WEIGHTLESS = "Reagen et al. 2017, Weightless"
 EVCI = "Evci et al. 2020, Gradient Flow in Sparse Neural Networks and How Lottery Tickets Win"
 LMC = "Paul et al. 2022, Unmasking the Lottery Ticket Hypothesis; Frankle et al. 2020, Linear Mode Connectivity"
 
-# Every level of every finished cell, with what the claims need; ``final`` marks the cell's last row.
+# Every level of every finished cell (the finished_levels view), with what the claims need; ``final`` marks
+# the cell's last row.
 LEVELS = """
 SELECT benchmark, model, dataset, method, method_params, cell_id, seed, level, sparsity, top1, dense_top1,
        level = max(level) OVER (PARTITION BY benchmark, cell_id) AS final{extra}
-FROM cells WHERE status = 'ok' {where}
+FROM finished_levels {where}
 """
 
 
 def levels_sql(methods: Iterable[str], extra: Iterable[str] = ()) -> str:
     names = ", ".join(f"'{m}'" for m in methods)
-    return LEVELS.format(extra="".join(f", {c}" for c in extra), where=f"AND method IN ({names})")
+    return LEVELS.format(extra="".join(f", {c}" for c in extra), where=f"WHERE method IN ({names})")
 
 
 def param(frame: pd.DataFrame, name: str, default: object = None) -> pd.Series:
@@ -248,7 +249,7 @@ def supermask_above_chance(frame: pd.DataFrame) -> tuple[Verdict, str]:
 STAGES = """
 SELECT benchmark, model, dataset, method, cell_id, seed, level, sparsity, stage, top1, size_bytes,
        level = max(level) OVER (PARTITION BY benchmark, cell_id) AS final
-FROM cells WHERE status = 'ok' AND method IN ('deep_compression', 'pipeline')
+FROM finished_levels WHERE method IN ('deep_compression', 'pipeline')
 """
 
 
@@ -376,8 +377,8 @@ def per_channel_beats_per_tensor(frame: pd.DataFrame) -> tuple[Verdict, str]:
 
 GRADIENT_INIT = """
 SELECT c.benchmark, c.model, c.dataset, c.method, c.method_params, c.seed, c.sparsity, e.gradient_flow_init AS value
-FROM epochs e JOIN cells c USING (benchmark, cell_id)
-WHERE c.status = 'ok' AND c.level = 0 AND e.epoch = 0 AND e.gradient_flow_init IS NOT NULL
+FROM epochs e JOIN finished_levels c USING (benchmark, cell_id)
+WHERE c.level = 0 AND e.epoch = 0 AND e.gradient_flow_init IS NOT NULL
 """
 
 
@@ -409,8 +410,8 @@ def sparse_lower_gradient_at_init(frame: pd.DataFrame) -> tuple[Verdict, str]:
 
 GRADIENT_TRAINING = """
 SELECT c.benchmark, c.model, c.dataset, c.method, c.seed, c.sparsity, avg(e.gradient_flow) AS value
-FROM epochs e JOIN cells c USING (benchmark, cell_id)
-WHERE c.status = 'ok' AND c.method IN ('rigl', 'set') AND e.gradient_flow IS NOT NULL
+FROM epochs e JOIN finished_levels c USING (benchmark, cell_id)
+WHERE c.method IN ('rigl', 'set') AND e.gradient_flow IS NOT NULL
 GROUP BY ALL
 """
 

@@ -57,8 +57,7 @@ SELECT dataset, model, series, benchmark, level, sparsity,
        {", ".join(f"avg({m}) AS {m}_mean, stddev_samp({m}) AS {m}_std" for m in POINT_METRICS)},
        count(DISTINCT seed) AS seeds,
        list(DISTINCT cell_id ORDER BY cell_id) AS cell_ids
-FROM cells {_SERIES_JOIN}
-WHERE status = 'ok'
+FROM finished_levels {_SERIES_JOIN}
 GROUP BY dataset, model, series, benchmark, level, sparsity
 """
 
@@ -70,7 +69,7 @@ WITH per_model AS (
            arg_min(dense_top1, (cell_id, level)) AS dense_top1, arg_min(dense_top5, (cell_id, level)) AS dense_top5,
            arg_min(seed, (cell_id, level)) AS seed, arg_min(params_total, (cell_id, level)) AS params_total,
            arg_min(flops_dense, (cell_id, level)) AS flops_dense
-    FROM cells WHERE status = 'ok' AND dense_top1 IS NOT NULL
+    FROM finished_levels WHERE dense_top1 IS NOT NULL
     GROUP BY ALL
 )
 SELECT benchmark, dataset, model, avg(dense_top1) AS top1_mean, stddev_samp(dense_top1) AS top1_std,

@@ -101,6 +101,32 @@ def error_text(exc: BaseException) -> str:
     return first + re.sub(r"\x1b\[[0-9;]*m", "", f"{type(exc).__name__}: {exc}")
 
 
+CANCEL_SECONDS = 5.0  # how long a cancelled task has to stop on its own before its worker is killed
+
+
+def cancel_running(refs: Iterable[Any], seconds: float = CANCEL_SECONDS) -> list[Any]:
+    """Stop the tasks of ``refs`` (ObjectRefs or streaming generators) that are still running; returns
+    those that had to be forced.
+
+    First a plain ``ray.cancel``: the task gets a KeyboardInterrupt and its worker lives on. Only the
+    tasks that have not stopped within ``seconds`` are cancelled with ``force`` (their worker is
+    killed): forcing a worker whose reply was on its way made the driver's Ray abort with a C++ stack
+    trace ("Tried to complete task that was not pending"), and a finished task is never forced.
+    """
+    refs = list(refs)
+    if not refs:
+        return []
+    _, running = ray.wait(refs, num_returns=len(refs), timeout=0)
+    for ref in running:
+        ray.cancel(ref)
+    if not running:
+        return []
+    _, stubborn = ray.wait(running, num_returns=len(running), timeout=seconds)
+    for ref in stubborn:
+        ray.cancel(ref, force=True)
+    return stubborn
+
+
 def task_options(resources: Resources, max_retries: int, name: str) -> dict:
     """Ray options of one task: the cell's resources; a failing cell is a row, only a dead worker is retried."""
     return {
@@ -264,12 +290,8 @@ class RayBackend:
         handle(Event(task, kind, result, checkpoint))
 
     def cancel(self) -> None:
-        """Interrupt the tasks still running. Not ``force``: killing a worker whose reply is on its way made
-        the driver's Ray abort with a C++ stack trace ("Tried to complete task that was not pending")."""
-        refs = list(self.tasks)
-        finished, _ = ray.wait(refs, num_returns=len(refs), timeout=0) if refs else ([], [])
-        for ref in set(refs) - set(finished):
-            ray.cancel(ref)
+        """Stop the tasks still running (:func:`cancel_running`)."""
+        cancel_running(self.tasks)
         self.tasks.clear()
 
 

@@ -38,7 +38,7 @@ from optuna.trial import TrialState
 from harness.data import validation_only
 from harness.methods import METHODS
 from harness.runner import ray_session
-from harness.scheduler.backends import RayBackend, SchedulingError, capacity, error_text
+from harness.scheduler.backends import RayBackend, SchedulingError, cancel_running, capacity, error_text
 from harness.schema import CellResult
 from harness.spec import BenchmarkSpec, CellSpec, Recipe, content_hash, epoch_cap, expand, tuning_space
 from harness.storage import child, is_remote, shown_uri
@@ -186,9 +186,7 @@ def _pruner(settings: Settings, trials: int) -> optuna.pruners.BasePruner:
     return optuna.pruners.NopPruner()
 
 
-def open_storage(
-    settings: Settings, results: Path | str, benchmark: str
-) -> tuple[optuna.storages.BaseStorage, str]:
+def open_storage(settings: Settings, results: Path | str, benchmark: str) -> tuple[optuna.storages.BaseStorage, str]:
     """The user's RDB URL, else a journal file under ``results/tuning/`` (written only by this driver).
 
     The journal needs a local folder: Optuna appends each event to the one file under a file lock,
@@ -360,8 +358,8 @@ class _Driver:
                     else:
                         self._tell(ref, *self.in_flight.pop(ref))
         except BaseException:
-            for ref, (study, trial, *_) in self.in_flight.items():
-                ray.cancel(ref, force=True)
+            cancel_running(self.in_flight)
+            for study, trial, *_ in self.in_flight.values():
                 _abandon(study, trial._trial_id, trial.number, trial.params)
                 self._write_trials(study)
             raise
