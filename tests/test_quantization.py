@@ -219,3 +219,19 @@ def test_ptq_with_folding_quantises_and_stores_the_folded_weights() -> None:
         expected_size += 2 + math.ceil(weight.numel() * 4 / 8) + 4 * channels + 4 * channels
     assert job.levels[-1].row["size_bytes"] == expected_size  # no BatchNorm parameters left to store
     assert job.levels[-1].row["params_total"] == sum(p.numel() for p in job.model.parameters())
+
+
+def test_channels_filter_pruning_removed_stay_zero_once_their_batchnorm_is_folded() -> None:
+    job = run_method(
+        "pipeline", {"stages": ["filter_l1", {"name": "ptq", "fold_batchnorm": True}]}, model="resnet20", sparsity=0.5
+    )
+    layers = dict(job.model.named_modules())
+    pruned_channels = 0
+    for name, mask in job.masks.items():
+        layer = layers.get(name.removesuffix(".weight"))
+        if not isinstance(layer, nn.Conv2d) or not name.endswith(".weight"):
+            continue  # the norms' γ/β masks (and biases): those norms are folded away
+        gone = ~mask.flatten(1).any(dim=1)  # output channels the filter pruning emptied
+        pruned_channels += int(gone.sum())
+        assert torch.all(layer.weight.detach()[gone] == 0) and torch.all(layer.bias.detach()[gone] == 0)
+    assert pruned_channels > 0
