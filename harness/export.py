@@ -5,8 +5,9 @@ folder's checkpoint when there is one, else trained here) and writes the model o
 
 - ``<cell_id>.pt``: a plain dict that ``torch.load(..., weights_only=True)`` reads: ``state_dict``,
   ``masks`` (bool, at the model's shapes), ``removed`` (Torch-Pruning's history of the channels a
-  ``remove: true`` method removed, as plain lists), ``model``, ``input_shape``, ``num_classes``,
-  ``cell_id`` and ``format``. :func:`load_exported` rebuilds the model from it.
+  ``remove: true`` method removed, as plain lists), ``folded`` (the BatchNorms ``fold_batchnorm``
+  folded into a layer: norm name -> layer name; absent in older files), ``model``, ``input_shape``,
+  ``num_classes``, ``cell_id`` and ``format``. :func:`load_exported` rebuilds the model from it.
 - ``<cell_id>.onnx``: the model in eval mode through ``torch.onnx.export`` (the torch.export-based
   exporter), the batch dimension dynamic; onnxruntime runs it to the same outputs as torch.
 
@@ -26,6 +27,7 @@ from torch import nn
 from harness.cell import CellJob, DenseCheckpoint, run_cell
 from harness.config import CellSpec
 from harness.masks import Masks
+from harness.methods.quantization import folded_norms, folded_structure
 from harness.models import create_model
 from harness.removal import replay
 
@@ -47,6 +49,7 @@ def export_job(job: CellJob, out: Path) -> tuple[Path, Path]:
         "state_dict": {name: value.detach().clone() for name, value in model.state_dict().items()},
         "masks": {name: mask.detach().cpu().clone() for name, mask in job.masks.items()},
         "removed": [[name, out_channels, list(idxs)] for name, out_channels, idxs in job.removed_history],
+        "folded": folded_norms(model),
     }
     weights, graph = out / f"{job.cell.cell_id}.pt", out / f"{job.cell.cell_id}.onnx"
     _write(weights, lambda path: torch.save(payload, path))
@@ -62,13 +65,15 @@ def onnx_program(model: nn.Module, input_shape: tuple[int, ...]) -> torch.onnx.O
 
 
 def load_exported(path: Path) -> tuple[nn.Module, Masks]:
-    """The model and masks of an exported ``.pt``: the architecture rebuilt, the removed channels removed again."""
+    """The model and masks of an exported ``.pt``: the architecture rebuilt, the removed channels removed
+    again, the folded norms folded again."""
     payload = torch.load(path, map_location="cpu", weights_only=True)
     if payload.get("format") != FORMAT:
         raise ValueError(f"{path}: export format {payload.get('format')!r}, this harness reads format {FORMAT}")
     input_shape = tuple(payload["input_shape"])
     model = create_model(payload["model"], input_shape, payload["num_classes"])
     replay(model, [(name, out, idxs) for name, out, idxs in payload["removed"]], torch.zeros((2, *input_shape)))
+    folded_structure(model, payload.get("folded", {}))
     model.load_state_dict(payload["state_dict"])
     return model.eval(), payload["masks"]
 

@@ -65,6 +65,17 @@ def test_the_exported_model_runs_in_onnxruntime_and_loads_back(cells, tmp_path: 
     assert sum(p.numel() for p in loaded.parameters()) == removed.rows[-1]["params_physical"]
 
 
+def test_a_model_with_batchnorm_folded_exports_and_loads_back_folded(tmp_path: Path) -> None:
+    job = run_method("ptq", {"bits": 4, "fold_batchnorm": True}, model="resnet20", sparsity=0.0)
+    weights, _ = export_job(job, tmp_path)
+    loaded, _ = load_exported(weights)
+    x = torch.stack([job.data.test[i][0] for i in range(7)])
+    with torch.no_grad():
+        assert torch.equal(loaded(x), job.model.cpu().eval()(x))
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in loaded.modules())
+    assert sum(p.numel() for p in loaded.parameters()) == job.rows[-1]["params_total"]
+
+
 SPEC = """
 name: exported
 models: [lenet_300_100]

@@ -1,14 +1,18 @@
-"""Encoding details: the Huffman codebook costs what its present symbols need; every weight names its layout
-and bit width; the symmetric zero point; Deep Compression's per-layer bits and classifier pruning."""
+"""Encoding details: the Huffman codebook costs what its present symbols need (and a stream splits into count,
+codebook and payload); every weight names its layout and bit width; the symmetric zero point; Deep
+Compression's per-layer bits and classifier pruning; benchmarks/papers/encoding_breakdown.py's split by part."""
 
 from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
-from harness.encoding import encode_model, formats, huffman
+from harness.encoding import SharedCodes, encode_model, formats, huffman
 from harness.encoding.storage import LAYOUTS, OTHER_LAYOUT
 from harness.methods.quantization import qparams, uniform_quantize
 from harness.testing import run_method
@@ -23,6 +27,7 @@ def test_a_sixteen_bit_alphabet_with_few_symbols_gets_a_sparse_codebook() -> Non
     payload = -(-int(lengths[symbols].sum()) // 8)
     # count, k, 4 symbols as uint16, 4 lengths, payload: 4 + 4 + 8 + 4 — not 65,536 bytes of table
     assert len(data) == 4 + 4 + 4 * 2 + 4 + payload
+    assert huffman.stream_sizes(data, 1 << 16) == (4, 4 + 4 * 2 + 4, payload)
 
 
 @pytest.mark.parametrize("alphabet", [(1 << 16) + 1, 1 << 20])
@@ -35,7 +40,9 @@ def test_alphabets_past_sixteen_bits_store_symbols_as_uint32(alphabet: int) -> N
 
 def test_a_dense_codebook_stays_where_it_is_smaller() -> None:
     symbols = np.arange(16).repeat(3)
-    assert len(huffman.encode(symbols, 16)) == 4 + 16 + 3 * 16 * 4 // 8  # one length byte per symbol
+    data = huffman.encode(symbols, 16)
+    assert len(data) == 4 + 16 + 3 * 16 * 4 // 8  # one length byte per symbol
+    assert huffman.stream_sizes(data, 16) == (4, 16, 3 * 16 * 4 // 8)
 
 
 @pytest.mark.parametrize("bits", [2, 4, 8])
@@ -76,3 +83,34 @@ def test_every_stored_weight_names_its_layout_and_bit_width() -> None:
     assert huffman_coded.payloads["2.weight"]["layout"] == bytes([LAYOUTS["huffman"], 3])
     plugin = encode_model(model, {}, formats.dense, "zlib_float16")
     assert plugin.payloads["0.weight"]["layout"] == bytes([OTHER_LAYOUT, 0])
+
+
+def load_breakdown():
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "papers" / "encoding_breakdown.py"
+    spec = importlib.util.spec_from_file_location("encoding_breakdown", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_encoding_breakdown_splits_a_huffman_coded_weight_into_its_parts() -> None:
+    model = nn.Sequential(nn.Linear(8, 4))
+    with torch.no_grad():
+        model[0].weight.copy_(torch.arange(1.0, 33.0).view(4, 8) * (torch.arange(32).view(4, 8) % 3 == 0))
+    present = model[0].weight.detach() != 0  # positions 0, 3, 6, …, 30: 11 nonzeros, gaps 1 then 3s
+    codes = torch.zeros(4, 8, dtype=torch.long)
+    codes[present] = torch.arange(11) % 4
+    shared = SharedCodes(codes, 2, torch.tensor([1.0, 2.0, 3.0, 4.0]))
+    encoded = encode_model(model, {"0.weight": shared}, lambda w, q: formats.huffman_coded(w, q, 3), "huffman")
+    parts = load_breakdown().breakdown(encoded, {"0.weight"})
+    gaps = huffman.code_lengths(np.bincount([0] + [2] * 10, minlength=8))  # gap codes: c = gap − 1
+    values = huffman.code_lengths(np.bincount((np.arange(11) % 4), minlength=4))
+    assert parts == {
+        "values": -(-int(values[np.arange(11) % 4].sum()) // 8),
+        "positions": -(-int(gaps[[0] + [2] * 10].sum()) // 8),
+        "filter": 0,
+        "codebooks": 4 * 4 + 8 + 4,  # four float32 centroids, dense codebooks of the 8 gap and 4 code symbols
+        "headers": 2 + 1 + 4 + 4,  # layout, index width, the two streams' count words
+        "other": 4 * 4,  # the float32 bias
+    }
+    assert sum(parts.values()) == encoded.size_bytes

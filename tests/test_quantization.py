@@ -1,13 +1,25 @@
 """Quantisers: PyTorch's grids, codes that decode to exactly the evaluated weights, the accuracy a
-trained LeNet keeps at 8 bits, per-channel ranges at 4 bits, and k-means's 2^b shared values."""
+trained LeNet keeps at 8 bits, per-channel ranges at 4 bits, k-means's 2^b shared values, and
+BatchNorm folded into the layers before quantising (outputs unchanged, folded weights stored)."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
+from torch import nn
 from torch.ao.quantization.observer import MinMaxObserver, PerChannelMinMaxObserver
 
-from harness.methods.quantization import kmeans_1d, qparams, quantized_weights, share_weights, uniform_quantize
+from harness.methods.quantization import (
+    fold_batchnorm,
+    kmeans_1d,
+    qparams,
+    quantized_weights,
+    share_weights,
+    uniform_quantize,
+)
+from harness.models import create_model
 from harness.spec import Recipe
 from harness.testing import run_method
 
@@ -146,3 +158,80 @@ def test_qat_stores_codes_that_decode_to_the_weights_it_evaluates() -> None:
         assert torch.equal(codes.decode(codes.codes, weight != 0), weight.detach().cpu())
         assert all(len(torch.unique(row)) <= 16 for row in weight.detach())  # one 4-bit grid per channel
     assert job.levels[-1].row["top1"] > job.dense.metrics["dense_top1"] - 0.05
+
+
+def with_trained_statistics(model: nn.Module, inputs: torch.Tensor) -> nn.Module:
+    """``model`` with random BatchNorm affines and running statistics far from (0, 1), in eval mode."""
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.weight.copy_(torch.rand(module.weight.shape, generator=generator) * 2 + 0.1)
+                module.bias.copy_(torch.randn(module.bias.shape, generator=generator))
+                module.momentum = None  # cumulative average over the forward passes below
+        model.train()
+        for _ in range(3):
+            model(inputs * 3 + 1)
+    return model.eval()
+
+
+@pytest.mark.parametrize("model_name", ["resnet20", "conv_bn_mlp_bn"])
+def test_a_folded_float_model_gives_the_unfolded_outputs_without_its_batchnorms(model_name: str) -> None:
+    torch.manual_seed(0)
+    if model_name == "resnet20":
+        model, inputs = create_model("resnet20", (3, 8, 8), 10), torch.randn(32, 3, 8, 8)
+    else:  # a Conv with a bias, and a Linear read by BatchNorm1d
+        model = nn.Sequential(
+            nn.Conv2d(3, 6, 3, bias=True), nn.BatchNorm2d(6), nn.ReLU(), nn.Flatten(),
+            nn.Linear(6 * 36, 20), nn.BatchNorm1d(20), nn.ReLU(), nn.Linear(20, 10),
+        )  # fmt: skip
+        inputs = torch.randn(32, 3, 8, 8)
+    model = with_trained_statistics(model, inputs)
+    norms = sum(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    expected = model(inputs).detach()
+    folded = fold_batchnorm(model, inputs[:4])
+    assert len(folded) == norms == (19 if model_name == "resnet20" else 2)
+    assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    assert torch.allclose(model(inputs), expected, rtol=0, atol=1e-5 * float(expected.abs().max()))
+
+
+def test_ptq_with_folding_quantises_and_stores_the_folded_weights() -> None:
+    job = run_method("ptq", {"bits": 4, "fold_batchnorm": True}, sparsity=0.0, model="resnet20")
+    state = job.dense.trained_state  # the unfolded trained model the job started from
+    expected_size = 0
+    for name, weight in quantized_weights(job.model).items():
+        layer = name.removesuffix(".weight")
+        parent, _, index = layer.rpartition(".")
+        # in ResNet-20 each conv's BatchNorm follows it in its Sequential; the classifier fc has none
+        norm = f"{parent}.{int(index) + 1}" if index.isdigit() else None
+        original = state[name]
+        if norm is not None:
+            scale = state[f"{norm}.weight"] / torch.sqrt(state[f"{norm}.running_var"] + 1e-5)
+            folded = original * scale.reshape(-1, 1, 1, 1)
+            bias = state[f"{norm}.bias"] - scale * state[f"{norm}.running_mean"]
+        else:  # the classifier: no norm after it
+            folded, bias = original, state[f"{layer}.bias"]
+        codes = job.storage.quantized[name]
+        assert torch.equal(codes.codes, uniform_quantize(folded, 4, True, True).codes)
+        assert torch.allclose(dict(job.model.named_parameters())[f"{layer}.bias"].detach().cpu(), bias, atol=1e-5)
+        channels = weight.shape[0]
+        # two header bytes, 4-bit codes packed, one float32 scale per channel; the (folded) bias as float32
+        expected_size += 2 + math.ceil(weight.numel() * 4 / 8) + 4 * channels + 4 * channels
+    assert job.levels[-1].row["size_bytes"] == expected_size  # no BatchNorm parameters left to store
+    assert job.levels[-1].row["params_total"] == sum(p.numel() for p in job.model.parameters())
+
+
+def test_channels_filter_pruning_removed_stay_zero_once_their_batchnorm_is_folded() -> None:
+    job = run_method(
+        "pipeline", {"stages": ["filter_l1", {"name": "ptq", "fold_batchnorm": True}]}, model="resnet20", sparsity=0.5
+    )
+    layers = dict(job.model.named_modules())
+    pruned_channels = 0
+    for name, mask in job.masks.items():
+        layer = layers.get(name.removesuffix(".weight"))
+        if not isinstance(layer, nn.Conv2d) or not name.endswith(".weight"):
+            continue  # the norms' γ/β masks (and biases): those norms are folded away
+        gone = ~mask.flatten(1).any(dim=1)  # output channels the filter pruning emptied
+        pruned_channels += int(gone.sum())
+        assert torch.all(layer.weight.detach()[gone] == 0) and torch.all(layer.bias.detach()[gone] == 0)
+    assert pruned_channels > 0

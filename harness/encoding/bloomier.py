@@ -23,7 +23,7 @@ from harness.encoding.bitpack import pack, unpack
 HASHES = 3
 CELLS_PER_KEY = 1.23
 EXTRA_CELLS = 32
-_HEADER = struct.Struct("<IIB")  # seed, cells, bits per cell
+HEADER = struct.Struct("<IIB")  # seed, cells, bits per cell: what to_bytes writes before the cells
 _GOLDEN = 0x9E3779B97F4A7C15
 
 
@@ -75,12 +75,12 @@ class BloomierFilter:
         return _masks(keys, self.seed, self.cell_bits) ^ t[cells[:, 0]] ^ t[cells[:, 1]] ^ t[cells[:, 2]]
 
     def to_bytes(self) -> bytes:
-        return _HEADER.pack(self.seed, len(self.table), self.cell_bits) + pack(self.table, self.cell_bits)
+        return HEADER.pack(self.seed, len(self.table), self.cell_bits) + pack(self.table, self.cell_bits)
 
     @classmethod
     def from_bytes(cls, data: bytes) -> BloomierFilter:
-        seed, size, cell_bits = _HEADER.unpack_from(data)
-        return cls(unpack(data[_HEADER.size :], cell_bits, size), cell_bits, seed)
+        seed, size, cell_bits = HEADER.unpack_from(data)
+        return cls(unpack(data[HEADER.size :], cell_bits, size), cell_bits, seed)
 
 
 def _cells(keys: np.ndarray, seed: int, size: int) -> np.ndarray:

@@ -59,9 +59,7 @@ def _codebook(lengths: np.ndarray) -> tuple[bool, bytes]:
     """(sparse?, bytes) of the smaller codebook layout for these code lengths."""
     present = np.flatnonzero(lengths)
     dtype = _symbol_dtype(len(lengths))
-    sparse = (
-        _COUNT.pack(len(present)) + present.astype(dtype).tobytes() + lengths[present].astype(np.uint8).tobytes()
-    )
+    sparse = _COUNT.pack(len(present)) + present.astype(dtype).tobytes() + lengths[present].astype(np.uint8).tobytes()
     dense = lengths.astype(np.uint8).tobytes()
     return (True, sparse) if len(sparse) < len(dense) else (False, dense)
 
@@ -87,8 +85,8 @@ def encode(symbols: np.ndarray, alphabet_size: int) -> bytes:
     return header + words.astype("<u4").tobytes()[: -(-bits // 8)]
 
 
-def decode(data: bytes, alphabet_size: int) -> np.ndarray:
-    """The symbols that :func:`encode` coded into ``data``."""
+def _read_codebook(data: bytes, alphabet_size: int) -> tuple[int, np.ndarray, np.ndarray, int]:
+    """(symbol count, code length per symbol, present symbols, offset of the payload) of a stream."""
     (word,) = _COUNT.unpack_from(data)
     count, offset = word & ~_SPARSE, _COUNT.size
     if word & _SPARSE:
@@ -103,6 +101,18 @@ def decode(data: bytes, alphabet_size: int) -> np.ndarray:
         lengths = np.frombuffer(data, dtype=np.uint8, count=alphabet_size, offset=offset).astype(np.int64)
         present = np.flatnonzero(lengths)
         offset += alphabet_size
+    return count, lengths, present, offset
+
+
+def stream_sizes(data: bytes, alphabet_size: int) -> tuple[int, int, int]:
+    """Bytes of a stream's count word, its codebook and its coded payload (they sum to ``len(data)``)."""
+    offset = _read_codebook(data, alphabet_size)[3]
+    return _COUNT.size, offset - _COUNT.size, len(data) - offset
+
+
+def decode(data: bytes, alphabet_size: int) -> np.ndarray:
+    """The symbols that :func:`encode` coded into ``data``."""
+    count, lengths, present, offset = _read_codebook(data, alphabet_size)
     if len(present) <= 1:
         return np.full(count, present[0] if len(present) else 0, dtype=np.int64)
     payload = data[offset:]

@@ -11,6 +11,13 @@ Uniform quantisation follows PyTorch's observers on the unsigned grid ``q ∈ [0
 affine ``scale = (max − min) / (2**b − 1)``, ``zero_point = −round(min / scale)``; symmetric
 ``scale = max|w| / ((2**b − 1) / 2)``, ``zero_point = (2**b − 1) // 2``; ranges always include 0.
 Rounding and clamping are ``torch.fake_quantize_per_channel_affine``.
+
+``fold_batchnorm`` (PTQ) first folds each BatchNorm into the Conv/Linear layer whose output it reads, as
+a deployed integer model does (Nagel et al. 2021, Sec. 2.3; Jacob et al. 2018): with
+``s = γ / sqrt(running_var + ε)`` the layer's weight becomes ``s · W`` (per output channel) and its bias
+``s · (b − running_mean) + β``, and an identity (:class:`FoldedNorm`, which an export records) takes
+the norm's place. The folded weights are the ones quantised, evaluated and stored (the new biases as
+float32); the row's parameter counts are the folded model's.
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ from pydantic import Field
 from torch import nn
 
 from harness.encoding import QuantizedWeight, SharedCodes, UniformCodes
-from harness.masks import PRUNABLE_LAYERS, prunable_weights
+from harness.masks import PRUNABLE_LAYERS, channel_norms, prunable_weights
 from harness.methods import register_method
 from harness.methods.base import CompressionMethod, Method
 
@@ -107,6 +114,70 @@ def load_decoded(model: nn.Module, codes: dict[str, QuantizedWeight]) -> None:
         weight.copy_(quantized.decode(quantized.codes, present).to(weight.device, weight.dtype))
 
 
+class FoldedNorm(nn.Identity):
+    """Where a BatchNorm was before :func:`fold_batchnorm` folded it into ``layer`` (an export records it)."""
+
+    def __init__(self, layer: str) -> None:
+        super().__init__()
+        self.layer = layer
+
+
+def folded_norms(model: nn.Module) -> dict[str, str]:
+    """``{norm module name: layer name}`` of every BatchNorm folded into a layer of ``model``."""
+    return {name: module.layer for name, module in model.named_modules() if isinstance(module, FoldedNorm)}
+
+
+def folded_structure(model: nn.Module, folded: dict[str, str]) -> None:
+    """Give ``model`` the shapes of its folded form (``folded``: norm name -> layer name): each norm
+    replaced by a :class:`FoldedNorm`, each layer given a bias; the values are the caller's to set."""
+    modules = dict(model.named_modules())
+    for norm_name, layer_name in folded.items():
+        layer = modules[layer_name]
+        if layer.bias is None:
+            layer.bias = nn.Parameter(torch.zeros(layer.weight.shape[0], device=layer.weight.device))
+        parent, _, attribute = norm_name.rpartition(".")
+        setattr(modules[parent] if parent else model, attribute, FoldedNorm(layer_name))
+
+
+@torch.no_grad()
+def fold_batchnorm(model: nn.Module, example_input: torch.Tensor) -> list[str]:
+    """Fold every BatchNorm that reads a Conv/Linear layer's output directly into that layer (in place,
+    eval-mode statistics), leaving a :class:`FoldedNorm` where it was; returns the folded norms' names.
+
+    The folded model's outputs are checked against the unfolded ones on ``example_input``: a layer whose
+    output is also read elsewhere than by its norm would change, and is refused.
+    """
+    was_training = model.training
+    model.eval()
+    before = model(example_input)
+    modules = dict(model.named_modules())
+    pairs = {
+        norm: layer
+        for layer, norm in channel_norms(model, example_input).items()
+        if isinstance(modules[norm], nn.modules.batchnorm._BatchNorm) and modules[norm].track_running_stats
+    }
+    folded = {}  # layer name -> (weight, bias) folded
+    for norm_name, layer_name in pairs.items():
+        layer, norm = modules[layer_name], modules[norm_name]
+        scale = norm.weight / torch.sqrt(norm.running_var + norm.eps)
+        bias = layer.bias if layer.bias is not None else torch.zeros_like(norm.running_mean)
+        weight = layer.weight * scale.reshape(-1, *[1] * (layer.weight.dim() - 1))
+        folded[layer_name] = (weight, scale * (bias - norm.running_mean) + norm.bias)
+    folded_structure(model, pairs)
+    for layer_name, (weight, bias) in folded.items():
+        modules[layer_name].weight.copy_(weight)
+        modules[layer_name].bias.copy_(bias)
+    after = model(example_input)
+    model.train(was_training)
+    if not torch.allclose(after, before, rtol=1e-4, atol=1e-4 * float(before.abs().max())):
+        difference = float((after - before).abs().max())
+        raise ValueError(
+            f"folding BatchNorm changed the model's outputs (largest difference {difference:.3g}): "
+            "some layer's output is read by more than its norm"
+        )
+    return list(pairs)
+
+
 class ActivationFakeQuant:
     """A forward pre-hook that rounds a layer's input to an affine per-tensor grid."""
 
@@ -186,7 +257,9 @@ class PostTrainingQuantization(CompressionMethod):
 
     ``float_finetune``: first fine-tune the float model with the FINETUNE recipe (masks fixed), the
     training QAT and k-means fine-tuning get: the equal-budget baseline they should be compared to
-    (the rows' ``train_epochs`` then match).
+    (the rows' ``train_epochs`` then match). ``fold_batchnorm``: fold BatchNorm into the layers before
+    it (:func:`fold_batchnorm`) before ranges are set, so the deployed model is the one quantised and
+    evaluated.
     """
 
     family = "quantization"
@@ -194,6 +267,7 @@ class PostTrainingQuantization(CompressionMethod):
 
     class Params(UniformParams):
         float_finetune: bool = False
+        fold_batchnorm: bool = False
         weight_range: Literal["minmax", "mse"] = "minmax"
         activation_bits: int | None = Field(None, ge=2, le=16)  # None: activations stay float
         activation_range: Literal["minmax", "mse", "percentile"] = "minmax"
@@ -204,6 +278,8 @@ class PostTrainingQuantization(CompressionMethod):
         p = self.params
         if p.float_finetune:
             job.finetune(finish=False)
+        if p.fold_batchnorm:
+            fold_batchnorm(job.model, job.train_batches(1)[0][0][:16])
         if p.activation_bits is not None:  # ranges come from the float model, as observers see it
             inputs = layer_inputs(job.model, [x for x, _ in job.train_batches(p.calibration_batches)])
         job.set_storage(quantized=quantize_model(job.model, p, p.weight_range))
