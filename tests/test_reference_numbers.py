@@ -85,10 +85,16 @@ def test_numbers_are_the_leaderboard_mean_and_std_over_seeds_per_benchmark(resul
     assert entry(frame, "other", "random", 0.5)["top1_mean"] == pytest.approx(0.50)
 
 
-def test_an_empty_results_folder_has_the_same_columns_and_no_rows(results: Path, tmp_path: Path) -> None:
+def test_an_empty_results_folder_has_the_same_columns_and_no_rows(
+    results: Path, reference: Path, tmp_path: Path
+) -> None:
     ResultsStore(tmp_path / "empty").write(fake_cell("demo", *PAIR, "random", 0.5, 0, status="failed"))
     empty = numbers_table(tmp_path / "empty")
     assert empty.empty and list(empty.columns) == list(numbers_table(results).columns)
+    beside = beside_reference(empty, read_numbers(reference))
+    assert beside.empty and list(beside.columns) == list(
+        beside_reference(numbers_table(results), read_numbers(reference)).columns
+    )
 
 
 def test_beside_reference_flags_inside_outside_and_unknown(results: Path, reference: Path) -> None:

@@ -136,4 +136,5 @@ def _key_columns(frame: pd.DataFrame) -> pd.DataFrame:
 
 def _with_key(frame: pd.DataFrame) -> pd.DataFrame:
     """``frame`` with one ``_key`` column naming its entry, so that a merge never mixes dtypes of the keys."""
-    return frame.assign(_key=_key_columns(frame).astype(str).agg("\x1f".join, axis=1))
+    keys = _key_columns(frame).itertuples(index=False)
+    return frame.assign(_key=["\x1f".join(map(str, key)) for key in keys])
