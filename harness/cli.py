@@ -885,6 +885,61 @@ def claims(
         print_table(console, headers, rows)
 
 
+@app.command(cls=_Command)
+@guarded
+def reference(
+    results: ResultsOption = "results",
+    format: Annotated[Format, typer.Option("--format")] = Format.table,
+    numbers: Annotated[
+        Path | None,
+        typer.Option("--numbers", help="Reference numbers CSV shown beside yours. [default: the shipped numbers.csv]"),
+    ] = None,
+) -> None:
+    """Your leaderboard beside the reference run's: top-1 mean ± std over seeds, and whether yours is inside
+    its spread (within 2 std)."""
+    import pandas as pd
+
+    from harness.claims.numbers import NUMBERS, NumbersError, beside_reference, numbers_table, read_numbers
+    from harness.leaderboard import method_label
+
+    results = _existing_results(results)
+    try:
+        shipped = read_numbers(numbers or NUMBERS)
+    except NumbersError as exc:
+        raise _fail_input(str(exc)) from None
+    frame = beside_reference(numbers_table(results), shipped)
+    if format is not Format.table:
+        _print_frame(frame, format)
+        return
+    headers = ("benchmark", "data set / model", "method", "sparsity", "top1 % (mean ± std)", "seeds",
+               "reference top1 %", "ref seeds", "diff pt", "inside spread")  # fmt: skip
+    rows = [
+        (
+            row.benchmark,
+            f"{row.dataset} / {row.model}",
+            method_label(row.method, row.method_params),
+            f"{row.sparsity:g}",
+            f"{100 * row.top1_mean:.2f} ± {100 * row.top1_std:.2f}",
+            str(row.seeds),
+            *(
+                ("—", "", "", "")
+                if pd.isna(row.reference_top1_mean)
+                else (
+                    f"{100 * row.reference_top1_mean:.2f} ± {100 * row.reference_top1_std:.2f}",
+                    str(int(row.reference_seeds)),
+                    f"{100 * row.top1_diff:+.2f}",
+                    "—" if pd.isna(row.inside_spread) else ("yes" if row.inside_spread else "no"),
+                )
+            ),
+        )
+        for row in frame.itertuples(index=False)
+    ]
+    print_table(console, headers, rows, right=headers[3:])
+    matched = int(frame["reference_top1_mean"].notna().sum())
+    shown = f"{matched} of {len(frame)} entries have a reference row in {numbers or NUMBERS}"
+    console.print(shown, highlight=False, soft_wrap=True)
+
+
 class Analysis(StrEnum):
     density = "density"
     lmc = "lmc"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from harness.claims.numbers import NUMBERS
 from harness.report.claims import claims_page
 from harness.report.data import ReportData, load_report_data, slug, sources_from
 from harness.report.pages import Options, build_pages
@@ -28,13 +29,16 @@ def build_report(
     formats: tuple[str, ...] = ("html", "markdown"),
     labels: list[str] | None = None,
     options: Options = Options(),
+    numbers: Path | None = NUMBERS,
 ) -> list[Path]:
-    """Write the report of one or more results folders into ``out``; returns the files written."""
+    """Write the report of one or more results folders into ``out``; returns the files written.
+
+    ``numbers``: the reference numbers whose top-1 the leaderboard shows beside yours (none if absent)."""
     unknown = set(formats) - set(FORMATS)
     if unknown:
         raise ReportError(f"unknown format {', '.join(sorted(unknown))}; allowed: {', '.join(FORMATS)}")
     try:
-        data = load_report_data(sources_from(results, labels))
+        data = load_report_data(sources_from(results, labels), numbers)
     except (FileNotFoundError, ValueError) as exc:
         raise ReportError(str(exc)) from None
     if data.cells.empty:

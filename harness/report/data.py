@@ -19,6 +19,7 @@ from pathlib import Path, PurePosixPath
 import duckdb
 import pandas as pd
 
+from harness.claims.numbers import NUMBERS, beside_reference, leaderboards, read_numbers
 from harness.leaderboard import method_label
 from harness.report.tuning import load_importances, tuned_section, tuning_mark
 from harness.results import connect
@@ -117,6 +118,8 @@ class ReportData:
     trials: pd.DataFrame = field(default_factory=pd.DataFrame)  # the trials view of every source
     importances: dict[str, dict[str, float]] = field(default_factory=dict)  # study -> parameter -> importance
     tuned: dict[tuple[str, str], dict] = field(default_factory=dict)  # (source, benchmark) -> its `tuned:` section
+    # every source's leaderboard entries that a reference row matches, the reference beside (beside_reference)
+    reference: pd.DataFrame = field(default_factory=pd.DataFrame)
 
     @property
     def pairs(self) -> list[tuple[str, str]]:
@@ -129,6 +132,11 @@ class ReportData:
     def pair_cells(self, dataset: str, model: str) -> pd.DataFrame:
         return self.cells[(self.cells["dataset"] == dataset) & (self.cells["model"] == model)]
 
+    def pair_reference(self, dataset: str, model: str) -> pd.DataFrame:
+        if self.reference.empty:
+            return self.reference
+        return self.reference[(self.reference["dataset"] == dataset) & (self.reference["model"] == model)]
+
     def pair_dense(self, dataset: str, model: str) -> pd.DataFrame:
         return self.dense[(self.dense["dataset"] == dataset) & (self.dense["model"] == model)]
 
@@ -139,7 +147,8 @@ class ReportData:
         return read_retrying(lambda: self.readers[source].execute(sql, [level, *cell_ids]).df())
 
 
-def load_report_data(sources: list[Source]) -> ReportData:
+def load_report_data(sources: list[Source], numbers: Path | None = NUMBERS) -> ReportData:
+    """Every source's aggregates; ``numbers``: the reference numbers CSV shown beside (none if absent)."""
     readers, specs, importances, tuned, keys = {}, {}, {}, {}, []
     for source in sources:
         con = readers[source.label] = connect(source.path)
@@ -152,7 +161,8 @@ def load_report_data(sources: list[Source]) -> ReportData:
                 tuned[(source.label, benchmark)] = section
     series = pd.concat(keys, ignore_index=True)
     series["series"] = _series_labels(series, tuned)
-    cells, points, dense, trials, versions = [], [], [], [], {}
+    cells, points, dense, trials, versions, beside = [], [], [], [], {}, []
+    shipped = read_numbers(numbers) if numbers is not None and numbers.is_file() else None
     for source in sources:
         con = readers[source.label]
         mine = series.loc[series["source"] == source.label, [*SERIES_KEYS, "series"]]
@@ -161,6 +171,9 @@ def load_report_data(sources: list[Source]) -> ReportData:
         points.append(_fetch(con, POINTS_SQL).assign(source=source.label))
         dense.append(_fetch(con, DENSE_SQL).assign(source=source.label))
         trials.append(_fetch(con, "SELECT * FROM trials").assign(source=source.label))
+        if shipped is not None:
+            matched = beside_reference(leaderboards(con), shipped)
+            beside.append(matched[matched["reference_top1_mean"].notna()].assign(source=source.label))
         for benchmark, listed in con.execute(SCHEMAS_SQL).fetchall():
             versions[(source.label, benchmark)] = [v for v in listed if v is not None]
     return ReportData(
@@ -174,6 +187,7 @@ def load_report_data(sources: list[Source]) -> ReportData:
         pd.concat(trials, ignore_index=True),
         importances,
         tuned,
+        pd.concat(beside, ignore_index=True) if beside else pd.DataFrame(),
     )
 
 

@@ -13,6 +13,7 @@ from urllib.parse import quote
 import matplotlib
 import pandas as pd
 
+from harness.leaderboard import method_label
 from harness.report.checklist import checklist
 from harness.report.data import ReportData, many_classes, slug
 from harness.report.plots import PLOT_POINTS, Baseline, Figure, Line, evenly_spaced, styles, tradeoff_svg
@@ -288,6 +289,7 @@ class _PairBuilder:
         self.order = [row.series for row in self.ranking.rows]
         self.style = style
         self.dense = data.pair_dense(dataset, model)
+        self.reference = data.pair_reference(dataset, model)
         self.figures = self._figures()
 
     # -- figures
@@ -528,18 +530,55 @@ class _PairBuilder:
             table.anchors.append(self.cell_anchor(cell.source, cell.cell_id))
         return table
 
+    def reference_table(self) -> Table | None:
+        """The leaderboard entries a reference row matches: yours beside the reference run's top-1."""
+        if self.reference.empty:
+            return None
+        several = len(self.sources) > 1 or self.reference["benchmark"].nunique() > 1
+        headers = [*(["from"] if several else []), "method", "sparsity", "seeds", "top-1 %", "reference top-1 %"]
+        table = Table([*headers, "reference seeds", "difference (pt)", "inside spread"], [])
+        table.align = "l" * (len(headers) - 4) + "rrrrrrl"
+        rows = self.reference.sort_values(["benchmark", "sparsity", "top1_mean"], ascending=[True, True, False])
+        for row in rows.itertuples():
+            inside = "—" if pd.isna(row.inside_spread) else ("yes" if row.inside_spread else "no")
+            table.rows.append(
+                ([[Cell(f"{row.source}/{row.benchmark}")]] if several else [])
+                + [
+                    [Cell(method_label(row.method, row.method_params))],
+                    [Cell(f"{row.sparsity:.4g}")],
+                    [Cell(str(row.seeds))],
+                    [Cell(percent(row.top1_mean, row.top1_std))],
+                    [Cell(percent(row.reference_top1_mean, row.reference_top1_std))],
+                    [Cell(str(int(row.reference_seeds)))],
+                    [Cell(f"{100 * row.top1_diff:+.2f}")],
+                    [Cell(inside, bold=inside == "no")],
+                ]
+            )
+        return table
+
     # -- sections
 
     def summary_section(self) -> Section:
+        reference = self.reference_table()
+        notes = [
+            self.dense_note(),
+            [Cell("details: curves, Pareto front, per-layer sparsity, every point →", page=self.slug)],
+        ]
+        if reference:
+            notes.append(
+                [
+                    Cell(
+                        "Reference: the shipped `make reproduce-quick` run (benchmarks/papers/reference/numbers.csv), "
+                        "final level, mean ± std over its seeds; inside spread: within 2 of its std."
+                    )
+                ]
+            )
         return Section(
             self.title,
             self.slug,
-            notes=[
-                self.dense_note(),
-                [Cell("details: curves, Pareto front, per-layer sparsity, every point →", page=self.slug)],
-            ],
+            notes=notes,
             figures=self.figures[:1],
-            tables=[self.ranking_table()],
+            tables=[self.ranking_table(), *([reference] if reference else [])],
         )
 
     def page(self) -> Page:

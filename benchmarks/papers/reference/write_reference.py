@@ -1,8 +1,10 @@
-"""Write benchmarks/papers/reference/claims.csv from a `make reproduce-quick` results folder.
+"""Write benchmarks/papers/reference/claims.csv and numbers.csv from a `make reproduce-quick` results folder.
 
     python benchmarks/papers/reference/write_reference.py RESULTS --note "make reproduce-quick: 9.5 min, load 10"
 
-The header comment lines record what produced the verdicts: the harness and torch versions and the
+claims.csv holds the claims' verdicts (`harness claims` shows them beside yours), numbers.csv the
+leaderboard of every benchmark in RESULTS (`harness reference` and the report show it beside yours).
+The header comment lines of both record what produced them: the harness and torch versions and the
 git commit the rows carry, the date, the CPU and the note (wall time and load average of the run).
 """
 
@@ -14,10 +16,9 @@ import platform
 from datetime import UTC, datetime
 from pathlib import Path
 
-from harness.claims import check_claims
+from harness.claims import REFERENCE, check_claims
+from harness.claims.numbers import NUMBERS, numbers_table
 from harness.results import query
-
-OUT = Path(__file__).with_name("claims.csv")
 
 
 def cpu_model() -> str:
@@ -31,15 +32,20 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("results", type=Path)
     parser.add_argument("--note", default="")
-    parser.add_argument("--out", type=Path, default=OUT, help="default: claims.csv, the table `harness claims` shows")
+    parser.add_argument(
+        "--out", type=Path, default=REFERENCE, help="default: claims.csv, the table `harness claims` shows"
+    )
+    parser.add_argument(
+        "--numbers-out", type=Path, default=NUMBERS, help="default: numbers.csv, the table `harness reference` shows"
+    )
     args = parser.parse_args()
     versions = query(
         args.results,
         "SELECT DISTINCT harness_version, torch_version, git_commit FROM cells WHERE status = 'ok' ORDER BY ALL",
     )
     frame = check_claims(args.results, reference=None)[["claim", "paper", "verdict", "evidence"]]
-    header = [
-        f"# harness claims on {args.results.name}, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC",
+    numbers = numbers_table(args.results)
+    provenance = [
         *(
             f"# harness {r.harness_version}, torch {r.torch_version}, commit {r.git_commit}"
             for r in versions.itertuples()
@@ -47,8 +53,10 @@ def main() -> None:
         f"# machine: {cpu_model()}, {os.cpu_count()} CPUs, Python {platform.python_version()}",
         *([f"# {args.note}"] if args.note else []),
     ]
-    args.out.write_text("\n".join(header) + "\n" + frame.to_csv(index=False))
-    print(f"wrote {args.out}: {len(frame)} claims")
+    for what, out, table in (("claims", args.out, frame), ("leaderboard numbers", args.numbers_out, numbers)):
+        header = [f"# harness {what} on {args.results.name}, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC", *provenance]
+        out.write_text("\n".join(header) + "\n" + table.to_csv(index=False))
+    print(f"wrote {args.out}: {len(frame)} claims; {args.numbers_out}: {len(numbers)} leaderboard rows")
 
 
 if __name__ == "__main__":
