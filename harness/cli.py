@@ -927,7 +927,7 @@ def reference(
                 else (
                     f"{100 * row.reference_top1_mean:.2f} ± {100 * row.reference_top1_std:.2f}",
                     str(int(row.reference_seeds)),
-                    f"{100 * row.top1_diff:+.2f}",
+                    f"{round(100 * row.top1_diff, 2) + 0.0:+.2f}",
                     "—" if pd.isna(row.inside_spread) else ("yes" if row.inside_spread else "no"),
                 )
             ),

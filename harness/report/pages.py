@@ -550,7 +550,7 @@ class _PairBuilder:
                     [Cell(percent(row.top1_mean, row.top1_std))],
                     [Cell(percent(row.reference_top1_mean, row.reference_top1_std))],
                     [Cell(str(int(row.reference_seeds)))],
-                    [Cell(f"{100 * row.top1_diff:+.2f}")],
+                    [Cell(f"{round(100 * row.top1_diff, 2) + 0.0:+.2f}")],
                     [Cell(inside, bold=inside == "no")],
                 ]
             )
