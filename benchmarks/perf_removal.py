@@ -31,12 +31,13 @@ SHAPE = (3, 32, 32)
 GOAL = 0.5  # measured batch speedup / theoretical speedup of the removed model
 
 
-def measure(name: str, device: torch.device) -> dict[str, float]:
+def measure(name: str, device: torch.device, params: dict | None = None) -> dict[str, float]:
+    """Theoretical, shape and measured speedups of ``filter_l1`` at 0.5 (with ``params``) on ``name``."""
     torch.manual_seed(0)
     model = create_model(name, SHAPE, 10).to(device).eval()
     weights = prunable_weights(model)
     ctx = PruningContext(model, weights, {}, lambda: None, lambda: None, 0, SHAPE)
-    masks = create_method("filter_l1").prune_masks(ctx, 0.5)
+    masks = create_method("filter_l1", params).prune_masks(ctx, 0.5)
     apply_masks(model, masks)
     masked = copy.deepcopy(model)
     batch = torch.randn(64, *SHAPE, device=device)

@@ -54,6 +54,28 @@ def _dependency_graph(model: nn.Module, example: torch.Tensor) -> tp.DependencyG
         model.train(was_training)
 
 
+def residual_writers(model: nn.Module, example: torch.Tensor) -> set[str]:
+    """The Conv/Linear layers whose output channels an addition ties to a shortcut (a residual stream's
+    writers): every layer writing the channels of a Torch-Pruning group that holds an add. The trace runs
+    in eval mode, so BatchNorm statistics stay as they are."""
+    was_training = model.training
+    try:
+        graph = _dependency_graph(model.eval(), example)
+    finally:
+        model.train(was_training)
+    names = {module: name for name, module in model.named_modules()}
+    writers: set[str] = set()
+    for group in graph.get_all_groups(root_module_types=PRUNABLE_LAYERS):
+        nodes = [item.dep.target for item in group.items]
+        if not any(node.type == tp.ops.OPTYPE.ELEMENTWISE and "Add" in type(node.grad_fn).__name__ for node in nodes):
+            continue
+        for item in group.items:
+            module = item.dep.target.module
+            if isinstance(module, PRUNABLE_LAYERS) and graph.is_out_channel_pruning_fn(item.dep.handler):
+                writers.add(names[module])
+    return writers
+
+
 def _removable(graph: tp.DependencyGraph, group: tp.Group, kept: dict[str, torch.Tensor], live: dict) -> list[int]:
     """The root indices of ``group`` whose channel is emptied in every layer of the group (see the module docstring)."""
     names = {module: name for name, module in graph.model.named_modules()}

@@ -7,11 +7,11 @@
 
 :func:`check_pruning_method` runs the method on a tiny real cell (a LeNet on scikit-learn's digits,
 one epoch of pretraining and fine-tuning) exactly as the harness does, and asserts for every level
-it records: the achieved sparsity is the level's target (within one weight, or one channel, per
-layer); masks only shrink from level to level; pruned weights are still zero after training; the
-classifier stays dense unless ``prune_classifier``. It returns the recorded levels so a test can
-assert the method's own defining property on them. :func:`run_method` is the same run without the
-assertions.
+it records: the achieved sparsity of the layers offered to it is the level's target (within one
+weight, or one channel, per layer); masks only shrink from level to level; pruned weights are still
+zero after training; the classifier stays dense unless ``prune_classifier``. It returns the
+recorded levels so a test can assert the method's own defining property on them.
+:func:`run_method` is the same run without the assertions.
 """
 
 from __future__ import annotations
@@ -173,7 +173,7 @@ def check_pruning_method(
             _expect(kept is None or bool(kept.all()), f"{where}: the classifier {classifier} is masked")
             zeros = int((level.final_state[classifier] == 0).sum())
             _expect(zeros == 0, f"{where}: {zeros} classifier weights are zero but prune_classifier is off")
-        _check_sparsity(where, level, prunable, classifier, granularity)
+        _check_sparsity(where, level, _context_weights(job, prunable, index), classifier, granularity)
         _check_zero_where_masked(where, level)
         for name, mask in previous.items():
             now = level.masks.get(name, torch.ones_like(mask))
@@ -183,11 +183,20 @@ def check_pruning_method(
     return job.levels
 
 
+def _context_weights(job: RecordingJob, prunable: dict[str, torch.Tensor], level: int) -> dict[str, torch.Tensor]:
+    """The weights of ``prunable`` the method's pruning context offered it at ``level`` (the layers table's
+    ``prunable``: not ``exclude``d, nor left whole by the method's own rule); all of them without a context."""
+    offered = {row["layer"] for row in job.layers if row["level"] == level and row.get("prunable")}
+    if not any("prunable" in row for row in job.layers if row["level"] == level):
+        return prunable
+    return {name: w for name, w in prunable.items() if name.removesuffix(".weight") in offered}
+
+
 def _check_sparsity(
     where: str, level: Level, prunable: dict[str, torch.Tensor], classifier: str, granularity: str
 ) -> None:
-    """Pruned weights = round(target · weights), within one unit per layer (the classifier on its own
-    target when the row reports ``classifier_sparsity``)."""
+    """Pruned weights of the layers offered to the method = round(target · their weights), within one unit
+    per layer (the classifier on its own target when the row reports ``classifier_sparsity``)."""
     groups = {name: level.row["sparsity"] for name in prunable}
     if "classifier_sparsity" in level.row:
         groups[classifier] = level.row["classifier_sparsity"]
@@ -335,8 +344,9 @@ def check_conformance(
     nonzero); masks only shrink from level to level; ``size_bytes`` is the length of the stored
     bytes, and decoding them reproduces the evaluated weights and their top-1 on a validation
     batch (:mod:`harness.encoding.decoding`; a plugin's own layout is not read); for a method that
-    takes the cell's sparsity, the last level's ``sparsity_achieved`` is that target within one
-    output channel per layer. Returns the levels.
+    takes the cell's sparsity, the last level's ``sparsity_achieved`` is that target of the layers
+    its pruning context offered it (the layers table's ``prunable``; the others count as kept)
+    within one output channel per layer. Returns the levels.
     """
     _register_conformance_models()
     run_options.setdefault("pretrain_recipe", CONFORMANCE_PRETRAIN)
@@ -376,16 +386,20 @@ def check_conformance(
     last = job.levels[-1].row
     if not cls.sets_own_sparsity and last["sparsity"] == job.cell.sparsity:
         prunable = prunable_weights(job.model, bool(job.cell.method_params.get("prune_classifier")))
+        offered = _context_weights(job, prunable, len(job.levels) - 1)
+        sizes = job._architecture.weight_sizes if job._architecture else {n: w.numel() for n, w in prunable.items()}
         channel = max(w[0].numel() for w in prunable.values()) * len(prunable)
-        total = sum(w.numel() for w in prunable.values())
+        total = sum(sizes[name] for name in prunable)
         tolerance = channel / total
+        # the target is of the weights offered to the method; layers it had to leave whole count as kept
+        expected = job.cell.sparsity * sum(sizes[name] for name in offered) / total
         achieved = last["sparsity_achieved"]
         if false_positives:  # pruned positions that read back as weights are still pruned: count the masks
             masks = job.levels[-1].masks
             achieved = sum(int((~masks[name]).sum()) for name in prunable if name in masks) / total
         _expect(
-            abs(achieved - job.cell.sparsity) <= tolerance,
-            f"{label}: sparsity_achieved {achieved} is not the target {job.cell.sparsity} "
-            f"within one channel per layer ({tolerance:.4f})",
+            abs(achieved - expected) <= tolerance,
+            f"{label}: sparsity_achieved {achieved} is not {expected} (the target {job.cell.sparsity} of the "
+            f"{len(offered)} of {len(prunable)} layers offered to it) within one channel per layer ({tolerance:.4f})",
         )
     return job.levels

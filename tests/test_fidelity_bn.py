@@ -54,9 +54,7 @@ def finite_difference_hessian_gradient(
         with torch.no_grad():
             for w, direction in zip(weights.values(), g, strict=True):
                 w.sub_(sign * eps * direction)
-    return {
-        name: (plus - minus) / (2 * eps) for name, plus, minus in zip(weights, shifted[0], shifted[1], strict=True)
-    }
+    return {name: (plus - minus) / (2 * eps) for name, plus, minus in zip(weights, shifted[0], shifted[1], strict=True)}
 
 
 def test_grasp_scores_resnet20_as_theta_times_hessian_gradient_and_keeps_its_statistics() -> None:
@@ -96,6 +94,7 @@ def hand_counted_resnet20_macs(model: nn.Module, keep: dict[str, torch.Tensor]) 
     (zero-padded channels carry none); fc reads the pooled live channels. ``keep``: the kept
     output channels of each conv.
     """
+
     def conv(cin_live: int, cout_live: int, positions: int) -> int:
         return cin_live * cout_live * 9 * positions
 
@@ -121,12 +120,23 @@ def hand_counted_resnet20_macs(model: nn.Module, keep: dict[str, torch.Tensor]) 
     return dense, pruned
 
 
-def test_filter_l1_on_resnet20_removes_the_batchnorm_channel_and_the_next_layers_work() -> None:
+def kept_channels(model: nn.Module, masks: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The kept output channels of every conv of ``model``: all of them where no mask names it."""
+    return {
+        name: masks[f"{name}.weight"].flatten(1).any(dim=1) if f"{name}.weight" in masks
+        else torch.ones(module.out_channels, dtype=torch.bool)
+        for name, module in model.named_modules() if isinstance(module, nn.Conv2d)
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize(("mode", "masked_convs"), [("per_layer", 19), ("skip", 9)])
+def test_filter_l1_on_resnet20_removes_the_batchnorm_channel_and_the_next_layers_work(mode: str, masked_convs: int):
     torch.manual_seed(0)
     model = create_model("resnet20", (1, 8, 8), 10)
     ctx = PruningContext(model, prunable_weights(model), {}, lambda: None, lambda: {}, 0, (1, 8, 8))
-    masks = create_method("filter_l1").masks(ctx, 0.5)
+    masks = create_method("filter_l1", {"residual_layers": mode}).masks(ctx, 0.5)
     keep = {name.removesuffix(".weight"): m.flatten(1).any(dim=1) for name, m in masks.items() if m.dim() == 4}
+    assert len(keep) == masked_convs  # skip: the blocks' first convs; not the stem nor any block's second conv
     # every conv is followed by its BatchNorm (the next module); its γ and β go with the channel
     modules = dict(model.named_modules())
     for layer, kept in keep.items():
@@ -141,29 +151,48 @@ def test_filter_l1_on_resnet20_removes_the_batchnorm_channel_and_the_next_layers
         parent, _, index = layer.rpartition(".")
         norm = modules[f"{parent}.{int(index) + 1}"]
         norm.register_forward_hook(lambda m, i, out, layer=layer: outputs.__setitem__(layer, out.detach()))
-    for mode in ("train", "eval"):  # batch statistics or running ones: the removed channel is exactly zero
-        model.train(mode == "train")
+    for train in (True, False):  # batch statistics or running ones: the removed channel is exactly zero
+        model.train(train)
         with torch.no_grad():
             model(torch.randn(16, 1, 8, 8))
         for layer, kept in keep.items():
-            assert not outputs[layer][:, ~kept].any(), (mode, layer)
+            assert not outputs[layer][:, ~kept].any(), (train, layer)
 
     row, _ = model_metrics(model, prunable_weights(model), torch.zeros(1, 1, 8, 8))
-    dense, pruned = hand_counted_resnet20_macs(model, keep)
+    dense, pruned = hand_counted_resnet20_macs(model, kept_channels(model, masks))
     assert row["flops_dense"] == dense
     assert row["flops_nonzero"] == pruned
-    assert row["theoretical_speedup"] >= 3.0  # 1.999 when the BatchNorm channel stayed alive
+    if mode == "per_layer":
+        assert row["theoretical_speedup"] >= 3.0  # 1.999 when the BatchNorm channel stayed alive
+    else:  # each block loses half its multiply-adds, the stem none: below 1 / (1 − 0.5)
+        assert 1.9 < row["theoretical_speedup"] < 2.0
 
 
 def test_filter_l2_cell_on_resnet20_keeps_removed_channels_zero_through_fine_tuning() -> None:
-    levels = check_pruning_method("filter_l2", model="resnet20", sparsity=0.5, granularity="channel")
+    levels = check_pruning_method(
+        "filter_l2", {"residual_layers": "per_layer"}, model="resnet20", sparsity=0.5, granularity="channel"
+    )
     row = levels[-1].row
     assert any(name.endswith(".1.weight") and "residual" in name for name in levels[-1].masks)  # BN γ masked
     assert row["theoretical_speedup"] >= 3.0
 
 
+def test_filter_l1_cell_on_resnet20_skips_the_residual_stream_and_records_it() -> None:
+    job = run_method("filter_l1", model="resnet20", sparsity=0.5)
+    row, masks = job.levels[-1].row, job.levels[-1].masks
+    offered = {layer["layer"] for layer in job.layers if layer["prunable"]}
+    assert offered == {f"stage{stage}.{block}.residual.0" for stage in (1, 2, 3) for block in range(3)}
+    # by hand, on 1x8x8 digits: the first convs hold 3·16·16·9 + (16·32 + 2·32·32)·9 + (32·64 + 2·64·64)·9
+    # = 122,112 of the 267,408 conv weights (stem 144, second convs 145,152); half of their filters go
+    assert row["sparsity_achieved"] == pytest.approx(61_056 / 267_408, rel=1e-12)
+    dense, pruned = hand_counted_resnet20_macs(job.model, kept_channels(job.model, masks))
+    assert row["theoretical_speedup"] == pytest.approx(dense / pruned, rel=1e-12)
+    check_pruning_method("filter_l1", model="resnet20", sparsity=0.5, granularity="channel")
+
+
 def test_filter_pruning_then_a_bloomier_filter_encodes_only_the_weights() -> None:
     """The structured masks name biases and BatchNorm parameters too; the encoder stores weights only."""
-    levels = run_method("pipeline", {"stages": ["filter_l1", "bloomier"]}, model="resnet20", sparsity=0.5).levels
+    stages = [{"name": "filter_l1", "residual_layers": "per_layer"}, "bloomier"]
+    levels = run_method("pipeline", {"stages": stages}, model="resnet20", sparsity=0.5).levels
     assert levels[-1].row["storage_format"] == "bloomier"
     assert levels[-1].row["theoretical_speedup"] >= 3.0

@@ -202,7 +202,7 @@ def two_conv_net() -> nn.Sequential:
 
 def test_filter_pruning_zeroes_whole_channels_and_counts_flops_by_hand() -> None:
     model = two_conv_net()
-    masks = create_method("filter_l1").masks(context(model), 0.5)
+    masks = create_method("filter_l1").masks(context(model, input_shape=(1, 8, 8)), 0.5)
     apply_masks(model, masks)
     for conv in ("0", "2"):  # channels 0 and 1 gone, weights and bias; 2 and 3 whole
         assert masks[f"{conv}.weight"].flatten(1).all(dim=1).tolist() == [False, False, True, True]

@@ -19,7 +19,7 @@ from harness.methods import create_method
 from harness.methods.base import PruningContext
 from harness.metrics import architecture, live_inputs, model_metrics
 from harness.models import create_model
-from harness.removal import remove_pruned_channels
+from harness.removal import remove_pruned_channels, residual_writers
 from harness.testing import _CONFORMANCE_FACTORIES
 
 SHAPES = {"lenet_300_100": (1, 8, 8), "lenet5": (1, 28, 28), "resnet20": (3, 8, 8), "vgg_bn": (1, 8, 8)}
@@ -123,9 +123,56 @@ def test_the_channels_removed_are_the_ones_the_masks_chose(name: str) -> None:
         assert torch.equal(after[param].detach(), expected), param
 
 
-def test_resnet20_removes_the_blocks_inner_channels_and_keeps_the_residual_stream() -> None:
-    masked, removed, masks, removal, x = _removed("resnet20")
+RESNET20_WRITERS = {"stem.0", *(f"stage{stage}.{block}.residual.3" for stage in (1, 2, 3) for block in range(3))}
+RESNET20_DENSE = 2_535_040  # multiply-adds of one 3x8x8 example
+# by hand, on 8x8 inputs: with the writers whole, a block's first conv (Cin → W, 3x3, P output positions) loses half
+# its outputs, its second (W → W) half its inputs: Cin·W·9·P/2 + W·W·9·P/2 saved per block
+RESNET20_SAVED = (
+    3 * (16 * 16 * 9 * 64 // 2 + 16 * 16 * 9 * 64 // 2)
+    + (16 * 32 * 9 * 16 // 2 + 32 * 32 * 9 * 16 // 2) + 2 * (32 * 32 * 9 * 16)  # stride 2: 4x4 outputs
+    + (32 * 64 * 9 * 4 // 2 + 64 * 64 * 9 * 4 // 2) + 2 * (64 * 64 * 9 * 4)
+)  # fmt: skip
+
+
+def test_the_residual_streams_writers_are_found_through_the_dependency_graph() -> None:
+    x = torch.zeros(2, 3, 8, 8)
+    assert residual_writers(create_model("resnet20", (3, 8, 8), 10), x) == RESNET20_WRITERS
+    # projection shortcuts (ResNet-18): the shortcut's 1x1 conv writes the stream too
+    resnet18 = residual_writers(create_model("resnet18", (3, 32, 32), 10), torch.zeros(2, 3, 32, 32))
+    blocks = {f"stage{stage}.{block}.residual.3" for stage in (1, 2, 3, 4) for block in (0, 1)}
+    assert resnet18 == {"stem.0", *blocks, "stage2.0.shortcut.0", "stage3.0.shortcut.0", "stage4.0.shortcut.0"}
+    assert residual_writers(_model("vgg_bn"), torch.zeros(2, 1, 8, 8)) == set()  # no addition
+
+
+def test_resnet20_skip_masks_only_the_blocks_first_convs_and_removal_delivers_the_masked_speedup() -> None:
+    masked, removed, masks, removal, x = _removed("resnet20")  # residual_layers: skip, the default
+    inner = {f"stage{stage}.{block}.residual.0" for stage in (1, 2, 3) for block in range(3)}
+    assert {name.removesuffix(".weight") for name, mask in masks.items() if mask.dim() == 4} == inner
     # 9 blocks, each first conv keeps round(0.5 · width) of 16/32/64 channels: 3·8 + 3·16 + 3·32 removed
+    assert removal.channels == 168
+    assert not any((~mask).any() for mask in removal.masks.values())  # every masked channel left the model
+    reference, counted = _counts(masked, removed, removal, x)
+    assert reference["flops_dense"] == RESNET20_DENSE
+    assert counted["flops_physical"] == reference["flops_nonzero"] == _macs(removed, x)
+    assert reference["flops_dense"] - counted["flops_physical"] == RESNET20_SAVED == 1_253_376
+    masked_speedup = reference["theoretical_speedup"]
+    physical_speedup = reference["flops_dense"] / counted["flops_physical"]
+    assert masked_speedup == pytest.approx(physical_speedup, rel=0.02)
+    assert physical_speedup == pytest.approx(2_535_040 / 1_281_664)  # 1.978: below 1 / (1 − 0.5) by the stem
+
+
+def test_resnet20_skip_equals_per_layer_with_the_writers_excluded() -> None:
+    _, _, skipped, _, _ = _removed("resnet20")
+    _, _, excluded, _, _ = _removed("resnet20", {"residual_layers": "per_layer", "exclude": ["stem.0", "*.residual.3"]})
+    assert skipped.keys() == excluded.keys()
+    assert all(torch.equal(skipped[name], excluded[name]) for name in skipped)
+
+
+def test_resnet20_per_layer_masks_the_residual_stream_that_removal_must_keep() -> None:
+    masked, removed, masks, removal, x = _removed("resnet20", {"residual_layers": "per_layer"})
+    assert {name.removesuffix(".weight") for name in masks} >= RESNET20_WRITERS
+    # the writers of a residual channel chose their channels apart: none is removed by all of them, so the
+    # same 168 inner channels go as under skip, and the stream's masked channels stay in the model as zeros
     assert removal.channels == 168
     for name, module in removed.named_modules():
         if name.endswith("residual.0"):
@@ -135,21 +182,9 @@ def test_resnet20_removes_the_blocks_inner_channels_and_keeps_the_residual_strea
     assert leftover > 0  # the residual stream's channels that only some layers pruned stay masked
     reference, counted = _counts(masked, removed, removal, x)
     assert counted["flops_nonzero"] < counted["flops_physical"] < reference["flops_dense"]
-
-
-def test_resnet20_without_the_residual_writers_pruned_every_masked_channel_goes() -> None:
-    params = {"exclude": ["stem.0", "*.residual.3"]}  # Li et al.'s ResNet protocol: prune a block's first conv
-    masked, removed, _, removal, x = _removed("resnet20", params)
-    assert removal.channels == 168
-    reference, counted = _counts(masked, removed, removal, x)
-    assert counted["flops_physical"] == reference["flops_nonzero"] == _macs(removed, x)
-    # by hand, on 8x8 inputs: a block's first conv (Cin → W, 3x3, P output positions) loses half its outputs,
-    # its second (W → W) half its inputs: Cin·W·9·P/2 + W·W·9·P/2 saved per block
-    stage1 = 3 * (16 * 16 * 9 * 64 // 2 + 16 * 16 * 9 * 64 // 2)
-    stage2 = (16 * 32 * 9 * 16 // 2 + 32 * 32 * 9 * 16 // 2) + 2 * (32 * 32 * 9 * 16)  # stride 2: 4x4 outputs
-    stage3 = (32 * 64 * 9 * 4 // 2 + 64 * 64 * 9 * 4 // 2) + 2 * (64 * 64 * 9 * 4)
-    assert reference["flops_dense"] == 2_535_040  # 3-channel input
-    assert reference["flops_dense"] - counted["flops_physical"] == stage1 + stage2 + stage3 == 1_253_376
+    assert reference["flops_dense"] - counted["flops_physical"] == RESNET20_SAVED
+    # the masked count promises more than the removed shapes give
+    assert reference["theoretical_speedup"] > 1.5 * reference["flops_dense"] / counted["flops_physical"]
 
 
 @pytest.mark.parametrize("family", ["conformance_layernorm", "conformance_groupnorm", "conformance_grouped"])
