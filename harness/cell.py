@@ -215,6 +215,9 @@ class CellJob:
         self._resumed_stage = 0
         self._stages_entered = 0
         self._on_level = on_level
+        self._arm: str | None = None  # the control arm being trained (job.arm), None on the main line
+        self._arm_start = 0  # len(epochs) when the arm began
+        self._main_epochs = 0  # epochs the main line trained (arms' epochs not counted)
         if resume is not None:
             self._masks = {name: mask.bool() for name, mask in resume.masks.items()}
             apply_masks(self._model, self._masks)
@@ -222,6 +225,8 @@ class CellJob:
             self._remembered = dict(resume.state)
             self._resumed = dict(resume.state)
             self._resumed_stage = resume.stages_entered
+            main = [row for row in self.rows if row.get("control", "none") == "none"]
+            self._main_epochs = int(main[-1].get("train_epochs") or 0) if main else 0
         self._level: dict[str, Any] = {}
         self._example = data.test[0][0].unsqueeze(0)
         self.storage = Storage()  # how the model is stored (quantised codes, encoding): sets size_bytes
@@ -353,6 +358,8 @@ class CellJob:
         self._level.update(top1_pruned=pruned["top1"], top5_pruned=pruned["top5"])
 
     def remove_channels(self) -> int:
+        if self._arm is not None:  # the arm's end restores the main line's weights, which need its shapes
+            raise PluginError(f"method {self._stage!r}: job.remove_channels() inside job.arm({self._arm!r})")
         example = self.train_batches(1)[0][0][:16]
         if self._architecture is None:
             self._architecture = architecture(self._model, self._example.to(device_for_cell()))
@@ -382,17 +389,24 @@ class CellJob:
         self._train(recipe, masks, callbacks, phase)
 
     def _train(self, recipe: Recipe, masks: Masks, callbacks: Sequence[Any], phase: str) -> None:
-        level = len(self.rows)
-        self.epochs += train(
+        level = self.level_index()
+        epochs = train(
             self._model,
             self.data.train,
             self.data.val,
             recipe,
-            seed=self.cell.seed + 1000 * level,
-            phase=f"{phase}-{level}",
+            seed=self.cell.seed + 1000 * level,  # an arm sees the data in its level's order, as the ticket does
+            phase=f"{self._arm or phase}-{level}",
             masks=masks,
             callbacks=list(callbacks),
         )
+        self.epochs += epochs
+        if self._arm is None:
+            self._main_epochs += len(epochs)
+
+    def level_index(self) -> int:
+        """The level in progress: the main line's rows so far (an arm's rows share its level)."""
+        return sum(1 for row in self.rows if row.get("control", "none") == "none")
 
     def load_weights(self, state: dict[str, torch.Tensor], partial: bool = False) -> None:
         known = self._model.state_dict()
@@ -422,6 +436,19 @@ class CellJob:
         finally:
             self._stage = previous
 
+    @contextlib.contextmanager
+    def arm(self, name: str) -> Iterator[None]:
+        if self._arm is not None or name in ("", "none"):
+            raise PluginError(f"method {self._stage!r}: job.arm({name!r}) inside job.arm({self._arm!r}) or unnamed")
+        saved = (_state(self._model), self._masks, self.storage, self._level, self._layer_options)
+        self._arm, self._arm_start, self._level = name, len(self.epochs), {}
+        try:
+            yield
+        finally:
+            self._arm = None
+            state, self._masks, self.storage, self._level, self._layer_options = saved
+            self._model.load_state_dict(state)
+
     def resumed(self) -> dict[str, Any] | None:
         # the method that owns the cell, or the stage the checkpoint was taken in; later stages start afresh
         if self._stages_entered in (0, self._resumed_stage):
@@ -432,7 +459,12 @@ class CellJob:
         self._remembered[key] = value
 
     def finish_level(self, sparsity: float | None = None, **extra: Any) -> None:
-        level = len(self.rows)
+        level = self.level_index()
+        control = self._arm or "none"
+        # the epochs of this row's line: the main line's; an arm adds its own to the main line's levels before
+        main_rows = [r for r in self.rows if r.get("control", "none") == "none"]
+        main_before = int(main_rows[-1].get("train_epochs") or 0) if main_rows else 0
+        trained = self._main_epochs if self._arm is None else main_before + len(self.epochs) - self._arm_start
         with Stopwatch() as clock:
             final = evaluate(self._model, self.data.test)
             # the classifier counts toward sparsity_achieved when the method may prune it, as in the spec's targets
@@ -449,13 +481,14 @@ class CellJob:
             {
                 "level": level,
                 "stage": self._stage,
+                "control": control,
                 "sparsity": self.cell.sparsity if sparsity is None else sparsity,
                 **final,
                 **sizes,
                 **size_columns(encoded, sizes["params_total"]),
                 **self._latency.columns(self._model),
                 "channels_removed": sum(len(idxs) for _, _, idxs in self.removed_history),
-                "train_epochs": len(self.epochs),  # every epoch this cell trained so far: equal-budget comparisons
+                "train_epochs": trained,  # equal-budget comparisons
                 **self._level,
                 "eval_seconds": clock.seconds,
                 **extra,
@@ -464,6 +497,7 @@ class CellJob:
         self.layers += [
             {
                 "level": level,
+                "control": control,
                 **layer.__dict__,
                 "size_bytes": encoded.module_bytes(layer.layer),
                 **self._options(layer.layer),
@@ -472,13 +506,13 @@ class CellJob:
         ]
         self._level = {}
         self._resumed = None  # a resumed run has moved on: later stages start afresh
-        if self._on_level is not None:
+        if self._on_level is not None and self._arm is None:  # an arm's level ends with the main line's
             self._on_level(self.checkpoint())
 
     def checkpoint(self) -> LevelCheckpoint:
         """The job as it is at the end of its last finished level."""
         return LevelCheckpoint(
-            level=len(self.rows) - 1,
+            level=self.level_index() - 1,
             masks={name: mask.cpu() for name, mask in self._masks.items()},
             weights=_state(self._model),
             state=dict(self._remembered),
@@ -630,7 +664,7 @@ def _empty_result(cell: CellSpec, job: CellJob | None = None) -> CellResult:
     """The levels a failed job finished, then the failed one."""
     if job is None:
         return CellResult(cell.cell_id, [{"level": 0, "sparsity": cell.sparsity}])
-    failed = {"level": len(job.rows), "sparsity": cell.sparsity, "stage": job._stage}
+    failed = {"level": job.level_index(), "sparsity": cell.sparsity, "stage": job._stage, "control": job._arm or "none"}
     return CellResult(cell.cell_id, [*job.rows, failed], job.epochs, job.layers)
 
 

@@ -1,4 +1,5 @@
-"""The leaderboard printed after a run: method × sparsity → mean ± std over seeds of each cell's last level.
+"""The leaderboard printed after a run: method × sparsity → mean ± std over seeds of each cell's last level
+(a lottery ticket's control arms, rows of its cell, are lines of their own).
 
 Columns: top-1; parameter compression ``params ×`` (``compression_ratio``); storage compression
 ``storage ×`` (``storage_compression``, real stored bytes); theoretical speedup; ``collapse`` when a
@@ -16,7 +17,7 @@ from rich.console import Console
 from harness.output import print_table
 
 LEADERBOARD_SQL = """
-SELECT dataset, model, method, method_params, sparsity,
+SELECT dataset, model, method, method_params, control, sparsity,
        count(DISTINCT seed)           AS seeds,
        avg(top1)                      AS top1_mean,
        coalesce(stddev_samp(top1), 0) AS top1_std,
@@ -28,12 +29,13 @@ SELECT dataset, model, method, method_params, sparsity,
 FROM final_cells  -- finished cells only: a failed level's earlier levels are not its result
 WHERE benchmark = $benchmark
 GROUP BY ALL
-ORDER BY dataset, model, sparsity, top1_mean DESC
+ORDER BY dataset, model, sparsity, top1_mean DESC, control
 """
 
 
 def leaderboard(con: duckdb.DuckDBPyConnection, benchmark: str) -> pd.DataFrame:
-    """One row per (dataset, model, method with its params, sparsity): the final level of every finished cell."""
+    """One row per (dataset, model, method with its params, control arm, sparsity): the final level of every
+    finished cell."""
     return con.execute(LEADERBOARD_SQL, {"benchmark": benchmark}).df()
 
 
@@ -44,12 +46,12 @@ def cells_pooled(con: duckdb.DuckDBPyConnection, benchmark: str) -> set[str]:
     return {cell_id for (cell_id,) in rows.fetchall()}
 
 
-def method_label(method: str, method_params: str | None) -> str:
-    """``method`` or ``method(k=v, …)``: two parameterisations of a method are two entries."""
+def method_label(method: str, method_params: str | None, control: str | None = "none") -> str:
+    """``method`` or ``method(k=v, …)``: two parameterisations of a method are two entries; a lottery ticket's
+    control arm is one more, ``method(…) (reinit)``."""
     params = json.loads(method_params) if method_params else {}
-    if not params:
-        return method
-    return f"{method}({', '.join(f'{k}={v}' for k, v in sorted(params.items()))})"
+    label = f"{method}({', '.join(f'{k}={v}' for k, v in sorted(params.items()))})" if params else method
+    return label if control in (None, "none") else f"{label} ({control})"
 
 
 def print_leaderboard(frame: pd.DataFrame, console: Console) -> None:
@@ -61,7 +63,7 @@ def print_leaderboard(frame: pd.DataFrame, console: Console) -> None:
         dense = group["dense_top1"].mean()
         rows = [
             (
-                method_label(row.method, row.method_params),
+                method_label(row.method, row.method_params, row.control),
                 f"{row.sparsity:g}",
                 f"{100 * row.top1_mean:.2f} ± {100 * row.top1_std:.2f}",
                 str(row.seeds),

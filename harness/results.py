@@ -55,7 +55,7 @@ _OF_WRITE = "c.benchmark = w.benchmark AND c.cell_id = w.cell_id AND (w.written 
 FINISHED_VIEWS = {
     # every level of every finished cell, once: what operating points, curves and claims count
     "finished_levels": f"SELECT c.* FROM cells c SEMI JOIN ({_FINISHED_WRITES}) w ON {_OF_WRITE}",
-    # the last level of every finished cell, one row per (benchmark, cell_id): its result
+    # the last level of every finished cell, one row per (benchmark, cell_id, control arm): its result
     "final_cells": f"SELECT c.* FROM cells c SEMI JOIN ({_FINISHED_WRITES}) w ON {_OF_WRITE} AND c.level = w.level",
 }
 

@@ -16,7 +16,8 @@ import pyarrow as pa
 
 # 2: pruning counted apart from quantisation zeros; zero_fraction, storage_compression, layer_collapse, train_epochs
 # 3: channels physically removed (channels_removed, params_physical, flops_physical); batch-1 latency, measured speedups
-SCHEMA_VERSION = 3
+# 4: `control` (cells, layers): a lottery ticket's control arms are rows of the ticket's cell
+SCHEMA_VERSION = 4
 
 
 @dataclass
@@ -42,6 +43,7 @@ class Column:
     name: str
     type: pa.DataType
     definition: str
+    default: str | None = None  # SQL literal read where a file lacks the column or holds NULL (older schemas)
 
 
 _VERSION = Column("schema_version", pa.int32(), "version of this schema the row was written under")
@@ -64,6 +66,13 @@ CELLS = (
     ),
     Column("seed", pa.int64(), "seed of pretraining, pruning and fine-tuning"),
     Column("level", pa.int64(), "0, 1, …: one row per prune/fine-tune level a method finished"),
+    Column(
+        "control",
+        pa.string(),
+        "`none`, or the control arm of the level's lottery ticket the row is (`reinit`, `random_mask`); "
+        "`none` in tables written before schema 4",
+        "'none'",
+    ),
     Column("status", pa.string(), "`ok`, `failed`, or `partial` (a finished level of a cell still running or cut off)"),
     Column("error", pa.string(), "the error and the end of its traceback when failed, else null"),
     Column("started_at", pa.timestamp("us", tz="UTC"), "when the cell started"),
@@ -148,6 +157,12 @@ LAYERS = (
     _VERSION,
     *_KEYS,
     Column("level", pa.int64(), "the level of the cells row this layer belongs to"),
+    Column(
+        "control",
+        pa.string(),
+        "the `control` of the cells row this layer belongs to (`none` before schema 4)",
+        "'none'",
+    ),
     Column("layer", pa.string(), "module name in the model, e.g. `features.0`"),
     Column("kind", pa.string(), "`Conv2d`, `Linear`, …"),
     Column("params", pa.int64(), "parameters of the layer (weight and bias)"),
@@ -225,10 +240,18 @@ def empty_select(view: str) -> str:
 
 
 def core_first(view: str, present: list[str]) -> str:
-    """A select list: every core column in schema order (NULL of its type where no file has it), then the rest."""
-    core = [c.name if c.name in present else f"NULL::{sql_type(c)} AS {c.name}" for c in COLUMNS[view]]
+    """A select list: every core column in schema order (NULL of its type, or its default, where no file has it),
+    then the rest."""
+    core = [_core_select(c, c.name in present) for c in COLUMNS[view]]
     names = {c.name for c in COLUMNS[view]}
     return ", ".join(core + ['"' + name.replace('"', '""') + '"' for name in present if name not in names])
+
+
+def _core_select(column: Column, present: bool) -> str:
+    fallback = f"{column.default or 'NULL'}::{sql_type(column)}"
+    if not present:
+        return f"{fallback} AS {column.name}"
+    return f"coalesce({column.name}, {fallback}) AS {column.name}" if column.default else column.name
 
 
 _SQL_TYPES = {

@@ -16,8 +16,10 @@ recorded levels so a test can assert the method's own defining property on them.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cache
 from typing import Any, Literal
@@ -66,6 +68,13 @@ class RecordingJob(CellJob):
         removed = super().remove_channels()
         self._pruned_state = _copy_state(self.model)  # the pruned weights, at the smaller shapes
         return removed
+
+    @contextlib.contextmanager
+    def arm(self, name: str) -> Iterator[None]:
+        pending = self._pruned_state  # the main line's level goes on after the arm
+        with super().arm(name):
+            yield
+        self._pruned_state = pending
 
     def finish_level(self, sparsity: float | None = None, **extra: Any) -> None:
         super().finish_level(sparsity, **extra)
@@ -150,13 +159,15 @@ def check_pruning_method(
     ``granularity``: the unit the method removes, which sets the sparsity tolerance per layer (one
     weight, or one output channel for structured methods). ``expected_sparsity``: the last level's
     target when the method replaces the cell's (N:M); by default the cell's sparsity. Other keyword
-    arguments go to :func:`run_method`. Raises ``AssertionError`` naming the level, layer and numbers.
+    arguments go to :func:`run_method`. Raises ``AssertionError`` naming the level, layer and numbers;
+    returns the main line's levels (control arms, checked for zeros where masked, are in ``job.levels``).
     """
     job = run_method(method, params, **run_options)
     label = method if isinstance(method, str) else method.__name__
-    _expect(job.levels, f"{label} recorded no level: call job.finetune() or job.finish_level()")
+    main = [level for level in job.levels if level.row["control"] == "none"]  # control arms are no curve of masks
+    _expect(main, f"{label} recorded no level: call job.finetune() or job.finish_level()")
     expected = job.cell.sparsity if expected_sparsity is None else expected_sparsity
-    last = job.levels[-1].row["sparsity"]
+    last = main[-1].row["sparsity"]
     _expect(
         abs(last - expected) < 1e-12,
         f"{label}: the last level's sparsity is {last}, expected {expected}",
@@ -166,7 +177,7 @@ def check_pruning_method(
     prunable = prunable_weights(job.model, include_classifier)
     classifier = classifier_name(job.model) + ".weight"
     previous: Masks = {}
-    for index, level in enumerate(job.levels):
+    for index, level in enumerate(main):
         where = f"{label}, level {index}"
         if not include_classifier:
             kept = level.masks.get(classifier)
@@ -180,7 +191,10 @@ def check_pruning_method(
             revived = int((now & ~mask).sum())
             _expect(revived == 0, f"{where}: {revived} weights of {name} pruned at the level before are kept again")
         previous = level.masks
-    return job.levels
+    for level in job.levels:
+        if level.row["control"] != "none":
+            _check_zero_where_masked(f"{label}, level {level.row['level']} ({level.row['control']})", level)
+    return main
 
 
 def _context_weights(job: RecordingJob, prunable: dict[str, torch.Tensor], level: int) -> dict[str, torch.Tensor]:
@@ -378,6 +392,8 @@ def check_conformance(
             )
             _check_zero_where_masked(where, level)
         _check_decodes(where, level, job)
+        if row["control"] != "none":
+            continue  # a control arm's mask is no step of the main line's
         for name, mask in previous.items():
             now = level.masks.get(name, torch.ones_like(mask))
             revived = int((now & ~mask).sum())

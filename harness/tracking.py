@@ -275,7 +275,7 @@ class ChildRun:
     def of_cell(cls, cell: CellSpec, rows: list[dict[str, Any]], epochs: list[dict[str, Any]]) -> ChildRun:
         """Parameters, each level's numbers (step = level), each epoch's curves, and the error if any."""
         error = next((row["error"] for row in rows if row.get("error")), None)
-        levels = [m for row in rows for m in _metrics(row, step=int(row.get("level") or 0))]
+        levels = [m for row in rows for m in _metrics(_named_by_arm(row), step=int(row.get("level") or 0))]
         return cls(
             name=f"{cell.model}-{cell.dataset}-{cell.method}-s{cell.sparsity:g}-seed{cell.seed}",
             tags={**_cell_tags(cell), "harness.role": "cell"} | ({"error": error[-5000:]} if error else {}),
@@ -498,6 +498,13 @@ def _cell_params(cell: CellSpec) -> dict[str, Any]:
 
 def _recipe(name: str, cell: CellSpec) -> dict[str, Any]:
     return {f"{name}.{k}": v for k, v in getattr(cell, name).model_dump().items()}
+
+
+def _named_by_arm(row: dict[str, Any]) -> dict[str, Any]:
+    """A control arm's numbers as ``<arm>.<metric>`` (``reinit.top1``): the ticket's row of the level keeps the
+    plain names (step = level for both)."""
+    arm = row.get("control") or "none"
+    return row if arm == "none" else {f"{arm}.{k}": v for k, v in row.items()}
 
 
 def _epoch_metrics(epochs: Iterable[dict[str, Any]]) -> list:

@@ -43,11 +43,18 @@ def at(method: str, seed: int, top1: float, params: dict | None = None, sparsity
     return cell(method, seed, [{"sparsity": sparsity, "top1": top1, **extra}], params)
 
 
-def imp(seed: int, top1s: list[float], control: str | None = None, barriers: list[float] | None = None):
-    levels = [{"sparsity": s, "top1": t} for s, t in zip((0.5, 0.8, 0.9, 0.95), top1s, strict=False)]
+def imp(seed: int, top1s: list[float], reinit: list[float] | None = None, barriers: list[float] | None = None):
+    """An IMP cell, the ticket's levels at sparsity 0.5, 0.8, …; with ``reinit`` its reinit arm's rows in the
+    same cell, each beside the ticket's row of its level (as ``controls: [reinit]`` writes them)."""
+    sparsities = (0.5, 0.8, 0.9, 0.95)
+    levels = [{"sparsity": s, "top1": t, "control": "none"} for s, t in zip(sparsities, top1s, strict=False)]
     for level, barrier in zip(levels, barriers or [], strict=False):
         level["lmc_barrier"] = barrier
-    return cell("imp", seed, levels, {"rate": 0.5} | ({"control": control} if control else {}))
+    if reinit is None:
+        return cell("imp", seed, levels, {"rate": 0.5})
+    arms = [{"sparsity": s, "top1": t, "control": "reinit"} for s, t in zip(sparsities, reinit, strict=False)]
+    rows = [{**row, "level": i} for i, pair in enumerate(zip(arms, levels, strict=True)) for row in pair]
+    return cell("imp", seed, rows, {"rate": 0.5, "controls": ["reinit"]})
 
 
 def stored(method: str, seed: int, stages: list[tuple[str, float, float]], params: dict | None = None):
@@ -78,8 +85,7 @@ SCENARIOS: dict[str, Scenario] = {
         at("layer_magnitude", s, 0.8 + jitter(s, 1)),
     ],
     "lottery.beats_reinit": lambda e, s: [
-        imp(s, [dense(s), 0.8 + jitter(s)]),
-        imp(s, [dense(s), 0.8 - 0.1 * e + jitter(s, 1)], control="reinit"),
+        imp(s, [dense(s), 0.8 + jitter(s)], reinit=[dense(s), 0.8 - 0.1 * e + jitter(s, 1)]),
     ],
     "lottery.matches_dense": lambda e, s: [imp(s, [0.5, dense(s) + (0.0 if e > 0 else -0.1) + jitter(s), 0.2])],
     "renda.lr_rewinding_geq_finetuning": lambda e, s: [
@@ -159,6 +165,16 @@ def test_missing_column_and_empty_results_are_not_enough_data(tmp_path: Path):
     gradient = frame.loc["gradient_flow.rigl_raises"]
     assert gradient["verdict"] == UNDECIDED and "gradient_flow" in gradient["evidence"]
     assert frame.loc["lmc.barrier_rises", "verdict"] == UNDECIDED
+
+
+def test_the_ticket_is_paired_with_the_reinit_arm_of_its_own_cell(tmp_path: Path):
+    # a plain IMP cell of the same seeds, far less accurate, is no pair of the arms: the ticket − reinit
+    # differences are the controls cell's alone, 0.1 + jitter(s) − jitter(s, 1) = 0.096, 0.107, 0.097, mean 0.1
+    def scenario(e: int, s: int) -> list[CellResult]:
+        return [*SCENARIOS["lottery.beats_reinit"](e, s), imp(s, [0.1, 0.1])]
+
+    verdict, evidence = CLAIMS["lottery.beats_reinit"].check(write(tmp_path, scenario, 1, (0, 1, 2)))
+    assert verdict == HOLDS and "ticket − reinit +10.00 pt" in evidence, evidence
 
 
 def test_cli_claims_csv_with_reference(tmp_path: Path):

@@ -74,6 +74,21 @@ def test_the_leaderboard_off_a_terminal_keeps_method_names_whole(tmp_path: Path)
     assert [line.split()[0] for line in lines[3:]] == ["deep_compression", "random"]
 
 
+def test_the_leaderboard_shows_a_tickets_control_arms_as_lines_of_their_own(tmp_path: Path) -> None:
+    store = ResultsStore(tmp_path)
+    for seed in (0, 1):
+        base = fake_cell("demo", "digits", "lenet_300_100", "imp", 0.9, seed, method_params={"controls": ["reinit"]})
+        row = base.rows[0]
+        ticket, reinit = {**row, "top1": 0.8 + 0.02 * seed}, {**row, "top1": 0.5 + 0.02 * seed, "control": "reinit"}
+        store.write(CellResult(base.cell_id, [reinit, ticket], base.epochs, base.layers))
+    board = leaderboard(connect(tmp_path), "demo")
+    out = io.StringIO()
+    print_leaderboard(board, Console(file=out, width=40))
+    lines = [line.split("  ")[0] for line in out.getvalue().splitlines()[3:]]
+    assert lines == ["imp(controls=['reinit'])", "imp(controls=['reinit']) (reinit)"]
+    assert board["top1_mean"].tolist() == pytest.approx([0.81, 0.51])  # each arm over its own rows, both seeds
+
+
 SPEC = """\
 name: axes
 models: [lenet_300_100, mnist1d_mlp]

@@ -40,6 +40,20 @@ def test_views_have_the_documented_core_columns_in_order_then_any_extra_column(r
     assert types["started_at"] == "TIMESTAMP WITH TIME ZONE" and types["latency_ms"] == "DOUBLE"
 
 
+def test_rows_written_before_the_control_column_read_as_the_main_line(results_dir: Path) -> None:
+    old, new = cell(0), cell(1)
+    for row in (*old.rows, *old.layers):
+        row.pop("control", None)  # a table of schema 3: no control column at all
+    ResultsStore(results_dir).write(old)
+    assert load(results_dir, "cells")["control"].tolist() == ["none"]
+    new.rows[0]["control"], new.layers[0]["control"] = "reinit", "reinit"
+    ResultsStore(results_dir).write(new)
+    con = connect(results_dir)
+    assert con.execute("SELECT seed, control FROM cells ORDER BY seed").fetchall() == [(0, "none"), (1, "reinit")]
+    layers = con.execute("SELECT control, count(*) FROM layers GROUP BY control ORDER BY control").fetchall()
+    assert layers == [("none", 5), ("reinit", 1)]
+
+
 def test_an_empty_results_folder_has_empty_views_with_their_columns(results_dir: Path) -> None:
     results_dir.mkdir()
     frame = load(results_dir, "layers")

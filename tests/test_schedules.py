@@ -6,17 +6,22 @@ LeNet-300-100 on digits: 64·300 + 300·100 = 49200 prunable weights, a 1000-wei
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 from pydantic import ValidationError
 
-from harness.cell import DenseCheckpoint
+from harness.cell import DenseCheckpoint, LevelCheckpoint, pretrain, run_cell
 from harness.methods import create_method
 from harness.methods.schedules import error_barrier, level_targets, schedule_lrs
 from harness.models import create_model
-from harness.spec import BenchmarkSpec, Recipe
-from harness.testing import check_pruning_method, run_method
+from harness.spec import BenchmarkSpec, Recipe, SpecError, load_spec
+from harness.testing import check_pruning_method, run_method, tiny_cell
 
+HARNESS = str(Path(sys.executable).with_name("harness"))
 PRUNABLE = 49200
 STEP = Recipe(epochs=3, lr=0.1, batch_size=512, schedule="step", milestones=(1, 2), gamma=0.5)  # 0.1, 0.05, 0.025
 
@@ -60,8 +65,7 @@ def test_level_targets_follow_the_rate_and_clip_the_last_round() -> None:
         ("han_iterative", {"rate": 0.5}, None),
         ("weight_rewinding", {"rate": 0.5}, Recipe(epochs=2, lr=0.05, batch_size=256, save_epochs=(1,))),
         ("imp", {"rate": 0.5, "prune_classifier": True}, None),
-        ("imp", {"rate": 0.5, "control": "reinit"}, None),
-        ("imp", {"rate": 0.5, "control": "random_mask"}, None),
+        ("imp", {"rate": 0.5, "controls": ["reinit", "random_mask"]}, None),
         ("iterative", {"rate": 0.5, "score": "filter_l1"}, None),
     ],
 )
@@ -69,7 +73,8 @@ def test_schedule_keeps_the_plugin_promises(method: str, params: dict, pretrain:
     options = {"pretrain_recipe": pretrain} if pretrain else {}
     granularity = "channel" if params.get("score") == "filter_l1" else "weight"
     levels = check_pruning_method(method, params, granularity=granularity, **options)
-    assert [level.row["sparsity"] for level in levels] == pytest.approx([0.5, 0.75])
+    dense = [0.0] if params.get("controls") else []  # with controls the ticket's curve starts at full density
+    assert [level.row["sparsity"] for level in levels] == pytest.approx([*dense, 0.5, 0.75])
 
 
 def test_imp_keeps_a_power_of_the_rate_and_rewinds_survivors_to_theta0() -> None:
@@ -130,19 +135,78 @@ def test_han_iterative_fine_tunes_the_trained_survivors_per_layer() -> None:
     assert lrs(job, "finetune-0") == [0.01]  # the finetune recipe
 
 
-def test_controls_follow_the_tickets_masks() -> None:
-    ticket = run_method("imp", {"rate": 0.5}, sparsity=0.75)
-    reinit = run_method("imp", {"rate": 0.5, "control": "reinit"}, sparsity=0.75)
-    random = run_method("imp", {"rate": 0.5, "control": "random_mask"}, sparsity=0.75)
-    for level, (plain, same, shuffled) in enumerate(zip(ticket.levels, reinit.levels, random.levels, strict=True)):
-        fresh = reinit.fresh_init(draw=level)
-        for name, mask in plain.masks.items():
-            assert torch.equal(same.masks[name], mask)  # the ticket's own mask ...
-            assert torch.equal(same.pruned_state[name], fresh[name] * mask)  # ... on this level's fresh initialisation
-            assert int(shuffled.masks[name].sum()) == int(mask.sum())  # as many per layer ...
-            assert not torch.equal(shuffled.masks[name], mask)  # ... elsewhere
-            assert torch.equal(shuffled.pruned_state[name], ticket.dense.init_state[name] * shuffled.masks[name])
-    assert {row["phase"] for row in reinit.epochs} == {"ticket-0", "finetune-0", "ticket-1", "finetune-1"}
+def arm_levels(job, control: str) -> dict[int, object]:
+    return {level.row["level"]: level for level in job.levels if level.row["control"] == control}
+
+
+def test_controls_train_the_ticket_once_and_follow_its_masks() -> None:
+    job = run_method("imp", {"rate": 0.5, "controls": ["reinit", "random_mask"]}, sparsity=0.75)
+    ticket, reinit, random = (arm_levels(job, c) for c in ("none", "reinit", "random_mask"))
+    assert sorted(ticket) == sorted(reinit) == [0, 1, 2] and sorted(random) == [1, 2]  # no random mask at 100 %
+    # one training of the ticket per pruned level (the 1-epoch pretrain recipe from θ0), one per arm beside it
+    phases = [row["phase"] for row in job.epochs]
+    assert sorted(phases) == sorted(
+        ["reinit-0", "finetune-1", "reinit-1", "random_mask-1", "finetune-2", "reinit-2", "random_mask-2"]
+    )
+    assert [ticket[k].row["train_epochs"] for k in range(3)] == [0, 1, 2]  # the ticket's line only
+    assert [reinit[k].row["train_epochs"] for k in range(3)] == [1, 1, 2]  # the ticket's levels before + its own
+    # the dense level: the ticket is the trained dense model, the reinit arm draw 0 trained unpruned
+    assert ticket[0].row["top1"] == pytest.approx(job.dense.metrics["dense_top1"])
+    assert reinit[0].masks == {} and all(
+        torch.equal(reinit[0].pruned_state[n], v) for n, v in job.fresh_init(draw=0).items()
+    )
+    init = job.dense.init_state
+    for level in (1, 2):
+        fresh = job.fresh_init(draw=level)
+        for name, mask in ticket[level].masks.items():
+            assert torch.equal(reinit[level].masks[name], mask)  # the ticket's own mask ...
+            assert torch.equal(reinit[level].pruned_state[name], fresh[name] * mask)  # ... on this level's draw
+            shuffled = random[level].masks[name]
+            assert int(shuffled.sum()) == int(mask.sum()) and not torch.equal(shuffled, mask)  # as many, elsewhere
+            assert torch.equal(random[level].pruned_state[name], init[name] * shuffled)
+            assert torch.equal(ticket[level].pruned_state[name], init[name] * mask)  # the arms left the ticket be
+
+
+def test_each_level_draws_its_own_reinitialisation_unlike_any_seeds_theta0() -> None:
+    job = run_method("imp", {"rate": 0.5, "controls": ["reinit"]}, sparsity=0.75, pretrain_recipe=Recipe(epochs=0))
+    draws = [job.fresh_init(draw=k)["1.weight"] for k in range(3)]
+    assert all(not torch.equal(a, b) for i, a in enumerate(draws) for b in draws[i + 1 :])
+    torch.manual_seed(1)  # seed + 1's θ0, the old control's initialisation
+    next_seed = create_model("lenet_300_100", (1, 8, 8), 10).state_dict()["1.weight"]
+    assert not any(torch.equal(d, next_seed) for d in draws)
+    assert torch.equal(job.fresh_init(draw=1)["1.weight"], draws[1])  # a draw is a function of (seed, level)
+
+
+def test_the_old_control_key_is_refused_naming_the_new_spelling(write_spec) -> None:
+    spec = write_spec(
+        "name: b\nmodels: [lenet_300_100]\ndatasets: [digits]\nsparsities: [0.5]\nseeds: [0]\n"
+        "methods: [{name: imp, control: reinit}]\n"
+    )
+    with pytest.raises(
+        SpecError, match=r"methods\[0\]\.control: `control` was replaced by `controls`.*controls: \[reinit\]"
+    ):
+        load_spec(spec)
+    done = subprocess.run([HARNESS, "run", str(spec), "--dry-run"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "controls: [reinit]" in done.stderr, done.stderr
+
+
+def test_a_resumed_cell_with_controls_gives_the_uninterrupted_rows() -> None:
+    cell = tiny_cell("imp", {"rate": 0.5, "controls": ["reinit"]}, sparsity=0.75)
+    dense = pretrain(cell)
+    checkpoints: list[LevelCheckpoint] = []
+    whole = run_cell(cell, dense, on_level=checkpoints.append)
+    assert [c.level for c in checkpoints] == [0, 1, 2]  # one checkpoint per level, its arm's row inside it
+    resumed = run_cell(cell, dense, resume=LevelCheckpoint.from_bytes(checkpoints[1].to_bytes()))
+    keys = ("level", "control", "sparsity", "top1", "train_epochs")
+    assert [[r[k] for k in keys] for r in resumed.rows] == [[r[k] for k in keys] for r in whole.rows]
+    assert [(r["level"], r["control"]) for r in whole.rows] == [
+        (0, "reinit"),
+        (0, "none"),
+        (1, "reinit"),
+        (1, "none"),
+        (2, "reinit"),
+        (2, "none"),
+    ]
 
 
 @pytest.mark.parametrize(
@@ -151,7 +215,8 @@ def test_controls_follow_the_tickets_masks() -> None:
         ({"score": "imp"}, "not a pruning method"),
         ({"score": "global_magnitud"}, "did you mean"),
         ({"score": "grasp", "score_params": {"temperature": -1}}, "score_params.temperature"),
-        ({"control": "reinit"}, "needs a rewind point"),
+        ({"controls": ["reinit"]}, "needs a rewind point"),
+        ({"rewind": "init", "controls": ["reinit", "reinit"]}, "named twice"),
         ({"rewind": "epoch:one"}, "pattern"),
     ],
 )

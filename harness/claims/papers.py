@@ -31,15 +31,17 @@ LMC = "Paul et al. 2022, Unmasking the Lottery Ticket Hypothesis; Frankle et al.
 # Every level of every finished cell (the finished_levels view), with what the claims need; ``final`` marks
 # the cell's last row.
 LEVELS = """
-SELECT benchmark, model, dataset, method, method_params, cell_id, seed, level, sparsity, top1, dense_top1,
+SELECT benchmark, model, dataset, method, method_params, cell_id, seed, level, control, sparsity, top1, dense_top1,
        level = max(level) OVER (PARTITION BY benchmark, cell_id) AS final{extra}
 FROM finished_levels {where}
 """
 
 
-def levels_sql(methods: Iterable[str], extra: Iterable[str] = ()) -> str:
+def levels_sql(methods: Iterable[str], extra: Iterable[str] = (), arms: bool = False) -> str:
+    """The levels of ``methods``' cells: the main line's only, or with ``arms`` the control arms' rows too."""
     names = ", ".join(f"'{m}'" for m in methods)
-    return LEVELS.format(extra="".join(f", {c}" for c in extra), where=f"WHERE method IN ({names})")
+    where = f"WHERE method IN ({names})" + ("" if arms else " AND control = 'none'")
+    return LEVELS.format(extra="".join(f", {c}" for c in extra), where=where)
 
 
 def param(frame: pd.DataFrame, name: str, default: object = None) -> pd.Series:
@@ -144,24 +146,26 @@ def global_geq_layer(frame: pd.DataFrame) -> tuple[Verdict, str]:
 
 
 def _tickets(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
-    control = param(frame, "control", "none")
-    return frame[control == "none"], frame[control == "reinit"]
+    """The tickets and their reinit arms, of the cells that trained both (the arm's pair is in its own cell)."""
+    reinit = frame[frame["control"] == "reinit"]
+    ticket = frame[(frame["control"] == "none") & frame["cell_id"].isin(reinit["cell_id"])]
+    return ticket, reinit
 
 
 @claim(
     "lottery.beats_reinit",
     FRANKLE_CARBIN,
     "at the highest sparsity, the rewound ticket (IMP) is more accurate than the same mask randomly reinitialised",
-    levels_sql(("imp",)),
+    levels_sql(("imp",), arms=True),
 )
 def ticket_beats_reinit(frame: pd.DataFrame) -> tuple[Verdict, str]:
     def judge(group: pd.DataFrame) -> tuple[Verdict, str]:
         ticket, reinit = _tickets(group)
         if ticket.empty or reinit.empty:
-            return _need("needs imp and imp with control: reinit")
+            return _need("needs imp with controls: [reinit]")
         sparsity = min(ticket["sparsity"].max(), reinit["sparsity"].max())
         t, r = ticket[ticket["sparsity"] == sparsity], reinit[reinit["sparsity"] == sparsity]
-        interval = paired_interval(differences(t, r))
+        interval = paired_interval(differences(t, r, on=("cell_id", "seed")))
         text = interval.text() if interval else "fewer than 3 paired seeds"
         return above(interval), f"at sparsity {sparsity:g}, ticket − reinit {text}, {seeds_text(t)}"
 
@@ -180,8 +184,7 @@ MODERATE = 0.85  # "moderate sparsity": the largest IMP level at or below 85 % o
 )
 def ticket_matches_dense(frame: pd.DataFrame) -> tuple[Verdict, str]:
     def judge(group: pd.DataFrame) -> tuple[Verdict, str]:
-        ticket, _ = _tickets(group)
-        moderate = ticket[ticket["sparsity"] <= MODERATE + 1e-9]
+        moderate = group[(group["sparsity"] > 0) & (group["sparsity"] <= MODERATE + 1e-9)]
         if moderate.empty:
             return _need(f"needs an IMP level at or below sparsity {MODERATE}")
         at = moderate[moderate["sparsity"] == moderate["sparsity"].max()]
@@ -450,8 +453,7 @@ BARRIER = 0.02  # "connected": the test-error barrier stays below two points
 )
 def connected_while_working(frame: pd.DataFrame) -> tuple[Verdict, str]:
     def judge(group: pd.DataFrame) -> tuple[Verdict, str]:
-        rows = group[param(group, "control", "none") == "none"]
-        working = rows.groupby("sparsity").filter(lambda r: (r["top1"] - r["dense_top1"]).mean() >= -POINT)
+        working = group.groupby("sparsity").filter(lambda r: (r["top1"] - r["dense_top1"]).mean() >= -POINT)
         if working.empty:
             return _need("no level with a barrier where the ticket works")
         parts, notes = [], []
@@ -472,12 +474,11 @@ def connected_while_working(frame: pd.DataFrame) -> tuple[Verdict, str]:
 )
 def barrier_rises(frame: pd.DataFrame) -> tuple[Verdict, str]:
     def judge(group: pd.DataFrame) -> tuple[Verdict, str]:
-        rows = group[param(group, "control", "none") == "none"]
-        if rows["sparsity"].nunique() < 2:
+        if group["sparsity"].nunique() < 2:
             return _need("needs barriers at two levels or more")
-        low, high = rows["sparsity"].min(), rows["sparsity"].max()
+        low, high = group["sparsity"].min(), group["sparsity"].max()
         interval = paired_interval(
-            differences(rows[rows["sparsity"] == high], rows[rows["sparsity"] == low], "lmc_barrier")
+            differences(group[group["sparsity"] == high], group[group["sparsity"] == low], "lmc_barrier")
         )
         text = interval.text() if interval else "fewer than 3 seeds"
         return above(interval), f"barrier at s={high:g} − at s={low:g} {text}"

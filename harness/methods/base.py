@@ -45,8 +45,9 @@ class Job(Protocol):
     :attr:`pretrain_recipe`, :attr:`finetune_recipe`, :attr:`input_shape`, :attr:`quantized`, and
     :meth:`weights`, :meth:`fresh_init`, :meth:`train_batches`, :meth:`val_batch`, :meth:`evaluate`,
     :meth:`split_size`, :meth:`context`. Verbs: :meth:`prune`, :meth:`remove_channels`, :meth:`finetune`,
-    :meth:`train`, :meth:`finish_level`, :meth:`load_weights`, :meth:`set_storage`, :meth:`stage`. Every finished
-    level is one result row. Resuming (methods with ``resumable = True``): :meth:`remember`, :meth:`resumed`.
+    :meth:`train`, :meth:`finish_level`, :meth:`load_weights`, :meth:`set_storage`, :meth:`stage`,
+    :meth:`arm`. Every finished level is one result row. Resuming (methods with ``resumable = True``):
+    :meth:`remember`, :meth:`resumed`.
     """
 
     @property
@@ -139,6 +140,12 @@ class Job(Protocol):
 
     def stage(self, name: str) -> AbstractContextManager[None]:
         """Levels recorded inside are labelled ``name`` in the ``stage`` column (pipeline stages)."""
+
+    def arm(self, name: str) -> AbstractContextManager[None]:
+        """A control trained beside the level in progress, from the same cell (a lottery ticket's reinit):
+        levels finished inside are rows of that level with ``control`` = ``name``, its epochs have phase
+        ``<name>-<level>``; on exit the model's weights, the masks and the level's measurements are the main
+        line's again. Finish the main line's level after its arms (its checkpoint then holds them too)."""
 
     def remember(self, key: str, value: Any) -> None:
         """Keep ``value`` (tensors, dicts of tensors, numbers, strings) with every later level's checkpoint,
@@ -241,9 +248,7 @@ class PruningOptions(Method.Params):
 
 def options_context(job: Job, options: PruningOptions) -> PruningContext:
     """``job.context`` with the common options applied: the classifier, exclusions and the layer cap."""
-    return job.context(
-        options.prune_classifier, exclude=options.exclude, max_layer_sparsity=options.max_layer_sparsity
-    )
+    return job.context(options.prune_classifier, exclude=options.exclude, max_layer_sparsity=options.max_layer_sparsity)
 
 
 class PruningMethod(Method):

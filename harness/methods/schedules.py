@@ -16,11 +16,14 @@ its ``rewind`` point:
   epoch k on (default 0: all of it) — learning-rate rewinding (Renda et al. 2020).
 
 Every round is one row whose ``sparsity`` is that round's target, so one run yields the whole
-sparsity curve. Controls (Frankle & Carbin): ``reinit`` trains each round's ticket mask from a
-fresh random initialisation (a new draw per round, from a seed no cell's θ0 uses),
-``random_mask`` trains a random mask with the ticket's per-layer sparsity from the ticket's
-starting point. The ticket itself must still be trained to find the next mask, so a control costs
-twice the training; the ticket's epochs have phase ``ticket-<level>``.
+sparsity curve. Controls (Frankle & Carbin), ``controls: [reinit, random_mask]``: arms trained in the
+same cell from each level's ticket mask, each its own row (``control`` column) with the ticket's level
+and sparsity. The ticket is trained once per level; ``reinit`` trains its mask from a fresh random
+initialisation (a new draw per level, from a seed no cell's θ0 uses), ``random_mask`` a random mask
+with the ticket's per-layer sparsity from the ticket's starting point, with the same data order as
+the ticket. Their epochs have phase ``<arm>-<level>``. With controls, level 0 is full density: the
+ticket's row is the trained dense model, the reinit arm's a fresh initialisation trained dense (the
+random mask has no row there: at 100 % there is no mask to draw).
 
 Linear mode connectivity (Frankle et al. 2020; Paul et al. 2022): with ``lmc_points: n`` (≥ 3) every
 level after the first records ``lmc_barrier``, the error barrier on the TEST split between the previous
@@ -57,6 +60,7 @@ HAN = "Han et al. 2015, Learning both Weights and Connections for Efficient Neur
 FRANKLE_CARBIN = "Frankle & Carbin 2019, The Lottery Ticket Hypothesis"
 RENDA = "Renda et al. 2020, Comparing Rewinding and Fine-tuning in Neural Network Pruning"
 
+Control = Literal["reinit", "random_mask"]
 RewindPoint = Annotated[str, Field(pattern=r"^(none|init|lr|lr:\d+|epoch:\d+|iter:\d+)$")]
 
 
@@ -135,10 +139,21 @@ class Iterative(Method):
         rate: float = Field(0.2, gt=0, lt=1)  # fraction of the remaining weights pruned per round
         rounds: int | None = Field(None, ge=1)  # default: enough to reach the cell's sparsity
         rewind: RewindPoint = "none"  # none | init | epoch:k | lr | lr:k
-        control: Literal["none", "reinit", "random_mask"] = "none"
+        controls: tuple[Control, ...] = ()  # arms trained beside the ticket, each level: reinit, random_mask
         prune_classifier: bool = False
         classifier_rate: float | None = Field(None, gt=0, lt=1)  # default: rate / 2
         lmc_points: int = Field(0, ge=0, le=101)  # 0: off; else points on the line between successive levels
+
+        @model_validator(mode="before")
+        @classmethod
+        def _renamed(cls, data: Any) -> Any:
+            if isinstance(data, dict) and "control" in data:
+                raise fail_at(
+                    ("control",),
+                    "`control` was replaced by `controls`, a list of arms trained beside the ticket in the same "
+                    "cell: write controls: [reinit] (allowed: reinit, random_mask)",
+                )
+            return data
 
         @model_validator(mode="after")
         def _consistent(self) -> Iterative.Params:
@@ -154,10 +169,13 @@ class Iterative(Method):
                     "name one such as global_magnitude, snip or filter_l1",
                 )
             validate_nested(method.Params, self.score_params, ("score_params",))
-            if self.control == "reinit" and self.rewind.partition(":")[0] in ("none", "lr"):
-                raise ValueError(
-                    f"control 'reinit' trains from a fresh initialisation, so it needs a rewind point to replace "
-                    f"(rewind: init or epoch:k), not rewind {self.rewind!r}"
+            if len(set(self.controls)) < len(self.controls):
+                raise fail_at(("controls",), "an arm is named twice; list each of reinit, random_mask once")
+            if "reinit" in self.controls and self.rewind.partition(":")[0] in ("none", "lr"):
+                raise fail_at(
+                    ("controls",),
+                    f"the reinit arm trains from a fresh initialisation, so it needs a rewind point to replace "
+                    f"(rewind: init, epoch:k or iter:k), not rewind {self.rewind!r}",
                 )
             return self
 
@@ -193,6 +211,8 @@ class Iterative(Method):
             recipe, callbacks = replay_from(job.pretrain_recipe, rewind_epoch)
         classifier_rate = p.classifier_rate or p.rate / 2
 
+        targets = level_targets(job.sparsity, p.rate, p.rounds)
+        dense_levels = 1 if p.controls else 0  # with arms, level 0 is full density: the curves start at 100 %
         ticket: Masks = {}
         previous_level: dict[str, torch.Tensor] | None = None  # the last level's trained weights (lmc_points)
         first = 0
@@ -200,39 +220,28 @@ class Iterative(Method):
             first, ticket = resumed["iterative_round"] + 1, resumed["ticket"]
             if p.lmc_points:  # the model is as the last finished level left it: its trained weights
                 previous_level = copy.deepcopy(job.model.state_dict())
-            if "ticket_weights" in resumed:  # a control level: the next mask is scored on the ticket
-                job.load_weights(resumed["ticket_weights"])
-        for index, sparsity in enumerate(level_targets(job.sparsity, p.rate, p.rounds)):
+        for index, sparsity in enumerate([0.0] * dense_levels + targets):
             if index < first:
                 continue
-            classifier_sparsity = 1 - (1 - classifier_rate) ** (index + 1) if p.prune_classifier else None
-            ticket = self.next_masks(job, score, ticket, sparsity, classifier_sparsity)
+            rounds = index + 1 - dense_levels  # pruning rounds up to this level
+            classifier_sparsity = 1 - (1 - classifier_rate) ** rounds if p.prune_classifier else None
             start = rewind_state if rewind_state is not None else copy.deepcopy(job.model.state_dict())
-            masks = ticket
-            if p.control != "none":
-                trained_ticket = self.train_ticket(job, start, ticket, recipe, callbacks)
-                if p.control == "reinit":
-                    start = job.fresh_init(draw=index)  # every ticket its own random initialisation
-                else:
-                    generator = torch.Generator().manual_seed(job.seed)  # same draw every round: nested masks
-                    density = {name: int(mask.sum()) / mask.numel() for name, mask in ticket.items()}
-                    masks = random_masks(ticket, density, generator)
-            job.load_weights(start)
-            job.prune(masks)
-            job.finetune(recipe, callbacks, finish=False)
+            if rounds:  # else the dense level: the ticket at 100 % is the trained dense model itself
+                ticket = self.next_masks(job, score, ticket, sparsity, classifier_sparsity)
+                job.load_weights(start)
+                job.prune(ticket)
+                job.finetune(recipe, callbacks, finish=False)
             extra = {} if classifier_sparsity is None else {"classifier_sparsity": classifier_sparsity}
             if p.lmc_points:
                 trained = copy.deepcopy(job.model.state_dict())
                 if previous_level is not None:
                     extra["lmc_barrier"] = error_barrier(job, previous_level, trained, p.lmc_points)
                 previous_level = trained
+            for arm in p.controls:
+                self.train_arm(job, arm, index, ticket, start, recipe, callbacks, sparsity, classifier_sparsity)
             job.remember("iterative_round", index)
             job.remember("ticket", ticket)
-            if p.control != "none":
-                job.remember("ticket_weights", trained_ticket)
             job.finish_level(sparsity=sparsity, **extra)
-            if p.control != "none":
-                job.load_weights(trained_ticket)  # the next mask is scored on the ticket
 
     def next_masks(
         self,
@@ -257,14 +266,34 @@ class Iterative(Method):
         }
 
     @staticmethod
-    def train_ticket(
-        job: Job, start: dict[str, torch.Tensor], masks: Masks, recipe: Recipe, callbacks: list
-    ) -> dict[str, torch.Tensor]:
-        """Train the ticket off the record (its epochs only, phase ``ticket-<level>``), as the plain method
-        would (the same seed as this level's fine-tuning); returns its weights."""
-        job.load_weights(start)
-        job.train(recipe, masks, callbacks, phase="ticket")
-        return copy.deepcopy(job.model.state_dict())
+    def train_arm(
+        job: Job,
+        arm: Control,
+        index: int,
+        ticket: Masks,
+        start: dict[str, torch.Tensor],
+        recipe: Recipe,
+        callbacks: list,
+        sparsity: float,
+        classifier_sparsity: float | None,
+    ) -> None:
+        """One control of level ``index``, in ``job.arm(arm)`` beside the ticket (which it leaves as it was):
+        ``reinit``, the ticket's mask on this level's own fresh initialisation; ``random_mask``, a random mask
+        with the ticket's per-layer density from the ticket's start (none at full density: no mask there)."""
+        if arm == "random_mask" and not ticket:
+            return
+        with job.arm(arm):
+            if arm == "reinit":
+                start, masks = job.fresh_init(draw=index), ticket
+            else:
+                generator = torch.Generator().manual_seed(job.seed)  # same draw every level: nested masks
+                density = {name: int(mask.sum()) / mask.numel() for name, mask in ticket.items()}
+                masks = random_masks(ticket, density, generator)
+            job.load_weights(start)
+            job.prune(masks)
+            job.finetune(recipe, callbacks, finish=False)
+            extra = {} if classifier_sparsity is None else {"classifier_sparsity": classifier_sparsity}
+            job.finish_level(sparsity=sparsity, **extra)
 
 
 def error_barrier(job: Job, start: dict[str, torch.Tensor], end: dict[str, torch.Tensor], points: int) -> float:

@@ -28,7 +28,8 @@ from harness.store import ResultsStore, read_retrying
 
 MANY_CLASSES = 100  # from this many classes on, top-5 is reported beside top-1
 POINT_METRICS = ("top1", "top5", "compression_ratio", "theoretical_speedup", "size_bytes", "bits_per_weight")
-SERIES_KEYS = ["benchmark", "model", "dataset", "method", "method_params"]  # what names a series in a source
+# what names a series in a source: a lottery ticket's control arm is a series of its own
+SERIES_KEYS = ["benchmark", "model", "dataset", "method", "method_params", "control"]
 POINT_KEYS = ["dataset", "model", "series", "source", "benchmark", "level", "sparsity"]
 _SERIES_TABLE = "__report_series"  # the series of each key (columns key_<name>), registered on each connection
 _SERIES_JOIN = f"JOIN {_SERIES_TABLE} ON " + " AND ".join(f"{k} IS NOT DISTINCT FROM key_{k}" for k in SERIES_KEYS)
@@ -54,12 +55,12 @@ ORDER BY benchmark, cell_id
 """  # fmt: skip
 
 POINTS_SQL = f"""
-SELECT dataset, model, series, benchmark, level, sparsity,
+SELECT dataset, model, series, control, benchmark, level, sparsity,
        {", ".join(f"avg({m}) AS {m}_mean, stddev_samp({m}) AS {m}_std" for m in POINT_METRICS)},
        count(DISTINCT seed) AS seeds,
        list(DISTINCT cell_id ORDER BY cell_id) AS cell_ids
 FROM finished_levels {_SERIES_JOIN}
-GROUP BY dataset, model, series, benchmark, level, sparsity
+GROUP BY dataset, model, series, control, benchmark, level, sparsity
 """
 
 # the unpruned model of each (benchmark, data set, model): one row per dense model (pretrain_key), its
@@ -140,11 +141,11 @@ class ReportData:
     def pair_dense(self, dataset: str, model: str) -> pd.DataFrame:
         return self.dense[(self.dense["dataset"] == dataset) & (self.dense["model"] == model)]
 
-    def layer_rows(self, source: str, cell_ids: list[str], level: int) -> pd.DataFrame:
-        """The ``layers`` rows of some cells at one level, in the order they were written (the model's)."""
+    def layer_rows(self, source: str, cell_ids: list[str], level: int, control: str = "none") -> pd.DataFrame:
+        """The ``layers`` rows of some cells at one level and arm, in the order they were written (the model's)."""
         listed = ", ".join("?" for _ in cell_ids)
-        sql = f"SELECT layer, params, nonzero FROM layers WHERE level = ? AND cell_id IN ({listed})"
-        return read_retrying(lambda: self.readers[source].execute(sql, [level, *cell_ids]).df())
+        sql = f"SELECT layer, params, nonzero FROM layers WHERE level = ? AND control = ? AND cell_id IN ({listed})"
+        return read_retrying(lambda: self.readers[source].execute(sql, [level, control, *cell_ids]).df())
 
 
 def load_report_data(sources: list[Source], numbers: Path | None = NUMBERS) -> ReportData:
@@ -210,7 +211,7 @@ def _series_labels(keys: pd.DataFrame, tuned: dict[tuple[str, str], dict] | None
         base.get((*key, _canonical(json.loads(p or "{}"))), p)
         for key, p in zip(names, keys["method_params"], strict=True)
     ]
-    labels = [method_label(m, p) for m, p in zip(keys["method"], params, strict=True)]
+    labels = [method_label(m, p, c) for m, p, c in zip(keys["method"], params, keys["control"], strict=True)]
     marks = {key: tuning_mark(section) for key, section in tuned.items()}
     labels = [
         f"{label} ({marks[(source, benchmark)]})" if (source, benchmark) in marks else label

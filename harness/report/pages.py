@@ -433,7 +433,7 @@ class _PairBuilder:
             if finite.empty:
                 continue
             point = finite.loc[(finite["compression_ratio_mean"].map(math.log2) - target).abs().idxmin()]
-            rows = self.layer_rows(point["source"], point["cell_ids"], int(point["level"]))
+            rows = self.layer_rows(point["source"], point["cell_ids"], int(point["level"]), point["control"])
             if rows.empty:
                 continue
             column = f"{series} at {times(point['compression_ratio_mean'])}"
