@@ -124,7 +124,7 @@ CELLS = (
     Column(
         "lmc_barrier",
         pa.float64(),
-        "validation-error barrier on the line from the previous level's network to this one's (`lmc_points`), else null",
+        "validation-error barrier on the line from the previous level's network to this one's (`lmc_points`)",
     ),
     Column(
         "lmc_barrier_copies",
