@@ -43,10 +43,18 @@ def at(method: str, seed: int, top1: float, params: dict | None = None, sparsity
     return cell(method, seed, [{"sparsity": sparsity, "top1": top1, **extra}], params)
 
 
-def imp(seed: int, top1s: list[float], control: str | None = None, barriers: list[float] | None = None):
+def imp(
+    seed: int,
+    top1s: list[float],
+    control: str | None = None,
+    barriers: list[float] | None = None,
+    copies: list[float] | None = None,
+):
     levels = [{"sparsity": s, "top1": t} for s, t in zip((0.5, 0.8, 0.9, 0.95), top1s, strict=False)]
     for level, barrier in zip(levels, barriers or [], strict=False):
         level["lmc_barrier"] = barrier
+    for level, barrier in zip(levels, copies or [], strict=False):
+        level["lmc_barrier_copies"] = barrier
     return cell("imp", seed, levels, {"rate": 0.5} | ({"control": control} if control else {}))
 
 
@@ -159,6 +167,19 @@ def test_missing_column_and_empty_results_are_not_enough_data(tmp_path: Path):
     gradient = frame.loc["gradient_flow.rigl_raises"]
     assert gradient["verdict"] == UNDECIDED and "gradient_flow" in gradient["evidence"]
     assert frame.loc["lmc.barrier_rises", "verdict"] == UNDECIDED
+
+
+def test_lmc_claims_judge_the_copies_barrier_where_recorded(tmp_path: Path):
+    # the successive-level barriers alone would fail both claims: 30 pt everywhere, falling to 25 pt
+    flat, rising = ResultsStore(tmp_path / "flat"), ResultsStore(tmp_path / "rising")
+    for s in (0, 1, 2):
+        top1s, successive = [dense(s)] * 3, [None, 0.3, 0.25 + jitter(s)]
+        flat.write(imp(s, top1s, barriers=successive, copies=[0.005 + jitter(s) / 2] * 3))
+        rising.write(imp(s, top1s, barriers=successive, copies=[0.005, 0.005, 0.05 + jitter(s)]))
+    connected = check_claims(tmp_path / "flat").set_index("claim").loc["lmc.connected_while_tickets_work"]
+    assert connected["verdict"] == HOLDS and "s=0.5: copies barrier − 0.02" in connected["evidence"]
+    rises = check_claims(tmp_path / "rising").set_index("claim").loc["lmc.barrier_rises"]
+    assert rises["verdict"] == HOLDS and "copies barrier at s=0.9 − at s=0.5" in rises["evidence"]
 
 
 def test_cli_claims_csv_with_reference(tmp_path: Path):
