@@ -57,7 +57,7 @@ report: setup
 # A run that exits 1 (a failed cell) goes on: the claims say what its rows allow; exit 2 (bad input) stops.
 QUICK_TWINS := shrinkbench_digits lottery_mnist1d supermask_digits quantization_digits compression_digits
 ALL_TWINS   := $(QUICK_TWINS) lottery_digits renda_digits gradient_flow_digits shrinkbench_mnist1d \
-               shrinkbench_bn lottery_bn quantization_bn
+               shrinkbench_bn lottery_bn quantization_bn lmc_mnist1d
 define run_twins
 	@for twin in $(1); do \
 	  echo "== benchmarks/papers/cpu/$$twin.yaml"; \

@@ -2,8 +2,10 @@
 
 - ``density``: per-layer density (nonzero / params) of each method's final level, mean and spread
   over seeds — the layer-wise sparsity profile a global criterion chooses;
-- ``lmc``: the linear-mode-connectivity error barrier between successive levels of iterative
-  methods run with ``lmc_points`` (column ``lmc_barrier``), beside the level's accuracy gap to dense;
+- ``lmc``: the linear-mode-connectivity error barriers (validation split) of iterative methods run with
+  ``lmc_points``: between successive levels (``lmc_barrier``) and, with ``lmc_copies``, between a level's
+  network and its copy trained in another data order (``lmc_barrier_copies``, Frankle et al. 2020's
+  stability test), beside the level's accuracy gap to dense;
 - ``gradient-flow``: the GradientFlow callback's per-epoch norms (``gradient_flow``, and
   ``gradient_flow_init`` / per-layer ``gradient_flow/<weight>`` columns where recorded), mean over seeds.
 
@@ -44,14 +46,16 @@ def density_profile(results_dir: str | os.PathLike) -> pd.DataFrame:
 
 
 def lmc_barriers(results_dir: str | os.PathLike) -> pd.DataFrame:
-    """Per level of iterative methods with ``lmc_points``: mean barrier, its spread and the gap to dense."""
+    """Per level of iterative methods with ``lmc_points``: both barriers' means (null where not measured), their
+    spread over seeds and the gap to dense."""
     return _query(
         results_dir,
         """
         SELECT benchmark, model, dataset, method, method_params, level, sparsity,
                avg(lmc_barrier) AS barrier, stddev_samp(lmc_barrier) AS barrier_sd,
+               avg(lmc_barrier_copies) AS barrier_copies, stddev_samp(lmc_barrier_copies) AS barrier_copies_sd,
                avg(top1 - dense_top1) AS top1_minus_dense, count(*) AS seeds
-        FROM finished_levels WHERE lmc_barrier IS NOT NULL
+        FROM finished_levels WHERE lmc_barrier IS NOT NULL OR lmc_barrier_copies IS NOT NULL
         GROUP BY ALL ORDER BY ALL
         """,
         "lmc_barrier (run an iterative method with lmc_points: 11)",

@@ -124,6 +124,17 @@ class LevelCheckpoint:
 OnLevel = Callable[[CellResult, bytes], None]  # a finished level: the cell's rows so far and its checkpoint
 
 
+def stream_seed(stream: str, seed: int, draw: int) -> int:
+    """A seed for the ``draw``-th use of random stream ``stream`` in the cell of ``seed``, at or above 2**63.
+
+    Cells' seeds (θ0, data splits) are below 2**32 and a level's training seed is seed + 1000 · level, so a
+    hash of (stream, seed, draw) with the top bit set is a stream none of them uses (re-init draws, the data
+    order of a level's LMC copy), and two streams differ by name.
+    """
+    digest = hashlib.sha256(f"{stream}/{seed}/{draw}".encode()).digest()
+    return (1 << 63) | int.from_bytes(digest[:8], "little") >> 1
+
+
 def seed_everything(seed: int) -> None:
     L.seed_everything(seed, workers=True, verbose=False)
     torch.use_deterministic_algorithms(True, warn_only=True)
@@ -295,12 +306,11 @@ class CellJob:
     def fresh_init(self, draw: int = 0) -> dict[str, torch.Tensor]:
         """The model's state drawn again from its initialiser (re-init controls), the ``draw``-th time.
 
-        Seeded from a hash of (seed, draw) at or above 2**63: never the seed of any cell's θ0 (seed+1
-        would be the next seed's θ0), and a new draw for each level that asks for one.
+        Seeded by :func:`stream_seed`: never the seed of any cell's θ0 (seed+1 would be the next seed's
+        θ0), and a new draw for each level that asks for one.
         """
-        digest = hashlib.sha256(f"fresh-init/{self.cell.seed}/{draw}".encode()).digest()
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed((1 << 63) | int.from_bytes(digest[:8], "little") >> 1)
+            torch.manual_seed(stream_seed("fresh-init", self.cell.seed, draw))
             model = create_model(self.cell.model, self.data.input_shape, self.data.num_classes)
         return model.state_dict()
 
@@ -384,18 +394,29 @@ class CellJob:
         if finish:
             self.finish_level()
 
-    def train(self, recipe: Recipe, masks: Masks, callbacks: Sequence[Any] = (), phase: str = "aside") -> None:
+    def train(
+        self,
+        recipe: Recipe,
+        masks: Masks,
+        callbacks: Sequence[Any] = (),
+        phase: str = "aside",
+        new_data_order: bool = False,
+    ) -> None:
         self.storage = Storage()
-        self._train(recipe, masks, callbacks, phase)
+        self._train(recipe, masks, callbacks, phase, new_data_order)
 
-    def _train(self, recipe: Recipe, masks: Masks, callbacks: Sequence[Any], phase: str) -> None:
+    def _train(
+        self, recipe: Recipe, masks: Masks, callbacks: Sequence[Any], phase: str, new_data_order: bool = False
+    ) -> None:
         level = self.level_index()
+        # an arm sees the data in its level's order, as the ticket does; an LMC copy a stream of its own
+        seed = stream_seed(phase, self.cell.seed, level) if new_data_order else self.cell.seed + 1000 * level
         epochs = train(
             self._model,
             self.data.train,
             self.data.val,
             recipe,
-            seed=self.cell.seed + 1000 * level,  # an arm sees the data in its level's order, as the ticket does
+            seed=seed,
             phase=f"{self._arm or phase}-{level}",
             masks=masks,
             callbacks=list(callbacks),

@@ -16,7 +16,8 @@ import pyarrow as pa
 
 # 2: pruning counted apart from quantisation zeros; zero_fraction, storage_compression, layer_collapse, train_epochs
 # 3: channels physically removed (channels_removed, params_physical, flops_physical); batch-1 latency, measured speedups
-# 4: `control` (cells, layers): a lottery ticket's control arms are rows of the ticket's cell
+# 4: `control` (cells, layers): a lottery ticket's control arms are rows of the ticket's cell;
+#    lmc_barrier (now on the validation split) and lmc_barrier_copies as core columns: null in older rows
 SCHEMA_VERSION = 4
 
 
@@ -128,6 +129,17 @@ CELLS = (
         "train_epochs",
         pa.int64(),
         "epochs this cell trained up to this level, every phase after the shared dense pretraining (tickets too)",
+    ),
+    Column(
+        "lmc_barrier",
+        pa.float64(),
+        "validation-error barrier on the line from the previous level's network to this one's (`lmc_points`)",
+    ),
+    Column(
+        "lmc_barrier_copies",
+        pa.float64(),
+        "validation-error barrier between this level's network and its copy trained in another data order "
+        "(`lmc_copies`), else null",
     ),
     Column("pretrain_seconds", pa.float64(), "wall seconds of the dense pretraining"),
     Column("prune_seconds", pa.float64(), "wall seconds spent choosing and applying masks in this level"),

@@ -35,6 +35,18 @@ def test_lmc_barriers_average_the_levels_over_seeds(tmp_path: Path):
     assert list(frame["level"]) == [1]
     assert frame["barrier"].iloc[0] == pytest.approx(0.03)
     assert frame["barrier_sd"].iloc[0] == pytest.approx(pd.Series([0.01, 0.02, 0.06]).std())
+    assert frame["barrier_copies"].isna().all()  # not recorded: null, not zero
+
+
+def test_lmc_barriers_show_the_copies_barrier_from_the_first_level(tmp_path: Path):
+    store = ResultsStore(tmp_path)
+    for seed, copies in zip((0, 1, 2), (0.01, 0.03, 0.05), strict=True):
+        store.write(imp(seed, [0.9, 0.9], barriers=[None, 0.02], copies=[copies, 2 * copies]))
+    frame = lmc_barriers(tmp_path).set_index("level")
+    assert list(frame.index) == [0, 1]  # level 0 has a copy, though no level before it
+    assert frame.loc[0, "barrier_copies"] == pytest.approx(0.03) and pd.isna(frame.loc[0, "barrier"])
+    assert frame.loc[1, "barrier_copies"] == pytest.approx(0.06) and frame.loc[1, "barrier"] == pytest.approx(0.02)
+    assert frame.loc[1, "barrier_copies_sd"] == pytest.approx(0.04)  # sd of 0.02, 0.06, 0.10: √((0.04² + 0.04²) / 2)
 
 
 def test_gradient_flow_means_and_missing_columns(tmp_path: Path):

@@ -43,13 +43,21 @@ def at(method: str, seed: int, top1: float, params: dict | None = None, sparsity
     return cell(method, seed, [{"sparsity": sparsity, "top1": top1, **extra}], params)
 
 
-def imp(seed: int, top1s: list[float], reinit: list[float] | None = None, barriers: list[float] | None = None):
+def imp(
+    seed: int,
+    top1s: list[float],
+    reinit: list[float] | None = None,
+    barriers: list[float] | None = None,
+    copies: list[float] | None = None,
+):
     """An IMP cell, the ticket's levels at sparsity 0.5, 0.8, …; with ``reinit`` its reinit arm's rows in the
     same cell, each beside the ticket's row of its level (as ``controls: [reinit]`` writes them)."""
     sparsities = (0.5, 0.8, 0.9, 0.95)
     levels = [{"sparsity": s, "top1": t, "control": "none"} for s, t in zip(sparsities, top1s, strict=False)]
     for level, barrier in zip(levels, barriers or [], strict=False):
         level["lmc_barrier"] = barrier
+    for level, barrier in zip(levels, copies or [], strict=False):
+        level["lmc_barrier_copies"] = barrier
     if reinit is None:
         return cell("imp", seed, levels, {"rate": 0.5})
     arms = [{"sparsity": s, "top1": t, "control": "reinit"} for s, t in zip(sparsities, reinit, strict=False)]
@@ -175,6 +183,19 @@ def test_the_ticket_is_paired_with_the_reinit_arm_of_its_own_cell(tmp_path: Path
 
     verdict, evidence = CLAIMS["lottery.beats_reinit"].check(write(tmp_path, scenario, 1, (0, 1, 2)))
     assert verdict == HOLDS and "ticket − reinit +10.00 pt" in evidence, evidence
+
+
+def test_lmc_claims_judge_the_copies_barrier_where_recorded(tmp_path: Path):
+    # the successive-level barriers alone would fail both claims: 30 pt everywhere, falling to 25 pt
+    flat, rising = ResultsStore(tmp_path / "flat"), ResultsStore(tmp_path / "rising")
+    for s in (0, 1, 2):
+        top1s, successive = [dense(s)] * 3, [None, 0.3, 0.25 + jitter(s)]
+        flat.write(imp(s, top1s, barriers=successive, copies=[0.005 + jitter(s) / 2] * 3))
+        rising.write(imp(s, top1s, barriers=successive, copies=[0.005, 0.005, 0.05 + jitter(s)]))
+    connected = check_claims(tmp_path / "flat").set_index("claim").loc["lmc.connected_while_tickets_work"]
+    assert connected["verdict"] == HOLDS and "s=0.5: copies barrier − 0.02" in connected["evidence"]
+    rises = check_claims(tmp_path / "rising").set_index("claim").loc["lmc.barrier_rises"]
+    assert rises["verdict"] == HOLDS and "copies barrier at s=0.9 − at s=0.5" in rises["evidence"]
 
 
 def test_cli_claims_csv_with_reference(tmp_path: Path):

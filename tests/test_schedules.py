@@ -13,13 +13,17 @@ from pathlib import Path
 import pytest
 import torch
 from pydantic import ValidationError
+from torch import nn
+from torch.utils.data import TensorDataset
 
-from harness.cell import DenseCheckpoint, LevelCheckpoint, pretrain, run_cell
+import harness.cell
+from harness.cell import DenseCheckpoint, LevelCheckpoint, pretrain, run_cell, stream_seed
 from harness.methods import create_method
 from harness.methods.schedules import error_barrier, level_targets, schedule_lrs
 from harness.models import create_model
 from harness.spec import BenchmarkSpec, Recipe, SpecError, load_spec
 from harness.testing import check_pruning_method, run_method, tiny_cell
+from harness.training import evaluate, loader
 
 HARNESS = str(Path(sys.executable).with_name("harness"))
 PRUNABLE = 49200
@@ -279,3 +283,84 @@ def test_imp_records_the_barrier_between_successive_levels() -> None:
     assert 0.0 <= rows[1]["lmc_barrier"] <= 1.0
     with pytest.raises(ValidationError, match="at least 3 points"):
         create_method("imp", {"lmc_points": 2})
+
+
+class _LinearJob:
+    """The verbs error_barrier uses on a real nn.Linear(1, 2) and two splits of two examples each."""
+
+    def __init__(self, splits: dict[str, TensorDataset]) -> None:
+        self.model, self.splits = nn.Linear(1, 2), splits
+
+    def load_weights(self, state: dict[str, torch.Tensor]) -> None:
+        self.model.load_state_dict(state)
+
+    def evaluate(self, split: str = "test") -> dict[str, float]:
+        return evaluate(self.model, self.splits[split])
+
+
+def test_error_barrier_of_two_linear_models_is_measured_on_validation() -> None:
+    # class-0 margin w·x + b, class 1 fixed at 0. A: w = 2, b = −1; B: w = −2, b = −1; on the line w = 2 − 4α:
+    # x = +1 has margin 1 − 4α (class 0 until α = 1/4), x = −1 has −3 + 4α (class 0 after α = 3/4)
+    a = {"weight": torch.tensor([[2.0], [0.0]]), "bias": torch.tensor([-1.0, 0.0])}
+    b = {"weight": torch.tensor([[-2.0], [0.0]]), "bias": torch.tensor([-1.0, 0.0])}
+    x = torch.tensor([[1.0], [-1.0]])
+    # validation, both labelled 0: error 1/2 at each end, 1 for α in (1/4, 3/4) → barrier 1 − 1/2;
+    # test, both labelled 1: 1/2 at each end, 0 in between → barrier 0: the barrier must read validation
+    splits = {"val": TensorDataset(x, torch.tensor([0, 0])), "test": TensorDataset(x, torch.tensor([1, 1]))}
+    job = _LinearJob(splits)
+    assert error_barrier(job, a, b, 11) == pytest.approx(0.5)
+    assert torch.equal(job.model.weight, b["weight"])  # left at the end point
+    assert error_barrier(job, a, a, 11) == 0.0
+
+
+def test_error_barrier_between_identical_networks_is_zero() -> None:
+    job = run_method("global_magnitude", sparsity=0.5)
+    state = {name: value.clone() for name, value in job.model.state_dict().items()}
+    assert error_barrier(job, state, state, 11) == 0.0
+
+
+def test_lmc_copies_train_from_the_same_start_and_mask_in_another_data_order(monkeypatch) -> None:
+    calls: list[dict] = []
+    real_train = harness.cell.train
+
+    def recording_train(model, train_set, val_set, recipe, *, seed, phase, masks=None, **kwargs):
+        start = {name: value.detach().clone() for name, value in model.state_dict().items()}
+        calls.append({"phase": phase, "seed": seed, "start": start, "masks": dict(masks), "data": train_set})
+        return real_train(model, train_set, val_set, recipe, seed=seed, phase=phase, masks=masks, **kwargs)
+
+    dense = untrained()
+    monkeypatch.setattr(harness.cell, "train", recording_train)
+    params = {"rate": 0.5, "lmc_points": 3, "lmc_copies": True}
+    job = run_method("imp", params, dense=dense, sparsity=0.75, pretrain_recipe=Recipe(epochs=1, batch_size=256))
+    assert [c["phase"] for c in calls] == ["copy-0", "finetune-0", "copy-1", "finetune-1"]
+    for level in (0, 1):
+        copy_, plain = calls[2 * level], calls[2 * level + 1]
+        assert copy_["masks"].keys() == plain["masks"].keys()
+        for name, mask in plain["masks"].items():
+            assert torch.equal(copy_["masks"][name], mask)  # the same mask ...
+            theta0 = dense.init_state[name] * mask
+            assert torch.equal(copy_["start"][name] * mask, theta0)  # ... from the same rewind point (θ0)
+            assert torch.equal(plain["start"][name], theta0)
+        for name, value in dense.init_state.items():  # biases and the rest: θ0 as well
+            if name not in plain["masks"]:
+                assert torch.equal(copy_["start"][name], value) and torch.equal(plain["start"][name], value)
+        assert plain["seed"] == 1000 * level  # the level's own order is unchanged ...
+        assert copy_["seed"] == stream_seed("copy", 0, level) >= 2**63  # ... the copy's is a stream of its own
+        orders = [list(loader(c["data"], 256, shuffle=True, seed=c["seed"]).sampler) for c in (copy_, plain)]
+        assert orders[0] != orders[1]
+    rows = [level.row for level in job.levels]
+    assert [row["train_epochs"] for row in rows] == [2, 4]  # the copies' epochs count: equal-budget bookkeeping
+    assert all(0.0 <= row["lmc_barrier_copies"] <= 1.0 for row in rows)
+    assert "lmc_barrier" not in rows[0] and 0.0 <= rows[1]["lmc_barrier"] <= 1.0
+
+
+def test_lmc_copies_without_lmc_points_is_refused_when_the_spec_loads(tmp_path) -> None:
+    with pytest.raises(ValidationError, match="lmc_copies needs lmc_points"):
+        create_method("weight_rewinding", {"lmc_copies": True})
+    path = tmp_path / "b.yaml"
+    path.write_text(
+        "name: b\nmodels: [lenet_300_100]\ndatasets: [digits]\nsparsities: [0.5]\nseeds: [0]\n"
+        "methods: [{name: imp, lmc_copies: true}]\n"
+    )
+    with pytest.raises(SpecError, match=rf"^{path}: methods\[0\]\.lmc_copies: lmc_copies needs lmc_points"):
+        load_spec(path)

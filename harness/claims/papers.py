@@ -439,48 +439,60 @@ def rigl_raises_gradient_flow(frame: pd.DataFrame) -> tuple[Verdict, str]:
     return per_setting(frame, judge)
 
 
-# -- linear mode connectivity (the ``lmc_barrier`` column of iterative schedules) ----------------------
+# -- linear mode connectivity (the ``lmc_barrier*`` columns of iterative schedules) ---------------------
 
-BARRIER = 0.02  # "connected": the test-error barrier stays below two points
+BARRIER = 0.02  # "connected": the validation-error barrier stays below two points
+BARRIERS = ("lmc_barrier_copies", "lmc_barrier")  # the copies' (Frankle et al. 2020's test) preferred
+LMC_SQL = levels_sql(("imp", "weight_rewinding", "lr_rewinding", "iterative"), BARRIERS)
+
+
+def barrier_rows(group: pd.DataFrame) -> tuple[pd.DataFrame, str, str]:
+    """A setting's plain (no control) rows with a barrier, the barrier column judged and its name: the barrier
+    between two copies of a level where ``lmc_copies`` recorded it, else the one between successive levels."""
+    rows = group[param(group, "control", "none") == "none"]
+    column = next((c for c in BARRIERS if rows[c].notna().any()), BARRIERS[-1])
+    return rows.dropna(subset=[column]), column, "copies barrier" if column == BARRIERS[0] else "barrier"
 
 
 @claim(
     "lmc.connected_while_tickets_work",
     LMC,
-    f"successive IMP levels are linearly mode-connected (error barrier < {BARRIER:.0%}) at every level where the "
+    f"IMP levels are linearly mode-connected (validation-error barrier < {BARRIER:.0%}: between two copies of the "
+    "level trained in different data orders where recorded, else to the previous level) at every level where the "
     "ticket is within a point of dense",
-    levels_sql(("imp", "weight_rewinding", "lr_rewinding", "iterative"), ("lmc_barrier",)),
+    LMC_SQL,
 )
 def connected_while_working(frame: pd.DataFrame) -> tuple[Verdict, str]:
     def judge(group: pd.DataFrame) -> tuple[Verdict, str]:
-        working = group.groupby("sparsity").filter(lambda r: (r["top1"] - r["dense_top1"]).mean() >= -POINT)
+        rows, column, name = barrier_rows(group)
+        working = rows.groupby("sparsity").filter(lambda r: (r["top1"] - r["dense_top1"]).mean() >= -POINT)
         if working.empty:
             return _need("no level with a barrier where the ticket works")
         parts, notes = [], []
         for sparsity, level in working.groupby("sparsity"):
-            interval = paired_interval(list(level["lmc_barrier"] - BARRIER))
+            interval = paired_interval(list(level[column] - BARRIER))
             parts.append(below(interval))
-            notes.append(f"s={sparsity:g}: barrier − {BARRIER:g} {interval.text() if interval else 'n<3'}")
+            notes.append(f"s={sparsity:g}: {name} − {BARRIER:g} {interval.text() if interval else 'n<3'}")
         return all_of(parts), "; ".join(notes)
 
-    return per_setting(frame.dropna(subset=["lmc_barrier"]), judge)
+    return per_setting(frame.dropna(subset=list(BARRIERS), how="all"), judge)
 
 
 @claim(
     "lmc.barrier_rises",
     LMC,
-    "the error barrier between successive IMP levels is higher at the sparsest level than at the first one measured",
-    levels_sql(("imp", "weight_rewinding", "lr_rewinding", "iterative"), ("lmc_barrier",)),
+    "the error barrier (between two copies of a level where recorded, else between successive IMP levels) is higher "
+    "at the sparsest level than at the first one measured",
+    LMC_SQL,
 )
 def barrier_rises(frame: pd.DataFrame) -> tuple[Verdict, str]:
     def judge(group: pd.DataFrame) -> tuple[Verdict, str]:
-        if group["sparsity"].nunique() < 2:
+        rows, column, name = barrier_rows(group)
+        if rows["sparsity"].nunique() < 2:
             return _need("needs barriers at two levels or more")
-        low, high = group["sparsity"].min(), group["sparsity"].max()
-        interval = paired_interval(
-            differences(group[group["sparsity"] == high], group[group["sparsity"] == low], "lmc_barrier")
-        )
+        low, high = rows["sparsity"].min(), rows["sparsity"].max()
+        interval = paired_interval(differences(rows[rows["sparsity"] == high], rows[rows["sparsity"] == low], column))
         text = interval.text() if interval else "fewer than 3 seeds"
-        return above(interval), f"barrier at s={high:g} − at s={low:g} {text}"
+        return above(interval), f"{name} at s={high:g} − at s={low:g} {text}"
 
-    return per_setting(frame.dropna(subset=["lmc_barrier"]), judge)
+    return per_setting(frame.dropna(subset=list(BARRIERS), how="all"), judge)

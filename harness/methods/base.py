@@ -123,9 +123,18 @@ class Job(Protocol):
         """Train with the masks fixed (a :class:`~harness.training.MaskingCallback` may change them) with
         ``recipe`` (default: FINETUNE); its epochs are this level's. ``finish`` ends the level."""
 
-    def train(self, recipe: Recipe, masks: Masks, callbacks: Sequence[Any] = (), phase: str = "aside") -> None:
+    def train(
+        self,
+        recipe: Recipe,
+        masks: Masks,
+        callbacks: Sequence[Any] = (),
+        phase: str = "aside",
+        new_data_order: bool = False,
+    ) -> None:
         """Train the model with ``masks`` fixed, off the record: the job's masks and level are unchanged; the
-        epochs are kept with phase ``<phase>-<level>`` (e.g. a lottery ticket trained to find the next mask)."""
+        epochs are kept with phase ``<phase>-<level>`` (e.g. a lottery ticket trained to find the next mask).
+        By default the data come in this level's fine-tuning order; ``new_data_order`` draws an order of the
+        phase's own that no other training of any cell uses (a copy for linear mode connectivity)."""
 
     def finish_level(self, sparsity: float | None = None, **extra: Any) -> None:
         """Evaluate the model as it is now and record it as one row; ``sparsity`` replaces the cell's target

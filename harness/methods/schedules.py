@@ -26,11 +26,15 @@ ticket's row is the trained dense model, the reinit arm's a fresh initialisation
 random mask has no row there: at 100 % there is no mask to draw).
 
 Linear mode connectivity (Frankle et al. 2020; Paul et al. 2022): with ``lmc_points: n`` (≥ 3) every
-level after the first records ``lmc_barrier``, the error barrier on the TEST split between the previous
-level's trained network and this one's: the largest test error along the straight line between them
-(n evenly spaced points, ends included) minus the mean of the two end errors. Every floating-point
-entry of the state interpolates (BatchNorm running statistics too); the worker has both networks, so
-nothing extra is stored.
+level after the first records ``lmc_barrier``, the error barrier between the previous level's trained
+network and this one's: the largest error along the straight line between them (n evenly spaced points,
+ends included) minus the mean of the two end errors. With ``lmc_copies: true`` every level also trains a
+copy from the same starting point and mask with a data order of its own (SGD noise, Frankle et al.'s
+stability test; phase ``copy-<level>``, its epochs counted in ``train_epochs``) and records
+``lmc_barrier_copies``, the barrier between the level's network and its copy. Barriers are measured on
+the VALIDATION split (held out from training; test stays for the reported accuracy, so nothing is chosen
+on it). Every floating-point entry of the state interpolates (BatchNorm running statistics too); the
+worker has the networks, so nothing extra is stored.
 """
 
 from __future__ import annotations
@@ -143,6 +147,7 @@ class Iterative(Method):
         prune_classifier: bool = False
         classifier_rate: float | None = Field(None, gt=0, lt=1)  # default: rate / 2
         lmc_points: int = Field(0, ge=0, le=101)  # 0: off; else points on the line between successive levels
+        lmc_copies: bool = False  # also train a copy per level with another data order (needs lmc_points)
 
         @model_validator(mode="before")
         @classmethod
@@ -162,6 +167,10 @@ class Iterative(Method):
             method = METHODS.get(self.score)
             if self.lmc_points in (1, 2):
                 raise fail_at(("lmc_points",), "lmc_points needs at least 3 points (0 turns it off); 11 is usual")
+            if self.lmc_copies and not self.lmc_points:
+                raise fail_at(
+                    ("lmc_copies",), "lmc_copies needs lmc_points, the points of its barrier: add lmc_points: 11"
+                )
             if not issubclass(method, PruningMethod):
                 raise fail_at(
                     ("score",),
@@ -228,6 +237,8 @@ class Iterative(Method):
             start = rewind_state if rewind_state is not None else copy.deepcopy(job.model.state_dict())
             if rounds:  # else the dense level: the ticket at 100 % is the trained dense model itself
                 ticket = self.next_masks(job, score, ticket, sparsity, classifier_sparsity)
+                if p.lmc_copies:  # the same start and mask as this level's training, another data order
+                    trained_copy = self.train_copy(job, start, ticket, recipe, callbacks)
                 job.load_weights(start)
                 job.prune(ticket)
                 job.finetune(recipe, callbacks, finish=False)
@@ -236,6 +247,8 @@ class Iterative(Method):
                 trained = copy.deepcopy(job.model.state_dict())
                 if previous_level is not None:
                     extra["lmc_barrier"] = error_barrier(job, previous_level, trained, p.lmc_points)
+                if p.lmc_copies and rounds:
+                    extra["lmc_barrier_copies"] = error_barrier(job, trained_copy, trained, p.lmc_points)
                 previous_level = trained
             for arm in p.controls:
                 self.train_arm(job, arm, index, ticket, start, recipe, callbacks, sparsity, classifier_sparsity)
@@ -295,9 +308,20 @@ class Iterative(Method):
             extra = {} if classifier_sparsity is None else {"classifier_sparsity": classifier_sparsity}
             job.finish_level(sparsity=sparsity, **extra)
 
+    @staticmethod
+    def train_copy(
+        job: Job, start: dict[str, torch.Tensor], masks: Masks, recipe: Recipe, callbacks: list
+    ) -> dict[str, torch.Tensor]:
+        """Train an LMC copy from ``start`` off the record (its epochs only, phase ``copy-<level>``) with a data
+        order of its own, and return its weights."""
+        job.load_weights(start)
+        job.train(recipe, masks, callbacks, phase="copy", new_data_order=True)
+        return copy.deepcopy(job.model.state_dict())
+
 
 def error_barrier(job: Job, start: dict[str, torch.Tensor], end: dict[str, torch.Tensor], points: int) -> float:
-    """Max test error on the line start → end minus the mean of its end errors; leaves the model at ``end``."""
+    """Max validation error on the line start → end minus the mean of its end errors (Frankle et al. 2020's
+    error barrier, on the split held out from training); leaves the model at ``end``."""
     errors = []
     for step in range(points):
         alpha = step / (points - 1)
@@ -306,7 +330,7 @@ def error_barrier(job: Job, start: dict[str, torch.Tensor], end: dict[str, torch
             for name, value in end.items()
         }
         job.load_weights(mixed)
-        errors.append(1 - job.evaluate("test")["top1"])
+        errors.append(1 - job.evaluate("val")["top1"])
     job.load_weights(end)
     return max(errors) - (errors[0] + errors[-1]) / 2
 

@@ -45,7 +45,11 @@ def analysis_sections(label: str, path) -> list[Section]:
     """The LMC barrier per level and the gradient flow per epoch, as tables; none where not recorded."""
     sections = []
     for title, analysis, columns in (
-        ("Linear mode connectivity", lmc_barriers, ["barrier", "barrier_sd", "top1_minus_dense"]),
+        (
+            "Linear mode connectivity",
+            lmc_barriers,
+            ["barrier", "barrier_sd", "barrier_copies", "barrier_copies_sd", "top1_minus_dense"],
+        ),
         ("Gradient flow", gradient_flow, None),
     ):
         try:
