@@ -917,7 +917,7 @@ def reference(
         (
             row.benchmark,
             f"{row.dataset} / {row.model}",
-            method_label(row.method, row.method_params),
+            method_label(row.method, row.method_params, row.control),
             f"{row.sparsity:g}",
             f"{100 * row.top1_mean:.2f} ± {100 * row.top1_std:.2f}",
             str(row.seeds),

@@ -18,6 +18,7 @@ from harness.claims.numbers import NUMBERS, NumbersError, beside_reference, numb
 from harness.cli import app
 from harness.report.data import load_report_data, sources_from
 from harness.report.pages import Options, build_pages
+from harness.schema import CellResult
 from harness.store import ResultsStore
 
 REPO = Path(__file__).resolve().parent.parent
@@ -47,7 +48,7 @@ def entry(frame: pd.DataFrame, benchmark: str, method: str, sparsity: float) -> 
 
 def reference_csv(path: Path, rows: list[dict]) -> Path:
     """A numbers CSV as write_reference.py writes it: provenance comment lines, then the table."""
-    base = {"benchmark": "demo", "dataset": PAIR[0], "model": PAIR[1], "method_params": "{}"}
+    base = {"benchmark": "demo", "dataset": PAIR[0], "model": PAIR[1], "method_params": "{}", "control": "none"}
     text = pd.DataFrame([{**base, **row} for row in rows]).to_csv(index=False)
     path.write_text("# harness leaderboard numbers on rq\n# harness 0.1.0, torch 2.13.0, commit abc\n" + text)
     return path
@@ -73,7 +74,7 @@ def reference(tmp_path: Path) -> Path:
 def test_numbers_are_the_leaderboard_mean_and_std_over_seeds_per_benchmark(results: Path) -> None:
     frame = numbers_table(results)
     assert len(frame) == 4 and list(frame.columns[:6]) == ["benchmark", "dataset", "model", "method",
-                                                          "method_params", "sparsity"]  # fmt: skip
+                                                          "method_params", "control"]  # fmt: skip
     glob = entry(frame, "demo", "global_magnitude", 0.5)
     assert glob["seeds"] == 3  # the failed fourth seed is not averaged
     assert glob["top1_mean"] == pytest.approx(0.93)
@@ -118,6 +119,19 @@ def test_parameters_are_part_of_the_match(results: Path, tmp_path: Path) -> None
     assert frame["reference_top1_mean"].isna().all()  # its row is random() and the user's random(scale=2)
 
 
+def test_a_control_arm_matches_only_its_own_reference_row(results_dir: Path, tmp_path: Path) -> None:
+    params = {"controls": ["reinit"]}
+    base = fake_cell("demo", *PAIR, "imp", 0.9, 0, method_params=params)
+    ticket, reinit = {**base.rows[0], "top1": 0.80}, {**base.rows[0], "top1": 0.50, "control": "reinit"}
+    ResultsStore(results_dir).write(CellResult(base.cell_id, [reinit, ticket], base.epochs, base.layers))
+    arms = (("none", 0.81), ("reinit", 0.45))
+    rows = [{"method": "imp", "method_params": '{"controls": ["reinit"]}', "control": arm, "sparsity": 0.9,
+             "seeds": 3, "top1_mean": mean, "top1_std": 0.01} for arm, mean in arms]  # fmt: skip
+    frame = beside_reference(numbers_table(results_dir), read_numbers(reference_csv(tmp_path / "ref.csv", rows)))
+    by_arm = frame.set_index("control")["top1_diff"]
+    assert by_arm["none"] == pytest.approx(-0.01) and by_arm["reinit"] == pytest.approx(0.05)
+
+
 def test_write_reference_writes_numbers_that_read_back_with_their_provenance(results: Path, tmp_path: Path) -> None:
     claims, numbers = tmp_path / "claims.csv", tmp_path / "numbers.csv"
     script = REPO / "benchmarks" / "papers" / "reference" / "write_reference.py"
@@ -159,13 +173,13 @@ def test_cli_prints_your_numbers_beside_the_reference(results: Path, reference: 
     ("text", "message"),
     [
         (None, "is not a file"),
-        ("benchmark,method\ndemo,random\n", "lacks the columns dataset, model, method_params, sparsity, seeds"),
-        ("benchmark,dataset,model,method,method_params,sparsity,seeds,top1_mean,top1_std\n"
-         "demo,digits,lenet_300_100,random,{},0.5,3,high,0.01\n", "row 1, column top1_mean: 'high' is not a number"),
+        ("benchmark,method\ndemo,random\n", "lacks the columns dataset, model, method_params, control"),
+        ("benchmark,dataset,model,method,method_params,control,sparsity,seeds,top1_mean,top1_std\n"
+         "demo,digits,lenet_300_100,random,{},none,0.5,3,high,0.01\n", "row 1, column top1_mean: 'high' is not"),
         ("benchmark,dataset\ndemo,digits,extra,fields\n", "row 1 has 4 fields, the header 2"),
         ("# only comments\n", "it has no header line"),
-        ("benchmark,dataset,model,method,method_params,sparsity,seeds,top1_mean,top1_std\n"
-         + "demo,digits,lenet_300_100,random,{},0.5,3,0.9,0.01\n" * 2, "row 2: a second row for the same"),
+        ("benchmark,dataset,model,method,method_params,control,sparsity,seeds,top1_mean,top1_std\n"
+         + "demo,digits,lenet_300_100,random,{},none,0.5,3,0.9,0.01\n" * 2, "row 2: a second row for the same"),
     ],
     ids=["missing", "columns", "number", "fields", "empty", "twice"],
 )  # fmt: skip

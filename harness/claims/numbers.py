@@ -22,7 +22,8 @@ from harness.store import read_retrying
 
 NUMBERS = Path(__file__).resolve().parents[2] / "benchmarks" / "papers" / "reference" / "numbers.csv"
 # a row of the reference is one leaderboard entry of one benchmark: these columns name it
-KEYS = ["benchmark", "dataset", "model", "method", "method_params", "sparsity"]
+# (a lottery ticket's control arm is an entry of its own: ``control`` is ``none`` for the ticket itself)
+KEYS = ["benchmark", "dataset", "model", "method", "method_params", "control", "sparsity"]
 MEASURED = ["seeds", "top1_mean", "top1_std"]  # what a reference row must have besides its keys
 NUMERIC = [
     "sparsity",
@@ -44,7 +45,7 @@ class NumbersError(ValueError):
 
 def numbers_table(results: str | os.PathLike) -> pd.DataFrame:
     """The leaderboard of every benchmark in ``results``, one row per (benchmark, data set, model,
-    method with its parameters, sparsity): seeds, top-1 mean and std, dense top-1, the compression
+    method with its parameters, control arm, sparsity): seeds, top-1 mean and std, dense top-1, the compression
     and speedup columns the leaderboard shows, and whether a layer collapsed."""
     return leaderboards(connect(results))
 
@@ -97,6 +98,7 @@ def read_numbers(path: str | os.PathLike) -> pd.DataFrame:
     if "layer_collapse" in frame.columns:  # written by pandas as True / False
         frame["layer_collapse"] = frame["layer_collapse"].map({"True": True, "False": False}).astype("boolean")
     frame["method_params"] = frame["method_params"].replace("", "{}")
+    frame["control"] = frame["control"].replace("", "none")
     twice = _key_columns(frame).duplicated()
     if twice.any():
         row = int(twice.idxmax())
@@ -113,7 +115,7 @@ def beside_reference(user: pd.DataFrame, reference: pd.DataFrame) -> pd.DataFram
     experiment lands within two of them about 95 % of the time (a user's mean over several seeds
     more often still), so a row outside points at something other than the seed — code, versions,
     data — rather than at chance. Empty where no reference row matches (same benchmark, data set,
-    model, method and parameters, sparsity) or the reference has fewer than two seeds, whose std
+    model, method and parameters, control arm, sparsity) or the reference has fewer than two seeds, whose std
     says nothing.
     """
     shown = reference[[*KEYS, "top1_mean", "top1_std", "seeds"]].rename(
@@ -131,6 +133,7 @@ def _key_columns(frame: pd.DataFrame) -> pd.DataFrame:
     keys = frame[KEYS].copy()
     keys["sparsity"] = keys["sparsity"].round(SPARSITY_DIGITS)
     keys["method_params"] = keys["method_params"].fillna("{}")
+    keys["control"] = keys["control"].fillna("none")
     return keys
 
 
