@@ -31,6 +31,7 @@ from lightning.pytorch.callbacks import Callback
 from torch import nn
 
 import harness
+from harness import maskfile
 from harness.config import CellSpec, Recipe
 from harness.data import DataSplits, load_splits
 from harness.encoding import Storage, size_columns
@@ -110,6 +111,7 @@ class LevelCheckpoint:
     layers: list[dict[str, Any]]
     storage_set: bool = False
     stages_entered: int = 0  # job.stage() calls before the level ended: whose state ``state`` is
+    recorded_masks: bytes | None = None  # every finished level's masks (harness.maskfile), if recorded
 
     def to_bytes(self) -> bytes:
         buffer = io.BytesIO()
@@ -229,6 +231,7 @@ class CellJob:
         self._arm: str | None = None  # the control arm being trained (job.arm), None on the main line
         self._arm_start = 0  # len(epochs) when the arm began
         self._main_epochs = 0  # epochs the main line trained (arms' epochs not counted)
+        self._recorded_masks: dict[int, maskfile.LevelMasks] = {}  # packed at each level's end (record_masks)
         if resume is not None:
             self._masks = {name: mask.bool() for name, mask in resume.masks.items()}
             apply_masks(self._model, self._masks)
@@ -238,6 +241,7 @@ class CellJob:
             self._resumed_stage = resume.stages_entered
             main = [row for row in self.rows if row.get("control", "none") == "none"]
             self._main_epochs = int(main[-1].get("train_epochs") or 0) if main else 0
+            self._recorded_masks = maskfile.decode(resume.recorded_masks) if resume.recorded_masks else {}
         self._level: dict[str, Any] = {}
         self._example = data.test[0][0].unsqueeze(0)
         self.storage = Storage()  # how the model is stored (quantised codes, encoding): sets size_bytes
@@ -525,6 +529,10 @@ class CellJob:
             }
             for layer in layers
         ]
+        if self.cell.record_masks and self._masks and self._arm is None:  # the ticket's masks, not its controls'
+            self._recorded_masks[level] = {
+                name: maskfile.PackedMask.of(mask.detach().cpu().numpy()) for name, mask in self._masks.items()
+            }
         self._level = {}
         self._resumed = None  # a resumed run has moved on: later stages start afresh
         if self._on_level is not None and self._arm is None:  # an arm's level ends with the main line's
@@ -542,7 +550,12 @@ class CellJob:
             layers=list(self.layers),
             storage_set=bool(self.storage.quantized or self.storage.encoded),
             stages_entered=self._stages_entered,
+            recorded_masks=self.masks_file(),
         )
+
+    def masks_file(self) -> bytes | None:
+        """The masks of every level finished so far, as the bytes of ``masks/<benchmark>/<cell_id>.npz``."""
+        return maskfile.encode(self._recorded_masks) if self._recorded_masks else None
 
     def _options(self, layer: str) -> dict[str, Any]:
         """The layers-table columns of the common pruning options, once a pruning context set them."""
@@ -613,7 +626,7 @@ def run_cell(
         _cached(_DENSE_LATENCY, job._latency_key(), job.dense_latency_ms)
     if not job.rows:
         raise RuntimeError(f"method {cell.method!r} finished without recording a level (call job.finetune())")
-    return CellResult(cell.cell_id, job.rows, job.epochs, job.layers)
+    return CellResult(cell.cell_id, job.rows, job.epochs, job.layers, masks=job.masks_file())
 
 
 def execute_cell(
@@ -634,7 +647,9 @@ def execute_cell(
 
     def finished_level(checkpoint: LevelCheckpoint) -> None:
         if on_level is not None:
-            rows = CellResult(cell.cell_id, checkpoint.rows, checkpoint.epochs, checkpoint.layers)
+            rows = CellResult(
+                cell.cell_id, checkpoint.rows, checkpoint.epochs, checkpoint.layers, masks=checkpoint.recorded_masks
+            )
             on_level(_complete(cell, rows, started, None, dense_metrics, "partial"), checkpoint.to_bytes())
 
     with captured_log() as log:
@@ -686,7 +701,7 @@ def _empty_result(cell: CellSpec, job: CellJob | None = None) -> CellResult:
     if job is None:
         return CellResult(cell.cell_id, [{"level": 0, "sparsity": cell.sparsity}])
     failed = {"level": job.level_index(), "sparsity": cell.sparsity, "stage": job._stage, "control": job._arm or "none"}
-    return CellResult(cell.cell_id, [*job.rows, failed], job.epochs, job.layers)
+    return CellResult(cell.cell_id, [*job.rows, failed], job.epochs, job.layers, masks=job.masks_file())
 
 
 def _complete(

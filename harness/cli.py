@@ -954,15 +954,11 @@ def analyze(
     results: ResultsOption = "results",
     format: Annotated[Format, typer.Option("--format")] = Format.table,
 ) -> None:
-    """Analyses over a results folder: per-layer density profiles, LMC error barriers, gradient flow per epoch."""
+    """Analyses over a results folder: per-layer density profiles, LMC error barriers, gradient flow per epoch,
+    mask overlap (Jaccard) between methods and across seeds."""
     from harness.analysis import ANALYSES, MissingColumns
 
     results = _existing_results(results)
-    if analysis is Analysis.masks:
-        raise _fail_input(
-            "mask overlap (Jaccard) needs each cell's masks, and the results folder keeps only per-layer counts; "
-            "docs/reproduce.md says what recording them takes"
-        )
     try:
         frame = ANALYSES[analysis.value](results)
     except MissingColumns as exc:

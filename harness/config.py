@@ -185,6 +185,9 @@ class BenchmarkSpec(_Frozen):
     plugins: tuple[str, ...] = ()
     """Plugin modules (importable names or .py paths) loaded before the names are checked: their code runs as
     you, also for `status` and `--dry-run`."""
+    record_masks: bool = True
+    """Keep every level's masks in `masks/<benchmark>/<cell_id>.npz` for `harness analyze masks` (1 bit per
+    masked weight per level, deflated: about 28 KB a level for ResNet-20 at 90 % sparsity); false keeps none."""
     tune: TuneSection | None = None
     """What `harness tune` searches: the space, the epoch cap, the sampler (harness/tuning/space.py)."""
     tuned: Tuned | None = None
@@ -291,10 +294,11 @@ class CellSpec(_Frozen):
     data_root: str | None = None
     resources: Resources = Resources()
     plugins: tuple[str, ...] = ()
+    record_masks: bool = True  # the spec's switch: the worker packs each level's masks for masks/
 
     # ClassVar: an underscore name would otherwise be a private attribute, deep-copied into every cell
     _NOT_IDENTITY: ClassVar[frozenset[str]] = frozenset(
-        {"benchmark", "data_root", "resources", "plugins", "compression", "pretrained"}
+        {"benchmark", "data_root", "resources", "plugins", "compression", "pretrained", "record_masks"}
     )
 
     @cached_property  # computed once per cell: planning 100,000 cells asks for each id ~4 times

@@ -2,7 +2,8 @@
 and ``finished_levels`` / ``final_cells``: the rows of finished cells, which every ranking, claim,
 analysis and plot counts (a partial or failed cell, or an older write of a cell, is in none of them).
 
-``connect`` gives a connection with the views registered, ``load`` a pandas frame, and ``query``
+``connect`` gives a connection with the views registered, ``load`` a pandas frame, ``load_masks`` a
+cell's recorded masks as numpy arrays (``masks/<benchmark>/<cell_id>.npz``), and ``query``
 (a frame) or ``query_rows`` (names and tuples: what ``harness query`` prints, with pandas never
 imported, since importing it takes longer than a query over a million rows) run a user's SQL
 read-only: one or more SELECT statements, and no file outside the results folder can be read
@@ -21,7 +22,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 import duckdb
+import numpy as np
 
+from harness import maskfile
 from harness.schema import VIEWS, core_first
 from harness.storage import is_remote, shown_uri, sql_string
 from harness.store import ResultsStore, read_retrying
@@ -102,6 +105,32 @@ def load(results_dir: str | os.PathLike = "results", view: str = "cells") -> pd.
     if view not in VIEWS and view not in FINISHED_VIEWS:
         raise ValueError(f"unknown view {view!r}; allowed: {', '.join([*VIEWS, *FINISHED_VIEWS])}")
     return _read(results_dir, f"SELECT * FROM {view}", lambda answer: answer.df(), read_only=False)
+
+
+def load_masks(
+    results_dir: str | os.PathLike, cell_id: str, level: int | None = None, benchmark: str | None = None
+) -> dict[str, np.ndarray]:
+    """A cell's masks at ``level`` (default: the last one recorded), ``{parameter: bool array}``, True = kept.
+
+    A parameter the method gave no mask is wholly kept and absent here. ``benchmark`` is needed only when
+    the same cell id was run under several benchmarks. Raises FileNotFoundError when nothing was recorded
+    (``record_masks: false``, or a cell run before masks were kept) and KeyError for a level not recorded.
+    """
+    store = ResultsStore(results_dir)
+    found = [benchmark] if benchmark else store.masks_benchmarks(cell_id)
+    data = store.load_masks(found[0], cell_id) if len(found) == 1 else None
+    if len(found) > 1:
+        raise ValueError(f"cell {cell_id} has masks under benchmarks {', '.join(found)}; pass benchmark=")
+    if data is None:
+        raise FileNotFoundError(
+            f"{store.location}: no masks recorded for cell {cell_id} (masks/<benchmark>/{cell_id}.npz); "
+            "they are kept unless the spec says record_masks: false"
+        )
+    levels = maskfile.decode(data)
+    chosen = max(levels) if level is None else level
+    if chosen not in levels:
+        raise KeyError(f"cell {cell_id}: no masks of level {chosen}; recorded levels: {sorted(levels)}")
+    return {name: mask.unpack() for name, mask in levels[chosen].items()}
 
 
 def query(results_dir: str | os.PathLike, sql: str) -> pd.DataFrame:

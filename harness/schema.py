@@ -23,7 +23,8 @@ SCHEMA_VERSION = 4
 
 @dataclass
 class CellResult:
-    """What a cell hands back: one row per level, its epoch curves, its per-layer table and its log.
+    """What a cell hands back: one row per level, its epoch curves, its per-layer table, its log and, unless the
+    spec says ``record_masks: false``, every level's masks as a :mod:`harness.maskfile` file (``None``: none).
 
     Plain data (no torch), so the store and the readers can name it without importing a cell.
     """
@@ -33,6 +34,7 @@ class CellResult:
     epochs: list[dict[str, Any]] = field(default_factory=list)
     layers: list[dict[str, Any]] = field(default_factory=list)
     log: str = ""
+    masks: bytes | None = None
 
     @property
     def ok(self) -> bool:

@@ -481,6 +481,7 @@ def expand(spec: BenchmarkSpec, spec_path: str | os.PathLike | None = None, tune
                             data_root=spec.data_root,
                             resources=spec.resources,
                             plugins=spec.plugins,
+                            record_masks=spec.record_masks,
                         )
                     )
     return cells

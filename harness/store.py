@@ -9,6 +9,7 @@ Layout of a local folder::
       checkpoints/<pretrain_key>.pt                   shared dense models
       levels/<cell_id>.pt                             a running or failed cell's last finished level
       logs/<cell_id>.log                              each cell's captured log
+      masks/<name>/<cell_id>.npz                      each level's masks (harness/maskfile.py; record_masks)
       specs/<name>/<hash>.yaml                        every benchmark file that was run
       mlflow.db                                       embedded tracking store
       .lock                                           held by the one driver writing here (its PID inside)
@@ -40,7 +41,8 @@ so each driver writes a partition of its own, ``cells/benchmark=<name>/run=<run_
 compacted as above by that driver alone; no driver ever writes or deletes another's file. Run ids
 sort by the time the driver started, and readers keep each cell's rows from the newest run that
 wrote it (in all three views, judged by the ``cells`` files whose presence means done).
-Checkpoints, level checkpoints, logs and spec copies sit under the prefix as on disk (one PUT each, whole or absent).
+Checkpoints, level checkpoints, logs, masks and spec copies sit under the prefix as on disk (one PUT each, whole or
+absent; a cell two drivers ran keeps the masks of the last PUT).
 """
 
 from __future__ import annotations
@@ -84,7 +86,8 @@ _RUN_COLUMN = "__harness_run"  # which driver run a row came from, while readers
 _FRESH = re.compile(r"^cell-(.+)\.parquet$")
 _SEGMENT = re.compile(r"^seg-(\d+)-(\d+)\.parquet$")
 _TEMPORARY = ".*.tmp"  # the names atomic writes use until their rename
-WRITTEN = ("cells", "epochs", "layers", "checkpoints", "levels", "logs", "specs")  # the folders the driver writes
+# the folders the driver writes
+WRITTEN = ("cells", "epochs", "layers", "checkpoints", "levels", "logs", "masks", "specs")
 
 
 class ResultsLocked(RuntimeError):
@@ -463,6 +466,28 @@ class ResultsStore:
             self.files.write_bytes(self.log_path(cell_id), text.encode())
         else:
             self.files.delete(self.log_path(cell_id))
+
+    # -- recorded masks ----------------------------------------------------------------------------
+
+    def masks_path(self, benchmark: str, cell_id: str) -> FilePath:
+        return self.root / "masks" / quote(benchmark, safe="") / f"{quote(cell_id, safe='')}.npz"
+
+    def save_masks(self, benchmark: str, cell_id: str, data: bytes | None) -> None:
+        """Keep a cell's masks file (harness/maskfile.py); ``None`` removes an older run's, which would
+        no longer match the rows."""
+        if data:
+            self.files.write_bytes(self.masks_path(benchmark, cell_id), data)
+        else:
+            self.files.delete(self.masks_path(benchmark, cell_id))
+
+    def load_masks(self, benchmark: str, cell_id: str) -> bytes | None:
+        return self.files.read_bytes(self.masks_path(benchmark, cell_id))
+
+    def masks_benchmarks(self, cell_id: str) -> list[str]:
+        """The benchmarks that keep masks of ``cell_id``."""
+        name = f"{quote(cell_id, safe='')}.npz"
+        folders = [e for e in self.files.list(self.root / "masks") if e.is_dir]
+        return sorted(unquote(e.name) for e in folders if self.files.exists(e.path / name))
 
     # -- benchmark files ---------------------------------------------------------------------------
 

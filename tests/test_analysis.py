@@ -62,7 +62,7 @@ def test_gradient_flow_means_and_missing_columns(tmp_path: Path):
         lmc_barriers(tmp_path / "plain")
 
 
-def test_cli_analyze_csv_and_mask_overlap_says_what_it_needs(tmp_path: Path):
+def test_cli_analyze_csv_and_mask_overlap_without_masks_says_what_it_needs(tmp_path: Path):
     write_benchmark(tmp_path, methods=("layer_magnitude",), sparsities=(0.75,), seeds=(0, 1, 2))
     cli = [sys.executable, "-m", "harness.cli", "analyze"]
     out = subprocess.run(
@@ -72,7 +72,7 @@ def test_cli_analyze_csv_and_mask_overlap_says_what_it_needs(tmp_path: Path):
     frame = pd.read_csv(io.StringIO(out.stdout))
     assert frame["density"].tolist() == pytest.approx([0.25, 0.25, 0.2])  # fc3: round(10 * 0.25) = 2 of 10
     masks = subprocess.run([*cli, "masks", "--results", str(tmp_path)], capture_output=True, text=True)
-    assert masks.returncode == 2 and "docs/reproduce.md" in masks.stdout + masks.stderr
+    assert masks.returncode == 2 and "record_masks: false" in masks.stdout + masks.stderr  # none written here
 
 
 def test_the_report_claims_page_shows_the_barriers(tmp_path: Path):

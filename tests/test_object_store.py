@@ -19,14 +19,16 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 from results_factory import fake_cell
 from typer.testing import CliRunner
 
+from harness import maskfile
 from harness.cli import app
-from harness.results import load, query
+from harness.results import load, load_masks, query
 from harness.store import ResultsStore
 
 HARNESS = Path(sys.executable).with_name("harness")
@@ -388,6 +390,7 @@ def test_levels_of_an_iterative_cell_live_on_the_object_store_and_a_retry_contin
     assert cells[["level", "status"]].values.tolist() == [[0, "ok"], [1, "ok"], [2, "failed"]]
     (cell_id,) = set(cells["cell_id"])
     assert f"lv/levels/{cell_id}.pt" in objects, "the finished levels' checkpoint is under the prefix"
+    assert list(maskfile.decode(objects[f"lv/masks/levels/{cell_id}.npz"])) == [0, 1], "the finished levels' masks"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["calls", "fail", "levels.yaml", "mlflow.db"]
 
     flag.unlink()
@@ -396,3 +399,9 @@ def test_levels_of_an_iterative_cell_live_on_the_object_store_and_a_retry_contin
     assert log.read_text().split() == ["0", "1", "2"], "levels 0 and 1 were not pruned again"
     assert f"lv/levels/{cell_id}.pt" not in s3_objects(endpoint, bucket, "lv/"), "done: nothing left to resume"
     assert load(results).sort_values("level")[["level", "status"]].values.tolist() == [[0, "ok"], [1, "ok"], [2, "ok"]]
+    levels = maskfile.decode(s3_objects(endpoint, bucket, "lv/masks/")[f"lv/masks/levels/{cell_id}.npz"])
+    assert list(levels) == [0, 1, 2], "a resumed cell keeps the masks of the levels before the retry"
+    kept = [sum(m.kept() for m in level.values()) / sum(m.size for m in level.values()) for level in levels.values()]
+    assert kept == pytest.approx([0.5, 0.25, 0.2], abs=1e-3)  # the schedule's targets 0.5, 0.75, 0.8
+    final = load_masks(results, cell_id)  # read back through pyarrow's S3 filesystem
+    assert all(np.array_equal(final[name], mask.unpack()) for name, mask in levels[2].items())

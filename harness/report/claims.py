@@ -1,11 +1,11 @@
 """The report's claims page: `harness claims` for every results folder, the shipped reference beside it,
-and the analyses behind the claims (`harness analyze lmc` and `gradient-flow`) where the results have them."""
+and the analyses behind the claims (`harness analyze lmc`, `gradient-flow` and `masks`) where the results have them."""
 
 from __future__ import annotations
 
 import pandas as pd
 
-from harness.analysis import MissingColumns, gradient_flow, lmc_barriers
+from harness.analysis import ALL_LAYERS, MissingColumns, gradient_flow, lmc_barriers, mask_overlap
 from harness.claims import check_claims
 from harness.report.data import ReportData
 from harness.report.pages import Cell, Page, Section, Table
@@ -62,7 +62,39 @@ def analysis_sections(label: str, path) -> list[Section]:
         for row in frame.to_dict("records"):
             table.rows.append([[Cell(_text(row[c]))] for c in [*keys, *shown, "seeds"]])
         sections.append(Section(f"{title}: {label}", f"{title.lower().replace(' ', '-')}-{label}", tables=[table]))
+    if overlap := mask_overlap_section(label, path):
+        sections.append(overlap)
     return sections
+
+
+OVERLAP_KEYS = ["benchmark", "model", "dataset", "sparsity", "compare", "method_a", "method_b"]
+OVERLAP_VALUES = ["jaccard_kept", "chance_kept", "jaccard_pruned", "chance_pruned"]
+
+
+def mask_overlap_section(label: str, path) -> Section | None:
+    """Overall Jaccard per pair of methods (mean over seeds) and per method across seeds (mean over seed
+    pairs), beside the chance level; None where no masks were recorded."""
+    try:
+        frame = mask_overlap(path)
+    except MissingColumns:
+        return None
+    overall = frame[frame["layer"] == ALL_LAYERS]
+    means = overall.groupby(OVERLAP_KEYS, sort=True)[OVERLAP_VALUES].mean()
+    means["pairs"] = overall.groupby(OVERLAP_KEYS, sort=True).size()
+    table = Table([*OVERLAP_KEYS, *OVERLAP_VALUES, "pairs"], [], align="l" * len(OVERLAP_KEYS))
+    for keys, row in means.iterrows():
+        table.rows.append([[Cell(_text(v))] for v in (*keys, *row[OVERLAP_VALUES], int(row["pairs"]))])
+    notes = [
+        [
+            Cell(
+                "Jaccard |A ∩ B| / |A ∪ B| of the weights two cells' final masks keep (and prune), over every "
+                "masked weight. method: two methods at one seed, mean over seeds; seed: one method at two "
+                "seeds, mean over seed pairs. Chance: two random masks of the same per-layer densities. "
+                "Per layer: harness analyze masks."
+            )
+        ]
+    ]
+    return Section(f"Mask overlap: {label}", f"mask-overlap-{label}", notes=notes, tables=[table])
 
 
 def _text(value: object) -> str:

@@ -121,6 +121,7 @@ class ResultSink:
                 self.error = exc
 
     def _write_level(self, cell: CellSpec, rows: CellResult, checkpoint: bytes) -> None:
+        self.store.save_masks(cell.benchmark, cell.cell_id, rows.masks)  # before the rows that name its levels
         self.store.save_level(cell.cell_id, checkpoint)
         self.store.write(rows)
 
@@ -134,6 +135,8 @@ class ResultSink:
         for (_, result), run_id in zip(batch, run_ids, strict=True):
             for row in result.rows:
                 row["mlflow_run_id"] = run_id
+        for cell, result in batch:  # before the rows: a row never names a level whose masks are not there
+            self.store.save_masks(cell.benchmark, cell.cell_id, result.masks)
         self.store.write_batch([result for _, result in batch])
         for cell, result in batch:
             self.store.save_log(cell.cell_id, result.log)

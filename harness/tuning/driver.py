@@ -159,8 +159,12 @@ def trial_cell(study: Study, point: dict[str, Any]) -> CellSpec:
     finetune = {**base.finetune.model_dump(), "epochs": min(base.finetune.epochs, study.cap), **recipe}
     try:
         params = METHODS.get(base.method).Params.model_validate({**base.method_params, **methods.get(base.method, {})})
-        return base.model_copy(
-            update={"finetune": Recipe(**finetune), "method_params": params.model_dump(exclude_defaults=True)}
+        return base.model_copy(  # a trial's masks are not kept: only its validation score is
+            update={
+                "finetune": Recipe(**finetune),
+                "method_params": params.model_dump(exclude_defaults=True),
+                "record_masks": False,
+            }
         )
     except pydantic.ValidationError as exc:
         raise ValueError(f"the point {point} is not a valid recipe or parameter set: {exc}") from None
