@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import logging
 import os
 import shlex
 import signal
@@ -21,6 +22,7 @@ from rich.console import Console
 from rich.text import Text
 from typer.core import TyperCommand, TyperGroup
 
+from harness import interrupt
 from harness.config import MAX_CELLS
 from harness.output import SECTION, ProgressReport, print_table
 
@@ -257,6 +259,7 @@ def run(
             "--only": only,
         },
     )
+    interrupt.install()
     try:
         with contextlib.ExitStack() as held:
             if not dry_run:
@@ -530,6 +533,7 @@ def tune(
         "--max-retries": max_retries if max_retries != 3 else None,
     }
     resume = _resume_command("tune", spec_path, results, plugin, address, options)
+    interrupt.install()
     try:
         check_cluster_address(address)  # as harness run: an address nothing answers at fails in seconds
         result = run_tune(spec, spec_path.read_text(), spec_path, results, settings, on_trial)
@@ -1057,7 +1061,18 @@ def export(
 
 
 def main() -> None:
-    app()
+    """The ``harness`` command. An interrupted run or tune has written its ending (exit 130) and shut
+    Ray down; it then leaves without interpreter teardown, where Ray's and torch's native threads can
+    crash (seen as SIGSEGV, exit -11, after the resume line)."""
+    try:
+        app()
+    except SystemExit as end:
+        if end.code != 130:
+            raise
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(130)
 
 
 if __name__ == "__main__":

@@ -32,7 +32,7 @@ import ray
 import torch
 from ray._private import ray_constants
 
-from harness import reaper
+from harness import interrupt, reaper
 from harness.cell import failed_result
 from harness.config import CellSpec, Resources
 from harness.scheduler.backends import (
@@ -297,6 +297,7 @@ class _Scheduler:
             while self.dag.pending() or self.backend.in_flight():
                 self._submit()
                 self.backend.wait(REFRESH_SECONDS, self._handle)
+                interrupt.check()  # a Ctrl-C whose KeyboardInterrupt was dropped (harness.interrupt)
                 self.sink.check()
                 self._report()
         except BaseException:

@@ -35,6 +35,7 @@ import ray
 import yaml
 from optuna.trial import TrialState
 
+from harness import interrupt
 from harness.data import validation_only
 from harness.methods import METHODS
 from harness.runner import ray_session
@@ -354,6 +355,7 @@ class _Driver:
                     break
                 refs = [*self.in_flight, *self.unsaved]
                 done, _ = ray.wait(refs, num_returns=1, timeout=1.0)
+                interrupt.check()  # a Ctrl-C whose KeyboardInterrupt was dropped (harness.interrupt)
                 if done:
                     done, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
                 for ref in done:
