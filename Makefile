@@ -39,7 +39,7 @@ test-fast: setup
 	$(BIN)/ruff check harness tests benchmarks
 	$(BIN)/python -m pytest -q -m "not slow and not ray and not browser and not conformance"
 
-# Every method x every model family, one tiny cell each (~240 cells; about 40 min on 2 cores).
+# Every method x every model family, one tiny cell each (246 tests; 91 s on 2 cores, 2026-12-06).
 conformance: setup
 	$(BIN)/python -m pytest -q tests/test_conformance.py
 
