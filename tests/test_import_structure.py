@@ -129,6 +129,30 @@ def test_harness_query_loads_no_torch_lightning_ray_or_mlflow(tmp_path: Path) ->
     assert loaded == []
 
 
+def test_harness_report_loads_no_torch_lightning_ray_or_mlflow(tmp_path: Path) -> None:
+    """The report asks the data registry how many classes a data set has (top-5 columns from 100 on): the
+    answer must come without torch, for ImageNet's image-file reader too."""
+    from harness.store import ResultsStore
+
+    store = ResultsStore(tmp_path / "results")
+    for dataset, model in (("digits", "lenet_300_100"), ("imagenet", "resnet50")):
+        for seed in (0, 1):
+            store.write(fake_cell("b", dataset, model, "global_magnitude", 0.5, seed, top5=0.9))
+    site = tmp_path / "site"
+    code = (
+        "import sys\nfrom harness.cli import app\n"
+        f"sys.argv = ['harness', 'report', '--results', {str(store.root)!r}, '--out', {str(site)!r}, "
+        "'--format', 'markdown']\n"
+        "try:\n    app()\nexcept SystemExit as exit:\n    assert exit.code in (0, None), exit.code"
+    )
+    loaded, _ = heavy_modules_after(code)
+    assert loaded == []
+    pages = {page.name: page.read_text() for page in site.rglob("*.md")}
+    imagenet = next(text for name, text in pages.items() if "imagenet" in name)
+    digits = next(text for name, text in pages.items() if "digits" in name)
+    assert "top-5 vs compression" in imagenet and "top-5 vs compression" not in digits
+
+
 def test_a_dry_run_of_a_magnitude_benchmark_loads_no_lightning_ray_or_mlflow(tmp_path: Path) -> None:
     """Planning imports the methods a spec names (not every method module, some of which need Lightning), and the
     plan comes from the Ray-free scheduler part: only torch, for the meta-device checks."""

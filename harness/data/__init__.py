@@ -4,6 +4,9 @@
 train / validation / test splits. Nothing here downloads: a missing file is reported with the
 exact paths expected. Register a data set with ``@register_dataset("name")`` on a
 :class:`Dataset` subclass in a plugin module, or through the entry-point group ``harness.datasets``.
+
+A data set's shape and class count are read without torch (the report asks for them), so this package
+and the built-in data set modules import torch only inside the functions that build tensors.
 """
 
 from __future__ import annotations
@@ -12,14 +15,15 @@ import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
-import torch
-from torch.utils.data import Dataset as TorchDataset
-from torch.utils.data import TensorDataset
 
 from harness.registry import Registry
+
+if TYPE_CHECKING:
+    import torch
+    from torch.utils.data import Dataset as TorchDataset
 
 
 class DatasetNotFound(FileNotFoundError):
@@ -95,6 +99,8 @@ def load_splits(name: str, root: str | os.PathLike | None, seed: int) -> DataSpl
 
 def split_train_val(n: int, val_fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Deterministic permutation of ``range(n)`` into (train indices, validation indices)."""
+    import torch
+
     generator = torch.Generator().manual_seed(seed)
     order = torch.randperm(n, generator=generator)
     n_val = max(1, round(n * val_fraction))
@@ -113,6 +119,9 @@ def tensor_splits(
     for every seed (the held-out validation part adds nothing beyond two numbers per channel). The
     given arrays (often cached) are copied, never modified.
     """
+    import torch
+    from torch.utils.data import TensorDataset
+
     (x, y), (x_test, y_test) = train, test
     for split, inputs in (("train", x), ("test", x_test)):
         if inputs.shape[1:] != cls.input_shape:

@@ -9,13 +9,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from PIL import Image
-from torch.utils.data import Dataset as TorchDataset
 
 from harness.data import Dataset, DataSplits, not_found, register_dataset, split_train_val
+
+if TYPE_CHECKING:
+    import torch
 
 IMAGE_SUFFIXES = {".jpeg", ".jpg", ".png"}
 RESIZE, CROP = 256, 224
@@ -25,6 +27,8 @@ STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
 
 def preprocess(image: Image.Image) -> torch.Tensor:
     """RGB image → normalised (3, 224, 224) float32, like torchvision's Resize(256) + CenterCrop(224)."""
+    import torch
+
     image = image.convert("RGB")
     short = min(image.size)
     width, height = (RESIZE if side == short else int(RESIZE * side / short) for side in image.size)
@@ -34,8 +38,9 @@ def preprocess(image: Image.Image) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(((pixels / 255 - MEAN) / STD).transpose(2, 0, 1)))
 
 
-class ImageFiles(TorchDataset):
-    """(image, label) pairs, each file opened only when indexed (so DataLoader workers decode)."""
+class ImageFiles:
+    """(image, label) pairs, each file opened only when indexed (so DataLoader workers decode): a map-style
+    data set by protocol (``__len__``, ``__getitem__``), so this module loads without torch."""
 
     def __init__(self, samples: Sequence[tuple[Path, int]]) -> None:
         self.samples = samples
