@@ -130,7 +130,9 @@ SCENARIOS: dict[str, Scenario] = {
     "lmc.connected_while_tickets_work": lambda e, s: [
         imp(s, [dense(s), dense(s) + jitter(s), 0.5], barriers=[None, 0.01 + 0.02 * (e < 0) + jitter(s), 0.3])
     ],
-    "lmc.barrier_rises": lambda e, s: [imp(s, [0.9, 0.9, 0.9], barriers=[None, 0.02, 0.02 + 0.05 * e + jitter(s)])],
+    "lmc.barrier_rises": lambda e, s: [
+        imp(s, [dense(s), dense(s), 0.5], barriers=[None, 0.06, 0.06 + 0.05 * e + jitter(s)])
+    ],
 }
 
 
@@ -185,17 +187,36 @@ def test_the_ticket_is_paired_with_the_reinit_arm_of_its_own_cell(tmp_path: Path
     assert verdict == HOLDS and "ticket − reinit +10.00 pt" in evidence, evidence
 
 
-def test_lmc_claims_judge_the_copies_barrier_where_recorded(tmp_path: Path):
-    # the successive-level barriers alone would fail both claims: 30 pt everywhere, falling to 25 pt
-    flat, rising = ResultsStore(tmp_path / "flat"), ResultsStore(tmp_path / "rising")
+def test_connected_judges_the_copies_barrier_where_recorded(tmp_path: Path):
+    # the successive-level barriers alone would fail it: 30 pt and 25 pt where the ticket matches dense
+    store = ResultsStore(tmp_path)
     for s in (0, 1, 2):
-        top1s, successive = [dense(s)] * 3, [None, 0.3, 0.25 + jitter(s)]
-        flat.write(imp(s, top1s, barriers=successive, copies=[0.005 + jitter(s) / 2] * 3))
-        rising.write(imp(s, top1s, barriers=successive, copies=[0.005, 0.005, 0.05 + jitter(s)]))
-    connected = check_claims(tmp_path / "flat").set_index("claim").loc["lmc.connected_while_tickets_work"]
+        store.write(imp(s, [dense(s)] * 3, barriers=[None, 0.3, 0.25 + jitter(s)], copies=[0.005 + jitter(s) / 2] * 3))
+    connected = check_claims(tmp_path).set_index("claim").loc["lmc.connected_while_tickets_work"]
     assert connected["verdict"] == HOLDS and "s=0.5: copies barrier − 0.02" in connected["evidence"]
-    rises = check_claims(tmp_path / "rising").set_index("claim").loc["lmc.barrier_rises"]
-    assert rises["verdict"] == HOLDS and "copies barrier at s=0.9 − at s=0.5" in rises["evidence"]
+
+
+def test_barrier_rises_compares_successive_barriers_where_the_ticket_fails_with_where_it_works(tmp_path: Path):
+    # Paul et al.'s barrier is the successive levels' one. The ticket matches dense at s=0.5 and 0.8 and fails at
+    # 0.9 and 0.95; per seed, mean(0.03 + j, 0.05 + j) − 0.01 = 0.03 + j: 3.00, 3.40, 2.70 pt, mean 3.03 pt.
+    # The copies barrier stays flat, and is shown beside the verdict without deciding it.
+    store = ResultsStore(tmp_path)
+    for s in (0, 1, 2):
+        barriers, copies = [None, 0.01, 0.03 + jitter(s), 0.05 + jitter(s)], [0.005 + jitter(s) / 2] * 4
+        store.write(imp(s, [dense(s), dense(s), 0.5, 0.4], barriers=barriers, copies=copies))
+    rises = check_claims(tmp_path).set_index("claim").loc["lmc.barrier_rises"]
+    assert rises["verdict"] == HOLDS, rises["evidence"]
+    assert "barrier where the ticket fails (s=0.9–0.95) − where it works (s=0.8) +3.03 pt" in rises["evidence"]
+    assert "(copies barrier, not judged: +0.00 pt" in rises["evidence"]
+
+
+def test_barrier_rises_needs_a_level_where_the_ticket_fails(tmp_path: Path):
+    store = ResultsStore(tmp_path)
+    for s in (0, 1, 2):
+        store.write(imp(s, [dense(s)] * 3, barriers=[None, 0.01, 0.09 + jitter(s)]))
+    rises = check_claims(tmp_path).set_index("claim").loc["lmc.barrier_rises"]
+    assert rises["verdict"] == UNDECIDED
+    assert "the ticket works at every level with a successive barrier (s=0.8–0.9)" in rises["evidence"]
 
 
 def test_cli_claims_csv_with_reference(tmp_path: Path):
