@@ -4,6 +4,7 @@ and plots draw a bounded number of markers, saying so."""
 from __future__ import annotations
 
 import re
+import warnings
 from dataclasses import replace
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from results_factory import fake_cell
 
 from harness.report.data import load_report_data, sources_from
 from harness.report.pages import Options, build_pages
-from harness.report.plots import PLOT_POINTS, evenly_spaced
+from harness.report.plots import HEIGHT, LEGEND_LINE, PLOT_POINTS, Baseline, Line, evenly_spaced, styles, tradeoff_svg
 from harness.results import load
 from harness.store import ResultsStore
 
@@ -90,3 +91,29 @@ def test_thinning_is_even_keeps_both_ends_and_is_the_same_every_time() -> None:
     assert evenly_spaced(101, 5) == [0, 25, 50, 75, 100]
     assert evenly_spaced(1000, 7) == evenly_spaced(1000, 7) and len(evenly_spaced(1000, 7)) == 7
     assert pd.Series(evenly_spaced(1000, 400)).is_monotonic_increasing
+
+
+def test_a_plot_with_many_long_labelled_series_keeps_its_axes_and_grows_its_legend() -> None:
+    """18 series, three named like a pipeline with its parameters (119 characters): before labels were wrapped and
+    the plot grown, the legend squeezed the axes to nothing (matplotlib warned; the published curve was unreadable)."""
+    pipeline = "pipeline(stages=[{'name': 'global_magnitude'}, {'name': 'bloomier', 'params': {'cell_bits': 10}}])"
+
+    def plot(count: int) -> str:
+        labels = [f"method_{i} [cpu_benchmark]" for i in range(min(count, 15))]
+        labels += [f"{pipeline} [cpu_compression] {i}" for i in range(15, count)]
+        lines = [Line(label, [1, 2, 4], [0.9, 0.8, 0.5], [0.01] * 3, ["#"] * 3) for label in labels]
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            svg = tradeoff_svg("many", lines, [Baseline("dense", 0.95)], "compression", "top-1", styles(labels))
+        assert [str(w.message) for w in caught if "constrained_layout" in str(w.message)] == []
+        return svg
+
+    def height(svg: str) -> float:
+        return float(re.search(r'<svg[^>]* height="([\d.]+)pt"', svg).group(1))
+
+    few, many = plot(2), plot(18)
+    # 2 series + dense in two columns: 2 lines. 18 + dense: 10 entries a column; the second holds 5 one-line names,
+    # the 3 pipelines wrapped at 52 characters onto 3 lines each, and dense: 15 lines.
+    assert height(few) == pytest.approx(72 * (HEIGHT + 2 * LEGEND_LINE), abs=1)
+    assert height(many) == pytest.approx(72 * (HEIGHT + 15 * LEGEND_LINE), abs=1)
+    assert "[cpu_compression] 17" in many and "{'name': 'bloomier', 'params': {'cell_bits': 10}}])" in many

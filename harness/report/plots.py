@@ -9,6 +9,8 @@ large the results, so its SVG stays small; the caller says when points were left
 from __future__ import annotations
 
 import io
+import math
+import textwrap
 from dataclasses import dataclass
 
 import matplotlib
@@ -21,6 +23,8 @@ from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: 
 
 MARKERS = "osD^vPX*<>"
 PLOT_POINTS = 400  # markers a plot draws at most (shared among its lines); the tables list every point
+WIDTH, HEIGHT = 7.0, 4.2  # inches of a trade-off plot without its legend, which adds LEGEND_LINE a text line
+LEGEND_COLUMNS, LEGEND_CHARS, LEGEND_LINE = 2, 52, 0.155  # an 8-pt column of a 7-inch plot holds 52 characters
 
 
 @dataclass(frozen=True)
@@ -66,10 +70,21 @@ def styles(labels: list[str]) -> dict[str, tuple[str, str]]:
     return {label: (colors[i % len(colors)], MARKERS[i % len(MARKERS)]) for i, label in enumerate(labels)}
 
 
-def _text(label: str) -> str:
-    """A label as matplotlib shows it literally: ``$`` is not mathtext, a leading ``_`` is not hidden."""
+def _text(label: str, width: int | None = None) -> str:
+    """A label as matplotlib shows it literally: ``$`` is not mathtext, a leading ``_`` is not hidden;
+    with ``width``, wrapped onto lines of at most that many characters (a long method name cannot widen a
+    legend past its plot)."""
+    if width:
+        label = textwrap.fill(label, width, break_on_hyphens=False)
     label = label.replace("$", r"\$")
     return "\u200b" + label if label.startswith("_") else label
+
+
+def _legend_lines(labels: list[str], columns: int) -> int:
+    """Text lines of the tallest column of a legend that fills its columns in order, as matplotlib does."""
+    per_column = math.ceil(len(labels) / columns) if labels else 1
+    chunks = [labels[i : i + per_column] for i in range(0, len(labels), per_column)] or [[]]
+    return max(sum(label.count("\n") + 1 for label in chunk) for chunk in chunks)
 
 
 def _times(value: float, _: int) -> str:
@@ -86,21 +101,27 @@ def tradeoff_svg(
     front: tuple[list[float], list[float]] | None = None,
     x_format=_times,
 ) -> Markup:
-    """Accuracy against a log2 axis: a line and ±std band per series, dense baselines as horizontal lines."""
+    """Accuracy against a log2 axis: a line and ±std band per series, dense baselines as horizontal lines.
+    The legend sits below the axes, its labels wrapped to its columns, and the plot grows by its height, so
+    however many series a page has the axes keep their size."""
     with plt.rc_context({"svg.fonttype": "none", "svg.hashsalt": name, "font.size": 9}):
-        fig, ax = plt.subplots(figsize=(7.0, 4.2), layout="constrained")
+        fig, ax = plt.subplots(figsize=(WIDTH, HEIGHT), layout="constrained")
         for line in lines:
             color, marker = style[line.label]
             order = np.argsort(line.x, kind="stable")
             x, y = np.asarray(line.x)[order], np.asarray(line.y)[order]
             std = np.nan_to_num(np.asarray(line.y_std, dtype=float)[order])  # one seed: no band
-            ax.plot(x, y, color=color, linewidth=1.5, label=_text(line.label))
+            ax.plot(x, y, color=color, linewidth=1.5, label=_text(line.label, LEGEND_CHARS))
             ax.fill_between(x, y - std, y + std, color=color, alpha=0.18, linewidth=0)
             points = ax.scatter(x, y, color=color, marker=marker, s=22, zorder=3)
             points.set_urls([line.urls[i] for i in order])
         for i, baseline in enumerate(baselines):
             ax.axhline(
-                baseline.y, color="0.25", linestyle=("--", ":", "-.")[i % 3], linewidth=1, label=_text(baseline.label)
+                baseline.y,
+                color="0.25",
+                linestyle=("--", ":", "-.")[i % 3],
+                linewidth=1,
+                label=_text(baseline.label, LEGEND_CHARS),
             )
         if front and front[0]:
             ax.scatter(
@@ -113,7 +134,9 @@ def tradeoff_svg(
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
         ax.grid(True, which="major", linewidth=0.4, alpha=0.5)
-        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, frameon=False, fontsize=8)
+        labels = ax.get_legend_handles_labels()[1]
+        fig.set_size_inches(WIDTH, HEIGHT + LEGEND_LINE * _legend_lines(labels, LEGEND_COLUMNS))
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=LEGEND_COLUMNS, frameon=False, fontsize=8)
         buffer = io.StringIO()
         fig.savefig(buffer, format="svg", metadata={"Date": None})
         plt.close(fig)
