@@ -1,12 +1,14 @@
-"""Write benchmarks/papers/reference/claims.csv and numbers.csv from a `make reproduce-quick` results folder.
+"""Write the reference tables of benchmarks/papers/reference/ from a `make reproduce-quick` or `make reproduce`
+results folder.
 
     python benchmarks/papers/reference/write_reference.py RESULTS --note "make reproduce-quick: 9.5 min, load 10"
+    python benchmarks/papers/reference/write_reference.py RESULTS --out .../claims_full.csv --note "make reproduce: …"
 
-claims.csv holds the claims' verdicts (`harness claims` shows them beside yours), numbers.csv the
-leaderboard of every benchmark in RESULTS (`harness reference` and the report show it beside yours).
-The header comment lines of both record what produced them: the harness and torch versions and the
-git commit the rows carry, the date, the CPU and the note (wall time and load average of the run).
-"""
+claims.csv (or the --out file: claims_full.csv for a full run) holds the claims' verdicts (`harness claims`
+shows them beside yours), numbers.csv the leaderboard of every benchmark in RESULTS (`harness reference` and
+the report show it beside yours). The header comment lines of both record what produced them: the harness
+and torch versions and the git commit the rows carry, the date, the CPU and the note (wall time and load
+average of the run)."""
 
 from __future__ import annotations
 
