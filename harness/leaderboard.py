@@ -29,7 +29,8 @@ SELECT dataset, model, method, method_params, control, sparsity,
 FROM final_cells  -- finished cells only: a failed level's earlier levels are not its result
 WHERE benchmark = $benchmark
 GROUP BY ALL
-ORDER BY dataset, model, sparsity, top1_mean DESC, control, method, method_params  -- ties in a fixed order
+-- ties, to the rounding of a parallel sum, in a fixed order
+ORDER BY dataset, model, sparsity, round(top1_mean, 12) DESC, control, method, method_params
 """
 
 

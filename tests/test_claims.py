@@ -219,6 +219,32 @@ def test_barrier_rises_needs_a_level_where_the_ticket_fails(tmp_path: Path):
     assert "the ticket works at every level with a successive barrier (s=0.8–0.9)" in rises["evidence"]
 
 
+def test_barrier_rises_leaves_out_levels_without_a_dense_accuracy(tmp_path: Path):
+    store = ResultsStore(tmp_path)
+    for s in (0, 1, 2):
+        levels = [{"sparsity": sp, "top1": 0.5, "control": "none", "dense_top1": None} for sp in (0.5, 0.8, 0.9)]
+        for level, barrier in zip(levels, (None, 0.01, 0.09 + jitter(s)), strict=True):
+            level["lmc_barrier"] = barrier
+        store.write(cell("imp", s, levels, {"rate": 0.5}))
+    rises = check_claims(tmp_path).set_index("claim").loc["lmc.barrier_rises"]
+    assert rises["verdict"] == UNDECIDED
+    assert "no level with a successive barrier has a dense accuracy to compare with" in rises["evidence"]
+
+
+def test_two_cells_of_one_seed_are_one_observation(tmp_path: Path):
+    # two IMP variants per seed share its dense model: ticket − dense is their mean per seed, 0.02 + jitter(s) / 2
+    # = 2.00, 2.20, 1.85 pt (mean 2.02), over 3 seeds, not 6
+    store = ResultsStore(tmp_path)
+    for s in (0, 1, 2):
+        for params, gap in (({"rate": 0.5}, 0.01), ({"rate": 0.5, "rewind": "epoch:1"}, 0.03 + jitter(s))):
+            levels = [{"sparsity": 0.5, "top1": dense(s), "control": "none"}]
+            levels.append({"sparsity": 0.8, "top1": dense(s) + gap, "control": "none"})
+            store.write(cell("imp", s, levels, params))
+    matches = check_claims(tmp_path).set_index("claim").loc["lottery.matches_dense"]
+    assert matches["verdict"] == HOLDS
+    assert "ticket − dense +2.02 pt" in matches["evidence"] and "paired t over 3 seeds" in matches["evidence"]
+
+
 def test_cli_claims_csv_with_reference(tmp_path: Path):
     write(tmp_path / "r", SCENARIOS["lottery.beats_reinit"], 1, (0, 1, 2))
     reference = tmp_path / "ref.csv"

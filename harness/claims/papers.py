@@ -62,6 +62,12 @@ def differences(a: pd.DataFrame, b: pd.DataFrame, value: str = "top1", on: Itera
     return list(joined["a"] - joined["b"])
 
 
+def per_seed(rows: pd.DataFrame, values: pd.Series) -> list[float]:
+    """One value per seed, the mean of its rows: two cells of one seed (e.g. two IMP variants sharing its dense
+    model) are one observation, not two, so they must not narrow the interval."""
+    return list(values.groupby(rows["seed"]).mean())
+
+
 def log_ratios(a: pd.DataFrame, b: pd.DataFrame, value: str, on: Iterable[str] = ("seed",)) -> list[float]:
     """log(a / b) of ``value`` per key: sizes compare by ratio, so the interval is on its logarithm."""
     joined = aligned(a, b, value, on)
@@ -188,7 +194,7 @@ def ticket_matches_dense(frame: pd.DataFrame) -> tuple[Verdict, str]:
         if moderate.empty:
             return _need(f"needs an IMP level at or below sparsity {MODERATE}")
         at = moderate[moderate["sparsity"] == moderate["sparsity"].max()]
-        interval = paired_interval(list(at["top1"] - at["dense_top1"]))
+        interval = paired_interval(per_seed(at, at["top1"] - at["dense_top1"]))
         text = interval.text() if interval else "fewer than 3 seeds"
         return above(interval, -POINT), f"at sparsity {at['sparsity'].iloc[0]:g}, ticket − dense {text}"
 
@@ -239,7 +245,7 @@ def supermask_above_chance(frame: pd.DataFrame) -> tuple[Verdict, str]:
             return _need("no large_final supermask rows")
         best = rows.groupby("sparsity")["supermask_top1"].mean().idxmax()  # Zhou et al. report the best rate
         rows = rows[rows["sparsity"] == best]
-        interval = paired_interval(list(rows["supermask_top1"] - bar))
+        interval = paired_interval(per_seed(rows, rows["supermask_top1"] - bar))
         text = interval.text() if interval else "fewer than 3 seeds"
         mean = rows["supermask_top1"].mean()
         return above(interval), f"at sparsity {best:g} (its best), supermask top-1 {mean:.1%} vs {bar:.0%}: {text}"
@@ -349,7 +355,7 @@ def _ptq(frame: pd.DataFrame) -> pd.DataFrame:
 def int8_within_point(frame: pd.DataFrame) -> tuple[Verdict, str]:
     def judge(group: pd.DataFrame) -> tuple[Verdict, str]:
         int8 = group[group["bits"] == 8]
-        interval = paired_interval(list(int8["top1"] - int8["dense_top1"]))
+        interval = paired_interval(per_seed(int8, int8["top1"] - int8["dense_top1"]))
         text = interval.text() if interval else "fewer than 3 seeds"
         return above(interval, -POINT), f"int8 − float {text}, {seeds_text(int8) if len(int8) else 'no seeds'}"
 
@@ -470,7 +476,7 @@ def connected_while_working(frame: pd.DataFrame) -> tuple[Verdict, str]:
             return _need("no level with a barrier where the ticket works")
         parts, notes = [], []
         for sparsity, level in working.groupby("sparsity"):
-            interval = paired_interval(list(level[column] - BARRIER))
+            interval = paired_interval(per_seed(level, level[column] - BARRIER))
             parts.append(below(interval))
             notes.append(f"s={sparsity:g}: {name} − {BARRIER:g} {interval.text() if interval else 'n<3'}")
         return all_of(parts), "; ".join(notes)
@@ -479,9 +485,10 @@ def connected_while_working(frame: pd.DataFrame) -> tuple[Verdict, str]:
 
 
 def _working(rows: pd.DataFrame) -> pd.Series:
-    """Per row: is its level one where the ticket works (mean top-1 over seeds within a point of dense)?"""
+    """Per row: is its level one where the ticket works (mean top-1 over seeds within a point of dense)? NA where
+    the level has no dense accuracy to compare with."""
     gap = (rows["top1"] - rows["dense_top1"]).groupby(rows["sparsity"]).transform("mean")
-    return gap >= -POINT
+    return (gap >= -POINT).astype("boolean").mask(gap.isna())
 
 
 def _span(sparsities: pd.Series) -> str:
@@ -502,7 +509,11 @@ def barrier_rises(frame: pd.DataFrame) -> tuple[Verdict, str]:
         working = _working(rows)
         context = _copies_context(rows, working)
         rows, working = rows[rows["lmc_barrier"].notna()], working[rows["lmc_barrier"].notna()]
-        fails, works = rows[~working], rows[working]
+        fails, works = rows[~working], rows[working]  # a level without dense accuracy (NA) is in neither
+        if rows.empty:
+            return _need("no level of the ticket itself has a successive barrier")
+        if fails.empty and works.empty:
+            return _need("no level with a successive barrier has a dense accuracy to compare with")
         if fails.empty or works.empty:
             where = "works" if fails.empty else "has stopped working"
             return _need(f"the ticket {where} at every level with a successive barrier ({_span(rows['sparsity'])})")
@@ -511,7 +522,7 @@ def barrier_rises(frame: pd.DataFrame) -> tuple[Verdict, str]:
         spans = f"fails ({_span(fails['sparsity'])}) − where it works ({_span(works['sparsity'])})"
         return above(interval), f"barrier where the ticket {spans} {text}{context}"
 
-    return per_setting(frame.dropna(subset=["lmc_barrier"]), judge)
+    return per_setting(frame.dropna(subset=list(BARRIERS), how="all"), judge)
 
 
 def _copies_context(rows: pd.DataFrame, working: pd.Series) -> str:

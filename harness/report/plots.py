@@ -9,7 +9,6 @@ large the results, so its SVG stays small; the caller says when points were left
 from __future__ import annotations
 
 import io
-import math
 import textwrap
 from dataclasses import dataclass
 
@@ -81,10 +80,10 @@ def _text(label: str, width: int | None = None) -> str:
 
 
 def _legend_lines(labels: list[str], columns: int) -> int:
-    """Text lines of the tallest column of a legend that fills its columns in order, as matplotlib does."""
-    per_column = math.ceil(len(labels) / columns) if labels else 1
-    chunks = [labels[i : i + per_column] for i in range(0, len(labels), per_column)] or [[]]
-    return max(sum(label.count("\n") + 1 for label in chunk) for chunk in chunks)
+    """Text lines of the tallest column of a legend: matplotlib fills its columns in order, as
+    ``np.array_split`` splits (the first ``len % columns`` columns one entry longer)."""
+    lines = [label.count("\n") + 1 for label in labels]
+    return max((sum(chunk) for chunk in np.array_split(np.array(lines, dtype=int), columns)), default=0)
 
 
 def _times(value: float, _: int) -> str:
